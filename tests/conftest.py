@@ -1,0 +1,51 @@
+"""Shared fixtures: a toy model with random weights, its HF twin, and the shared data folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Tests compare against float32 references; keep XLA deterministic and on CPU.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+from xling_jax import config as config_lib
+from xling_jax import model as model_lib
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("XLING_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_data_or_skip(*parts: str) -> Path:
+  """Path under ../shared/data, or skip: the core suite must pass on a user's machine without it."""
+  path = SHARED_DATA.joinpath(*parts)
+  if not path.exists():
+    pytest.skip(f"{path} is absent (the shared data folder ships with CI, not with the package)")
+  return path
+
+
+@pytest.fixture(scope="session")
+def toy_config():
+  return config_lib.toy()
+
+
+@pytest.fixture(scope="session")
+def toy_params(toy_config):
+  return model_lib.init_params(toy_config, jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="session")
+def toy_hf_dir(tmp_path_factory, toy_params, toy_config):
+  """The toy params written as a sharded HF directory (exercises the index path)."""
+  from xling_jax import checkpoints
+  path = tmp_path_factory.mktemp("toy_hf")
+  checkpoints.save_hf(path, toy_params, toy_config, max_shard_bytes=64 * 1024)
+  return path
+
+
+def np_tree(tree):
+  return jax.tree.map(np.asarray, tree)
