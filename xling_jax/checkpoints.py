@@ -215,7 +215,8 @@ def save_hf(directory: str | os.PathLike, params: Params, config: Gemma2Config,
 
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  tensors = dict(_hf_tensors(params, config))
+  # safetensors writes the raw buffer: transposed views must be made contiguous first.
+  tensors = {name: np.ascontiguousarray(t) for name, t in _hf_tensors(params, config)}
   (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
   if max_shard_bytes is None:
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
@@ -242,7 +243,7 @@ def _hf_tensors(params: Params, config: Gemma2Config) -> Iterator[tuple[str, np.
   c = config
   N, K, H, D = c.n_heads, c.n_kv_heads, c.head_dim, c.d_model
   lay = {k: np.asarray(v) for k, v in params["layers"].items()}
-  yield "model.embed_tokens.weight", np.ascontiguousarray(np.asarray(params["embed"]))
+  yield "model.embed_tokens.weight", np.asarray(params["embed"])
   yield "model.norm.weight", np.asarray(params["final_norm"])
   for i in range(c.n_layers):
     p = f"model.layers.{i}."

@@ -1,0 +1,82 @@
+"""Device meshes and shardings: data parallel over `data`, parameters over `model`.
+
+We rely on JAX's SPMD partitioner (jit + NamedSharding) for all communication; this module only
+says where arrays live.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA, MODEL = "data", "model"
+PARAM_MODES = ("replicated", "fsdp", "tensor")
+
+
+def make_mesh(shape: tuple[int, int] | None = None, devices=None) -> Mesh:
+  """A (data, model) mesh; default puts every device on the data axis."""
+  devices = list(devices if devices is not None else jax.devices())
+  if shape is None:
+    shape = (len(devices), 1)
+  if math.prod(shape) != len(devices):
+    raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices; {len(devices)} available")
+  return Mesh(np.asarray(devices).reshape(shape), (DATA, MODEL))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over `data`; the rest replicated."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+# Tensor parallel: attention heads and the MLP hidden axis over `model` (Megatron layout), so each
+# device holds whole heads; norms and the embedding table stay replicated.
+_TENSOR_SPECS = {
+    "q": P(None, MODEL, None, None), "k": P(None, MODEL, None, None),
+    "v": P(None, MODEL, None, None), "o": P(None, MODEL, None, None),
+    "gate": P(None, None, MODEL), "up": P(None, None, MODEL), "down": P(None, MODEL, None),
+}
+
+
+def _fsdp_spec(shape: tuple[int, ...], n: int, skip_leading: bool) -> P:
+  """Shard the largest axis divisible by `n` (never the layer axis, which the scan walks)."""
+  axes = range(1 if skip_leading else 0, len(shape))
+  best = max((a for a in axes if shape[a] % n == 0), key=lambda a: shape[a], default=None)
+  spec = [None] * len(shape)
+  if best is not None:
+    spec[best] = MODEL
+  return P(*spec)
+
+
+def param_shardings(params: Any, mesh: Mesh, mode: str = "replicated") -> Any:
+  """A params-shaped pytree of NamedShardings for `mode` in PARAM_MODES."""
+  if mode not in PARAM_MODES:
+    raise ValueError(f"unknown parameter sharding {mode!r}; choose one of {PARAM_MODES}")
+  n = mesh.shape[MODEL]
+
+  def spec(path, leaf) -> NamedSharding:
+    keys = [getattr(p, "key", None) for p in path]
+    shape = tuple(np.shape(leaf))
+    if mode == "replicated" or n == 1:
+      return NamedSharding(mesh, P())
+    in_layers = "layers" in keys
+    if mode == "tensor":
+      name = keys[-1]
+      tensor_spec = _TENSOR_SPECS.get(name) if in_layers else None
+      if tensor_spec is not None and all(
+          shape[i] % n == 0 for i, s in enumerate(tensor_spec) if s is not None):
+        return NamedSharding(mesh, tensor_spec)
+      return NamedSharding(mesh, P())
+    return NamedSharding(mesh, _fsdp_spec(shape, n, skip_leading=in_layers))
+
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def shard_params(params: Any, mesh: Mesh, mode: str = "replicated") -> Any:
+  return jax.device_put(params, param_shardings(params, mesh, mode))
