@@ -39,6 +39,13 @@ def _place(array: np.ndarray, sharding) -> jax.Array:
   return out
 
 
+def _resolve_sharding(sharding, config: Gemma2Config):
+  """A callable `sharding(config)` lets callers choose shardings once the config is known."""
+  if callable(sharding) and not isinstance(sharding, jax.sharding.Sharding):
+    return sharding(config)
+  return sharding
+
+
 def _sharding_for(sharding, path: tuple[str, ...]):
   """`sharding` is None, one Sharding for every leaf, or a params-shaped pytree of them."""
   if sharding is None or isinstance(sharding, jax.sharding.Sharding):
@@ -177,6 +184,7 @@ def load_hf(directory: str | os.PathLike, config: Gemma2Config | None = None, *,
         f"{directory}: checkpoint has {n_ckpt} layers (model.layers.0..{n_ckpt - 1}) but the "
         f"config expects n_layers={config.n_layers}")
   reader = _SafetensorsReader(files)
+  sharding = _resolve_sharding(sharding, config)
   c = config
   N, K, H, D, F = c.n_heads, c.n_kv_heads, c.head_dim, c.d_model, c.mlp_hidden
   builder = _StackedBuilder(c, dtype or c.param_dtype, sharding)
@@ -316,6 +324,7 @@ def load_kaggle(directory: str | os.PathLike, config: Gemma2Config | None = None
                           f"not a Gemma Flax checkpoint (found {sorted(flat)[:5]} ...)")
   if config is None:
     config = infer_config_from_kaggle(flat)
+  sharding = _resolve_sharding(sharding, config)
   c = config
   n_ckpt = 1 + max(int(k.split("/")[1][len("layer_"):]) for k in flat if "/layer_" in k)
   if n_ckpt != c.n_layers:
@@ -415,6 +424,7 @@ def load_ours(directory: str | os.PathLike, config: Gemma2Config | None = None, 
     raise CheckpointError(f"{directory / OUR_CONFIG_FILE}: checkpoint has n_layers="
                           f"{stored.n_layers} but the config expects {config.n_layers}")
   config = config or stored
+  sharding = _resolve_sharding(sharding, config)
   dtype = np.dtype(dtype or config.param_dtype)
   shapes = model_lib.param_shapes(config)
   abstract = jax.tree.map(
@@ -459,7 +469,8 @@ def load_params(path: str | os.PathLike, config: Gemma2Config | None = None, *,
   """Load Gemma-2 params from any supported checkpoint; returns (params, config).
 
   `config` overrides what the checkpoint says (and is checked against it); `dtype` defaults to
-  `config.param_dtype`; `sharding` is one `jax.sharding.Sharding` or a params-shaped pytree of them.
+  `config.param_dtype`; `sharding` is one `jax.sharding.Sharding`, a params-shaped pytree of them,
+  or a function of the resolved config returning either (see `sharding.config_param_shardings`).
   """
   loader = {"hf": load_hf, "kaggle": load_kaggle, "xling": load_ours}[detect_format(path)]
   params, config = loader(path, config, dtype=dtype, sharding=sharding)

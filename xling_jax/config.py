@@ -167,3 +167,25 @@ def preset(name: str, **overrides: Any) -> Gemma2Config:
   if name not in PRESETS:
     raise ValueError(f"unknown config preset {name!r}; choose one of {sorted(PRESETS)}")
   return PRESETS[name](**overrides)
+
+
+def load_config(spec: str, **overrides: Any) -> Gemma2Config:
+  """A preset name (`toy`, `small`, `gemma2_2b`) or a path to a Python file whose
+  `get_config()` returns a Gemma2Config (the `configs/` directory holds one per preset)."""
+  if spec in PRESETS:
+    return preset(spec, **overrides)
+  import importlib.util
+  from pathlib import Path
+  path = Path(spec)
+  if path.suffix != ".py" or not path.is_file():
+    raise ValueError(f"--config={spec!r}: not a preset ({', '.join(sorted(PRESETS))}) "
+                     "nor a Python config file")
+  module_spec = importlib.util.spec_from_file_location(f"xling_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"{path}: defines no get_config()")
+  config = module.get_config(**overrides)
+  if not isinstance(config, Gemma2Config):
+    raise ValueError(f"{path}: get_config() returned {type(config).__name__}, not Gemma2Config")
+  return config

@@ -55,14 +55,15 @@ def _fsdp_spec(shape: tuple[int, ...], n: int, skip_leading: bool) -> P:
 
 
 def param_shardings(params: Any, mesh: Mesh, mode: str = "replicated") -> Any:
-  """A params-shaped pytree of NamedShardings for `mode` in PARAM_MODES."""
+  """A params-shaped pytree of NamedShardings for `mode` in PARAM_MODES. `params` may hold
+  arrays or shape tuples (see `model.param_shapes`)."""
   if mode not in PARAM_MODES:
     raise ValueError(f"unknown parameter sharding {mode!r}; choose one of {PARAM_MODES}")
   n = mesh.shape[MODEL]
 
   def spec(path, leaf) -> NamedSharding:
     keys = [getattr(p, "key", None) for p in path]
-    shape = tuple(np.shape(leaf))
+    shape = tuple(leaf) if isinstance(leaf, tuple) else tuple(np.shape(leaf))
     if mode == "replicated" or n == 1:
       return NamedSharding(mesh, P())
     in_layers = "layers" in keys
@@ -75,7 +76,14 @@ def param_shardings(params: Any, mesh: Mesh, mode: str = "replicated") -> Any:
       return NamedSharding(mesh, P())
     return NamedSharding(mesh, _fsdp_spec(shape, n, skip_leading=in_layers))
 
-  return jax.tree_util.tree_map_with_path(spec, params)
+  return jax.tree_util.tree_map_with_path(
+      spec, params, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(d, int) for d in x))
+
+
+def config_param_shardings(config, mesh: Mesh, mode: str = "replicated") -> Any:
+  """Shardings for a config's params before any weight is loaded (pass to load_params)."""
+  from xling_jax.model import param_shapes
+  return param_shardings(param_shapes(config), mesh, mode)
 
 
 def shard_params(params: Any, mesh: Mesh, mode: str = "replicated") -> Any:

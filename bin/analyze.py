@@ -1,0 +1,135 @@
+"""python -m bin.analyze: per-language, per-layer SAE activation statistics and the gap vs English.
+
+With no flags it runs the embedded default (toy model, toy tokenizer, random SAEs, the embedded
+10-language sample) and says so. For Gemma-2-2B:
+
+  python -m bin.analyze --platform=gpu --checkpoint=/models/gemma-2-2b \\
+      --sae_dir=/models/gemma-scope-2b-pt-res --corpus=/data/flores200 --out=out/flores
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from absl import app, flags
+
+from bin import common
+
+FLAGS = flags.FLAGS
+common.define_platform_flags()
+common.define_model_flags()
+flags.DEFINE_string("sae_dir", None,
+                    "Gemma Scope SAEs: a local mirror of google/gemma-scope-2b-pt-res "
+                    "(layer_{i}/width_{w}/average_l0_{n}/params.npz), a folder with one SAELens "
+                    "directory per layer, or that hub id (downloads). Required with --checkpoint; "
+                    "unset without it: random toy SAEs.")
+flags.DEFINE_string("sae_width", "16k", "SAE width folder to use (16k, 65k, ...).")
+flags.DEFINE_string("sae_l0", "canonical",
+                    "Which average_l0_{n} per layer: 'canonical' (L0 closest to 100, Gemma "
+                    "Scope's table) or an integer.")
+flags.DEFINE_list("langs", ["en", "zh", "ru", "es", "it", "id", "ca", "mr", "ml", "hi"],
+                  "Languages (ISO 639-1), comma-separated. The reference language must be among them.")
+flags.DEFINE_string("ref_lang", "en", "Reference language the gaps are measured against.")
+flags.DEFINE_string("corpus", "embedded",
+                    "Parallel corpus: 'embedded' (shipped sample), a directory of {lang}.txt files "
+                    "(line i = same sentence in every language), or hf:<dataset_id>[:split].")
+flags.DEFINE_integer("max_sentences", None, "Use only the first N parallel sentences.")
+flags.DEFINE_integer("batch_size", 16, "Sentences per device batch (padded with empty rows).")
+flags.DEFINE_integer("bucket", 64, "Pad sequence lengths to a multiple of this (few compiles).")
+flags.DEFINE_integer("max_len", None, "Truncate longer sentences (reported). Default: model max.")
+flags.DEFINE_string("bands", None,
+                    "Layer bands NAME:FIRST-LAST,...; default early:0-8,middle:9-17,deep:18-25 "
+                    "for 26 layers, thirds otherwise.")
+flags.DEFINE_list("low_resource", ["id", "ca", "mr", "ml", "hi"],
+                  "The group whose band max/mean the summary reports.")
+flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for confidence intervals (0 = off).")
+flags.DEFINE_integer("top_k", 20, "Top features per language and layer in stats.json.")
+flags.DEFINE_string("out", "analysis_out", "Output directory.")
+flags.DEFINE_bool("progress", True, "Show progress (sentences/s, ETA) on stderr.")
+
+
+def _versions() -> dict:
+  import importlib.metadata as md
+  out = {}
+  for pkg in ("jax", "jaxlib", "flax", "numpy", "xling-jax"):
+    try:
+      out[pkg] = md.version(pkg)
+    except md.PackageNotFoundError:
+      out[pkg] = None
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  devices = common.setup_platform()
+  start = time.perf_counter()
+
+  from sae import gemma_scope
+  from xling_jax import activations, corpora, disparity, report, toy
+  from xling_jax.languages import validate_languages
+
+  langs = validate_languages(FLAGS.langs)
+  if FLAGS.ref_lang not in langs:
+    raise app.UsageError(f"--ref_lang={FLAGS.ref_lang} must be one of --langs ({','.join(langs)})")
+  corpus = corpora.load_corpus(FLAGS.corpus, langs, FLAGS.max_sentences)
+  setup = common.load_model()
+  config = setup.config
+  if FLAGS.sae_dir:
+    l0 = int(FLAGS.sae_l0) if FLAGS.sae_l0.isdigit() else FLAGS.sae_l0
+    saes = gemma_scope.load_layers(FLAGS.sae_dir, range(config.n_layers), width=FLAGS.sae_width,
+                                   l0=l0, d_in=config.d_model, dtype="float32")
+    sae_source = f"{FLAGS.sae_dir} (width {FLAGS.sae_width}, l0 {FLAGS.sae_l0})"
+  elif setup.is_toy:
+    saes = toy.toy_saes(setup.params, config, setup.tokenizer,
+                        corpus.sentences[langs[0]][:16], seed=FLAGS.seed)
+    sae_source = f"random toy SAEs (width {saes.d_sae}, seed {FLAGS.seed})"
+  else:
+    raise app.UsageError("--checkpoint needs --sae_dir (Gemma Scope SAEs for every layer)")
+
+  notes = [toy.TOY_NOTE] if setup.is_toy else []
+  for n in notes:
+    print(n, file=sys.stderr)
+  print(f"devices: {devices}; corpus: {corpus.name} ({corpus.n_sentences} sentences x "
+        f"{len(langs)} languages); SAEs: {sae_source}", file=sys.stderr)
+
+  stats = activations.corpus_stats(
+      setup.params, config, saes, setup.tokenizer, corpus.sentences, batch_size=FLAGS.batch_size,
+      bucket=FLAGS.bucket, max_len=FLAGS.max_len, mesh=setup.mesh, show_progress=FLAGS.progress)
+  bands = disparity.parse_bands(FLAGS.bands) if FLAGS.bands else disparity.default_bands(
+      config.n_layers)
+  if max(hi for _, hi in bands.values()) >= config.n_layers:
+    raise app.UsageError(f"--bands reach past the model's last layer ({config.n_layers - 1})")
+  values = {lang: stats.metric("activation", lang) for lang in langs}
+  gaps = disparity.gap_pct(values, FLAGS.ref_lang)
+  group = [lang for lang in FLAGS.low_resource if lang in langs]
+  summary = disparity.band_summary({l: g for l, g in gaps.items() if l != FLAGS.ref_lang}, bands,
+                                   group)
+  ci = None
+  if FLAGS.bootstrap > 0:
+    ci = disparity.bootstrap(stats, ref=FLAGS.ref_lang, bands=bands, group=group,
+                             n_resamples=FLAGS.bootstrap, seed=FLAGS.seed)
+  neuronpedia = (f"gemmascope-res-{FLAGS.sae_width}"
+                 if FLAGS.sae_dir and config.n_layers == 26 and FLAGS.sae_width == "16k" else None)
+  top = disparity.top_features(stats, k=min(FLAGS.top_k, saes.d_sae), ref=FLAGS.ref_lang,
+                               neuronpedia=neuronpedia)
+  run_config = {flag: FLAGS[flag].value for flag in (
+      "platform", "config", "checkpoint", "tokenizer", "dtype", "mesh", "param_sharding", "seed",
+      "sae_dir", "sae_width", "sae_l0", "langs", "ref_lang", "corpus", "max_sentences",
+      "batch_size", "bucket", "max_len", "bands", "low_resource", "bootstrap", "top_k")}
+  provenance = dict(setup.provenance, saes=sae_source, corpus=corpus.source, devices=devices,
+                    versions=_versions(), toy=setup.is_toy,
+                    seconds=round(time.perf_counter() - start, 2))
+  record = report.build_stats_json(stats, gaps=gaps, ref=FLAGS.ref_lang, bands=bands,
+                                   band_summary=summary, ci=ci, top=top, config=run_config,
+                                   provenance=provenance)
+  title = ("TOY model: SAE activation gap vs " if setup.is_toy else "SAE activation gap vs ") + \
+      f"{FLAGS.ref_lang} ({corpus.name})"
+  paths = report.write_report(FLAGS.out, record, title=title, notes=notes)
+  print(paths["markdown"].read_text(encoding="utf-8"))
+  print("wrote " + ", ".join(str(p) for p in paths.values()))
+  print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,6 @@
+"""`--config=configs/gemma2_2b.py` (or `--config=gemma2_2b`): the gemma2_2b Gemma-2 preset."""
+from xling_jax import config as config_lib
+
+
+def get_config(**overrides) -> config_lib.Gemma2Config:
+  return config_lib.gemma2_2b(**overrides)

@@ -1,0 +1,6 @@
+"""`--config=configs/small.py` (or `--config=small`): the small Gemma-2 preset."""
+from xling_jax import config as config_lib
+
+
+def get_config(**overrides) -> config_lib.Gemma2Config:
+  return config_lib.small(**overrides)
