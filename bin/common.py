@@ -101,3 +101,23 @@ def load_model() -> ModelSetup:
     params = sharding_lib.shard_params(params, mesh, FLAGS.param_sharding)
   return ModelSetup(params, config, tokenizer, mesh, FLAGS.checkpoint is None, provenance)
 
+
+
+def run(main) -> None:
+  """absl's app.run, with bad user input (missing files, wrong shapes, unknown languages...)
+  reported as one clear line instead of a traceback; XLING_TRACEBACK=1 shows the traceback."""
+  import os
+  import sys
+
+  from absl import app
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+      if os.environ.get("XLING_TRACEBACK"):
+        raise
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(guarded)

@@ -1,0 +1,91 @@
+"""bin.analyze end to end: real file formats in, every output file out and consistent."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from sae import gemma_scope, jumprelu
+from xling_jax.toy_tokenizer import build_toy_tokenizer, default_sentences
+
+from tests.conftest import REPO, shared_data_or_skip
+
+
+def _run(*args, timeout=600):
+  env = dict(os.environ, JAX_PLATFORMS="", PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-m", "bin.analyze", *args], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_platform_tpu_without_tpu_is_a_clear_message_not_a_traceback():
+  proc = _run("--platform=tpu")
+  assert proc.returncode != 0
+  assert "--platform=tpu: no TPU is available" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_unknown_language_is_a_clear_error():
+  proc = _run("--langs=en,xx")
+  assert proc.returncode != 0
+  assert "error:" in proc.stderr and "'xx'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_explains_every_flag():
+  proc = _run("--helpfull")
+  for flag in ("--platform", "--config", "--checkpoint", "--tokenizer", "--sae_dir", "--sae_width",
+               "--sae_l0", "--langs", "--corpus", "--max_sentences", "--batch_size", "--out",
+               "--seed", "--bootstrap", "--mesh"):
+    assert flag in proc.stdout, flag
+
+
+def test_end_to_end_on_hf_checkpoint_gemma_scope_tree_and_flores(tmp_path, toy_hf_dir, toy_config):
+  flores = shared_data_or_skip("parallel", "flores200_sib200")
+  tok_path = build_toy_tokenizer(default_sentences(), toy_config.vocab_size, tmp_path / "tok.model")
+  saes = jumprelu.random_params(jax.random.PRNGKey(3), toy_config.d_model, 128,
+                                n_layers=toy_config.n_layers, input_std=3.0)
+  canonical = gemma_scope.canonical_l0()["16k"]
+  gemma_scope.save_layers_tree(tmp_path / "saes", saes, width="16k", l0s=canonical)
+  decoy = jax.tree.map(lambda a: a * 0, saes)  # a second L0 variant that must not be picked
+  gemma_scope.save_layers_tree(tmp_path / "saes", decoy, width="16k", l0s=7)
+  common = [f"--checkpoint={toy_hf_dir}", f"--tokenizer={tok_path}",
+            f"--sae_dir={tmp_path / 'saes'}", f"--corpus={flores}", "--max_sentences=12",
+            "--bootstrap=50", "--batch_size=8", "--langs=en,zh,hi,ml"]
+  out = tmp_path / "out"
+  missing = _run(*common, "--sae_l0=50", f"--out={out}")
+  assert missing.returncode != 0 and f"average_l0_{canonical[0]}" in missing.stderr
+  proc = _run(*common, "--sae_l0=canonical", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "TOY RUN" not in proc.stdout  # a real checkpoint is not labelled toy
+
+  record = json.loads((out / "stats.json").read_text())
+  assert record["languages"] == ["en", "zh", "hi", "ml"]
+  assert record["layers"] == list(range(toy_config.n_layers))
+  assert set(record["metrics"]) >= {"activation", "l0", "mean_active", "resid_norm"}
+  assert record["n_sentences"] == {l: 12 for l in record["languages"]}
+  assert all(record["n_tokens"][l] > 12 for l in record["languages"])
+  act = record["metrics"]["activation"]
+  assert min(act["en"]) > 0  # the canonical SAEs were loaded, not the all-zero decoys
+  for lang in ("zh", "hi", "ml"):
+    expect = 100 * (np.array(act["en"]) - np.array(act[lang])) / np.array(act["en"])
+    np.testing.assert_allclose(record["gap_vs_en"][lang], expect, rtol=1e-9)
+  with open(out / "disparity.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 4 * toy_config.n_layers
+  for row in rows:
+    lang, layer = row["language"], int(row["layer"])
+    assert float(row["activation"]) == pytest.approx(act[lang][layer], rel=1e-12)
+    if lang != "en":
+      assert float(row["gap_pct"]) == pytest.approx(record["gap_vs_en"][lang][layer], rel=1e-12)
+  md = (out / "report.md").read_text()
+  band = record["band_summary"]["early"]["per_language"]["hi"]["mean"]
+  assert f"{band:.2f}" in md and "low-resource max" in md
+  for png in ("heatmap.png", "layers.png"):
+    data = (out / png).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+  assert md.splitlines()[0] in proc.stdout  # the summary table is printed
