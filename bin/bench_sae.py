@@ -1,0 +1,101 @@
+"""python -m bin.bench_sae: JumpReLU encode throughput, and its cost over the bare matmul.
+
+Reports (median of --repeats timed calls after --warmup, each ended by `block_until_ready`):
+  * one layer: jitted `encode(params, x)` vs the jitted bare `x @ W_enc`, and their ratio (the
+    bias, threshold and ReLU should add little: target <= 1.3x);
+  * all layers: jitted `encode_stacked` over residuals [layers, tokens, d], in tokens/s (a token
+    counts once however many layers encode it).
+
+Weights are random (`jumprelu.random_params`); only shapes matter for speed. Gemma Scope 16k is
+--d_in=2304 --d_sae=16384 --layers=26; the defaults keep a 2-core CPU run near 30 s.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("d_in", 2304, "Residual width d (Gemma-2-2B: 2304).")
+flags.DEFINE_integer("d_sae", 16384, "SAE width W (Gemma Scope 16k: 16384).")
+flags.DEFINE_integer("tokens", 256, "Tokens per call (batch x sequence, flattened).")
+flags.DEFINE_integer("layers", 2, "Layers in the stacked encode (Gemma-2-2B: 26).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Weights and inputs dtype.")
+flags.DEFINE_integer("warmup", 2, "Untimed calls before timing (the first compiles).")
+flags.DEFINE_integer("repeats", 7, "Timed calls; the median is reported.")
+flags.DEFINE_integer("seed", 0, "Seed for the random weights and inputs.")
+flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+
+
+def median_seconds(calls: dict, warmup: int, repeats: int) -> dict[str, float]:
+  """{name: (jitted fn, args)} -> {name: median wall seconds} after `warmup` untimed calls.
+  Calls are interleaved round by round, so load from other processes hits each alike."""
+  times = {name: [] for name in calls}
+  for round_ in range(warmup + repeats):
+    for name, (fn, args) in calls.items():
+      start = time.perf_counter()
+      fn(*args).block_until_ready()
+      if round_ >= warmup:
+        times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def run(d_in: int, d_sae: int, tokens: int, layers: int, dtype: str, warmup: int, repeats: int,
+        seed: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+
+  from sae import jumprelu
+
+  k_params, k_x = jax.random.split(jax.random.PRNGKey(seed))
+  stacked = jumprelu.random_params(k_params, d_in, d_sae, n_layers=layers, dtype=dtype)
+  xs = jax.random.normal(k_x, (layers, tokens, d_in), jnp.float32).astype(dtype)
+  one, x = jumprelu.unstack(stacked)[0], xs[0]
+  timing = dict(warmup=warmup, repeats=repeats)
+
+  one_layer = median_seconds({"matmul": (jax.jit(lambda p, x: x @ p.W_enc), (one, x)),
+                              "encode": (jax.jit(jumprelu.encode), (one, x))}, **timing)
+  matmul_s, encode_s = one_layer["matmul"], one_layer["encode"]
+  stacked_s = median_seconds({"stacked": (jax.jit(jumprelu.encode_stacked), (stacked, xs))},
+                             **timing)["stacked"]
+  return {
+      "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+      "d_in": d_in, "d_sae": d_sae, "tokens": tokens, "layers": layers, "dtype": dtype,
+      "matmul_ms": 1e3 * matmul_s, "encode_ms": 1e3 * encode_s,
+      "encode_over_matmul": encode_s / matmul_s,
+      "encode_tokens_per_s": tokens / encode_s,
+      "stacked_ms": 1e3 * stacked_s, "stacked_tokens_per_s": tokens / stacked_s,
+      "stacked_gflops": 2 * tokens * layers * d_in * d_sae / stacked_s / 1e9,
+  }
+
+
+def format_table(r: dict) -> str:
+  rows = [
+      ("bare x @ W_enc, one layer", f"{r['matmul_ms']:.2f} ms", ""),
+      ("encode, one layer", f"{r['encode_ms']:.2f} ms",
+       f"{r['encode_over_matmul']:.3f}x the matmul"),
+      (f"encode_stacked, {r['layers']} layers", f"{r['stacked_ms']:.2f} ms",
+       f"{r['stacked_tokens_per_s']:,.0f} tokens/s ({r['stacked_gflops']:.1f} GFLOP/s)"),
+  ]
+  head = (f"JumpReLU encode on {r['backend']} ({r['device']}): d={r['d_in']} W={r['d_sae']} "
+          f"tokens={r['tokens']} dtype={r['dtype']}")
+  width = max(len(name) for name, _, _ in rows)
+  return "\n".join([head] + [f"  {name:<{width}}  {t:>10}  {note}" for name, t, note in rows])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  result = run(FLAGS.d_in, FLAGS.d_sae, FLAGS.tokens, FLAGS.layers, FLAGS.dtype, FLAGS.warmup,
+               FLAGS.repeats, FLAGS.seed)
+  print(format_table(result))
+  if FLAGS.json:
+    Path(FLAGS.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(FLAGS.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
