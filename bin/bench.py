@@ -1,0 +1,312 @@
+"""python -m bin.bench: our JAX stack against HF transformers (+ PEFT) on the same weights and
+shapes, in one process on one machine.
+
+Rows (tokens/s, median of --repeats timed calls after warm-up):
+  residuals  every block's output (HF: output_hidden_states + a hook on the last layer)
+  analysis   residuals + every layer's JumpReLU encode + the per-layer statistics
+  scoring    full-vocabulary next-token log-likelihoods of every position
+  lora_step  one LoRA training step (rank 16 on all 7 projections; align + lm loss)
+The HF column uses torch with the same float weights; its SAE step is SAELens's JumpReLU math
+(`relu(pre) * (pre > threshold)`) per layer. `flop_limit_fraction` divides achieved FLOP/s
+(analytic FLOPs per token, `xling_jax.flops`) by the peak a large matmul reaches in this run.
+"""
+from __future__ import annotations
+
+import json
+import platform as platform_lib
+import resource
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+from bin import common
+
+FLAGS = flags.FLAGS
+common.define_platform_flags()
+flags.DEFINE_enum("config", "toy", ["toy", "small", "gemma2_2b"],
+                  "Model shape (random weights). small ~ a minute per stack on a 2-core CPU.")
+flags.DEFINE_integer("batch", None, "Batch size (default per config: toy 8, small 4, gemma2_2b 32).")
+flags.DEFINE_integer("seq", None, "Sequence length (default: toy 64, small 128, gemma2_2b 256).")
+flags.DEFINE_integer("sae_width", None, "SAE width (default: toy 256, small 4096, gemma2_2b 16384).")
+flags.DEFINE_integer("repeats", 5, "Timed repeats per row (median reported).")
+flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                  "Weights/activations dtype for both stacks. auto: float32 on cpu, bfloat16 else.")
+flags.DEFINE_list("rows", ["residuals", "analysis", "scoring", "lora_step"], "Which rows to run.")
+flags.DEFINE_bool("hf", True, "Also time HF transformers (+PEFT) when torch is installed.")
+flags.DEFINE_string("hf_attn", "eager", "HF attn_implementation (eager keeps Gemma-2's softcap).")
+flags.DEFINE_string("json", None, "Write the results here as JSON.")
+
+DEFAULTS = {"toy": (8, 64, 256), "small": (4, 128, 4096), "gemma2_2b": (32, 256, 16384)}
+ROWS = ("residuals", "analysis", "scoring", "lora_step")
+
+
+def _median_time(fn, repeats: int) -> float:
+  fn()  # warm-up: compile / allocate
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _jax_peak_bytes():
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def _matmul_peak_flops(dtype: str) -> float:
+  import jax
+  import jax.numpy as jnp
+  n = 2048 if jax.default_backend() == "cpu" else 8192
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  t = _median_time(lambda: f(a).block_until_ready(), 5)
+  return 2 * n ** 3 / t
+
+
+class OurStack:
+  """The four workloads in JAX, jitted, on random weights."""
+
+  def __init__(self, config, params, saes, tokens, mask, obj_layer):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from lora import lora as lora_lib, objectives, train
+    from xling_jax import activations, model as model_lib
+
+    self.tokens, self.mask = tokens, mask
+    fwd = jax.jit(lambda p, t, m: model_lib.forward(p, config, t, m, return_logits=False).residuals)
+    self.residuals = lambda: fwd(params, tokens, mask).block_until_ready()
+    stats = lambda: activations.batch_stats(params, config, saes, tokens, mask)
+    self.analysis = lambda: jax.block_until_ready(stats())
+
+    @jax.jit
+    def token_logprobs(p, t, m):
+      x = model_lib.embed(p, config, t)
+      hidden, _ = model_lib.scan_blocks(p, config, x, m)
+      logits = model_lib.unembed(p, config, hidden[:, :-1])
+      target = jnp.take_along_axis(logits, t[:, 1:, None], axis=-1)[..., 0]
+      return (target - jax.nn.logsumexp(logits, axis=-1)) * m[:, 1:]
+
+    self.scoring = lambda: token_logprobs(params, tokens, mask).block_until_ready()
+
+    lora_config = lora_lib.LoraConfig(rank=16, alpha=32.0)
+    adapter = lora_lib.init_adapter(config, lora_config)
+    objective = objectives.ObjectiveConfig(layers=(obj_layer,), w_align=1.0, w_retain=0.0, w_lm=1.0)
+    tx = optax.adamw(1e-4)
+    step = train.make_train_step(config, objective, tx, lora_config.scale)
+    obj_saes = jax.tree.map(lambda a: a[obj_layer:obj_layer + 1], saes)
+    batch = objectives.Batch(tokens, mask, tokens, mask)
+    state = {"layers": adapter["layers"], "opt": tx.init(adapter["layers"])}
+
+    def lora_step():
+      layers, opt, metrics = step(state["layers"], state["opt"], params, obj_saes, batch)
+      state["layers"], state["opt"] = layers, opt
+      jax.block_until_ready(metrics["loss"])
+
+    self.lora_step = lora_step
+
+
+class HFStack:
+  """The same four workloads with HF transformers / PEFT / torch."""
+
+  def __init__(self, hf_dir, saes, tokens, mask, obj_layer, dtype, attn):
+    import numpy as np
+    import torch
+    import transformers
+
+    self.torch = torch
+    self.device = "cuda" if torch.cuda.is_available() else "cpu"
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    self.model = transformers.Gemma2ForCausalLM.from_pretrained(
+        hf_dir, dtype=tdtype, attn_implementation=attn).to(self.device).eval()
+    self.hf_dir, self.tdtype, self.obj_layer = hf_dir, tdtype, obj_layer
+    self.tokens = torch.tensor(np.asarray(tokens), device=self.device, dtype=torch.long)
+    self.mask = torch.tensor(np.asarray(mask), device=self.device)
+    self.saes = {k: torch.tensor(np.asarray(getattr(saes, k), np.float32), device=self.device,
+                                 dtype=tdtype) for k in ("W_enc", "b_enc", "threshold")}
+
+  def _sync(self):
+    if self.device == "cuda":
+      self.torch.cuda.synchronize()
+
+  def _layer_outputs(self, model):
+    outputs = []
+    hooks = [layer.register_forward_hook(lambda _m, _i, out: outputs.append(
+        out[0] if isinstance(out, tuple) else out)) for layer in model.model.layers]
+    return outputs, hooks
+
+  def residuals(self):
+    with self.torch.no_grad():
+      outs, hooks = self._layer_outputs(self.model)
+      self.model.model(input_ids=self.tokens, attention_mask=self.mask)
+      for h in hooks:
+        h.remove()
+    self._sync()
+
+  def _encode_stats(self, resid, layer, weights):
+    pre = resid @ self.saes["W_enc"][layer] + self.saes["b_enc"][layer]
+    f = self.torch.relu(pre) * (pre > self.saes["threshold"][layer])
+    active = (f > 0).to(resid.dtype)
+    return ((f.sum(-1) * weights).sum(), (active.sum(-1) * weights).sum(),
+            (resid.float().norm(dim=-1) * weights).sum(), (active * weights[..., None]).sum((0, 1)))
+
+  def analysis(self):
+    with self.torch.no_grad():
+      outs, hooks = self._layer_outputs(self.model)
+      self.model.model(input_ids=self.tokens, attention_mask=self.mask)
+      for h in hooks:
+        h.remove()
+      weights = (self.mask * (self.tokens != 2)).to(self.tdtype)
+      for layer, resid in enumerate(outs):
+        self._encode_stats(resid, layer, weights)
+    self._sync()
+
+  def scoring(self):
+    with self.torch.no_grad():
+      logits = self.model(input_ids=self.tokens, attention_mask=self.mask).logits[:, :-1].float()
+      logp = self.torch.log_softmax(logits, dim=-1)
+      logp.gather(-1, self.tokens[:, 1:, None])[..., 0] * self.mask[:, 1:]
+    self._sync()
+
+  def setup_lora(self):
+    import peft
+    config = peft.LoraConfig(r=16, lora_alpha=32, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    self.peft_model = peft.get_peft_model(self.model, config)
+    self.optim = self.torch.optim.AdamW(
+        [p for p in self.peft_model.parameters() if p.requires_grad], lr=1e-4)
+
+  def lora_step(self):
+    torch, model, layer = self.torch, self.peft_model, self.obj_layer
+    weights = (self.mask * (self.tokens != 2)).to(self.tdtype)
+    with torch.no_grad(), model.disable_adapter():  # frozen English reference
+      outs, hooks = self._layer_outputs(model.base_model.model)
+      model(input_ids=self.tokens, attention_mask=self.mask)
+      for h in hooks:
+        h.remove()
+      ref = self._encode_stats(outs[layer], layer, weights)[0] / weights.sum()
+    outs, hooks = self._layer_outputs(model.base_model.model)
+    out = model(input_ids=self.tokens, attention_mask=self.mask, labels=self.tokens)
+    for h in hooks:
+      h.remove()
+    act = self._encode_stats(outs[layer], layer, weights)[0] / weights.sum()
+    loss = out.loss + ((act - ref) / ref) ** 2
+    loss.backward()
+    self.optim.step()
+    self.optim.zero_grad()
+    self._sync()
+
+  def peak_bytes(self):
+    if self.device == "cuda":
+      peak = self.torch.cuda.max_memory_allocated()
+      self.torch.cuda.reset_peak_memory_stats()
+      return peak
+    return None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  devices = common.setup_platform()
+  import tempfile
+
+  import jax
+  import numpy as np
+
+  from sae import jumprelu
+  from xling_jax import checkpoints, config as config_lib, flops, model as model_lib
+
+  unknown = set(FLAGS.rows) - set(ROWS)
+  if unknown:
+    raise app.UsageError(f"unknown --rows {sorted(unknown)}; choose from {ROWS}")
+  batch, seq, width = DEFAULTS[FLAGS.config]
+  batch, seq, width = FLAGS.batch or batch, FLAGS.seq or seq, FLAGS.sae_width or width
+  dtype = FLAGS.dtype if FLAGS.dtype != "auto" else (
+      "float32" if jax.default_backend() == "cpu" else "bfloat16")
+  config = config_lib.preset(FLAGS.config, param_dtype=dtype, compute_dtype=dtype)
+  params = model_lib.init_params(config, jax.random.PRNGKey(0))
+  saes = jumprelu.random_params(jax.random.PRNGKey(1), config.d_model, width,
+                                n_layers=config.n_layers, dtype=dtype)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(4, config.vocab_size, (batch, seq)).astype(np.int32)
+  tokens[:, 0] = config.bos_id
+  mask = np.ones((batch, seq), np.int32)
+  obj_layer = min(20, config.n_layers - 1)
+  n_tokens = batch * seq
+  print(f"devices: {devices}; config {FLAGS.config} ({config.n_layers} layers, d {config.d_model}),"
+        f" batch {batch} x seq {seq}, SAE width {width}, dtype {dtype}", file=sys.stderr)
+
+  ours = OurStack(config, params, saes, jax.numpy.asarray(tokens), jax.numpy.asarray(mask),
+                  obj_layer)
+  peak = _matmul_peak_flops(dtype)
+  per_token = {
+      "residuals": flops.forward_flops_per_token(config, seq, logits=False),
+      "analysis": flops.forward_flops_per_token(config, seq, logits=False, sae_width=width),
+      "scoring": flops.forward_flops_per_token(config, seq, logits=True),
+      # English reference forward + forward + backward to activations (weights frozen).
+      "lora_step": 3 * flops.forward_flops_per_token(config, seq, logits=True),
+  }
+  rows = []
+  for work in FLAGS.rows:
+    t = _median_time(getattr(ours, work), FLAGS.repeats)
+    rows.append({"work": work, "ours_tok_s": n_tokens / t, "hf_tok_s": None, "ratio": None,
+                 "peak_bytes": _jax_peak_bytes(), "hf_peak_bytes": None})
+    print(f"  ours {work:10s} {n_tokens / t:12.1f} tok/s", file=sys.stderr)
+
+  hf_note = None
+  if FLAGS.hf:
+    try:
+      import torch  # noqa: F401
+      import transformers  # noqa: F401
+    except ImportError:
+      hf_note = "torch/transformers not installed: HF column skipped"
+    if hf_note is None:
+      with tempfile.TemporaryDirectory() as hf_dir:
+        checkpoints.save_hf(hf_dir, jax.tree.map(lambda a: np.asarray(a, np.float32), params),
+                            config)
+        hf = HFStack(hf_dir, saes, tokens, mask, obj_layer, dtype, FLAGS.hf_attn)
+        hf.peak_bytes()
+        for row in rows:
+          if row["work"] == "lora_step":
+            hf.setup_lora()
+          t = _median_time(getattr(hf, row["work"]), FLAGS.repeats)
+          row["hf_tok_s"] = n_tokens / t
+          row["ratio"] = row["ours_tok_s"] / row["hf_tok_s"]
+          row["hf_peak_bytes"] = hf.peak_bytes()
+          print(f"  hf   {row['work']:10s} {row['hf_tok_s']:12.1f} tok/s", file=sys.stderr)
+
+  result = {
+      "device": devices,
+      "machine": f"{platform_lib.machine()} {platform_lib.processor() or ''}".strip(),
+      "config": FLAGS.config, "batch": batch, "seq": seq, "sae_width": width, "dtype": dtype,
+      "rows": rows,
+      "peak_matmul_flop_s": peak,
+      "flops_per_token": per_token,
+      "flop_limit_fraction": {r["work"]: r["ours_tok_s"] * per_token[r["work"]] / peak
+                              for r in rows},
+      "hf_flop_limit_fraction": {r["work"]: r["hf_tok_s"] * per_token[r["work"]] / peak
+                                 for r in rows if r["hf_tok_s"]},
+      "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      "note": hf_note,
+  }
+  print(f"\n| work | ours tok/s | HF tok/s | ratio | ours % of peak |\n|---|---|---|---|---|")
+  for r in rows:
+    hf_txt = f"{r['hf_tok_s']:.1f}" if r["hf_tok_s"] else "n/a"
+    ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "n/a"
+    print(f"| {r['work']} | {r['ours_tok_s']:.1f} | {hf_txt} | {ratio} | "
+          f"{100 * result['flop_limit_fraction'][r['work']]:.1f}% |")
+  print(f"\npeak matmul: {peak / 1e9:.1f} GFLOP/s ({dtype})")
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump(result, f, indent=1)
+    print(f"wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+  common.run(main)
