@@ -14,8 +14,8 @@ def _tokens(seed, shape, vocab=512):
 
 
 def test_jit_compiles_once_per_shape_bucket(toy_params, toy_config):
-  fwd = jax.jit(model_lib.forward, static_argnames=("config", "return_logits",
-                                                    "return_residuals", "remat"))
+  # A fresh function object: jit caches are per function, and other tests jit `forward` too.
+  fwd = jax.jit(lambda p, c, t, m: model_lib.forward(p, c, t, m), static_argnums=1)
   mask_a = np.ones((2, 64), np.int32); mask_a[0, 40:] = 0
   mask_b = np.ones((2, 64), np.int32); mask_b[1, :10] = 0
   fwd(toy_params, toy_config, _tokens(0, (2, 64)), jnp.asarray(mask_a))
