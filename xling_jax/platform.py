@@ -19,11 +19,11 @@ def select_platform(name: str) -> None:
   try:
     jax.config.update("jax_platforms", _JAX_NAMES[name])
     devices = jax.devices()
-  except RuntimeError as e:
+  except (RuntimeError, AssertionError) as e:  # jax 0.10 asserts when CUDA plugins are absent
     hint = {"gpu": "install the CUDA build: pip install -e '.[cuda]' (see BUILD.md)",
             "tpu": "run on a TPU VM with pip install -e '.[tpu]' (see BUILD.md)"}.get(name, "")
     raise SystemExit(f"--platform={name}: no {name.upper()} is available to JAX here "
-                     f"({str(e).splitlines()[0]}). {hint}") from None
+                     f"({(str(e).splitlines() or [type(e).__name__])[0]}). {hint}") from None
   if not devices:
     raise SystemExit(f"--platform={name}: JAX found no {name} devices")
 
