@@ -1,0 +1,55 @@
+"""Scoring on 8 fake CPU devices with replicated, FSDP and tensor-parallel params == one device.
+(The analysis counterpart lives in test_activations.py.)"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from xling_jax import sharding
+
+from tests.conftest import REPO
+
+_SCRIPT = r"""
+import json
+import jax
+jax.config.update("jax_default_matmul_precision", "highest")
+from xling_jax import scoring, sharding, toy
+from xling_jax.toy_tokenizer import toy_tokenizer
+assert len(jax.devices()) == 8
+params, config = toy.toy_model(seed=0)
+tok = toy_tokenizer(config.vocab_size)
+items = [scoring.encode_item(tok, "Question: Which planet is largest?\nAnswer:",
+                             [" Jupiter", " Mars", " a small grey moon"]),
+         scoring.encode_item(tok, "प्रश्न: पानी किस तापमान पर उबलता है?\nउत्तर:",
+                             [" सौ डिग्री सेल्सियस", " शून्य"])]
+out = {"single": scoring.score(params, config, items, batch_size=8).loglikelihoods}
+mesh = sharding.make_mesh((2, 4))
+for mode in sharding.PARAM_MODES:
+  placed = sharding.shard_params(params, mesh, mode)
+  out[mode] = scoring.score(placed, config, items, batch_size=8).loglikelihoods
+  out[mode + "_spec"] = str(placed["layers"]["gate"].sharding.spec)
+print(json.dumps(out))
+"""
+
+
+def test_scoring_under_every_param_sharding_matches_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
+                        timeout=600, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert "model" in out["fsdp_spec"] and "model" in out["tensor_spec"]
+  for mode in sharding.PARAM_MODES:
+    for got, want in zip(out[mode], out["single"]):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=mode)
+
+
+def test_mesh_shape_must_match_devices():
+  import pytest
+  with pytest.raises(ValueError, match="needs 8 devices"):
+    sharding.make_mesh((2, 4))
