@@ -1,0 +1,157 @@
+"""LoRA adapters as plain pytrees: configuration, initialisation, layer masks and merging.
+
+The adapter is what `xling_jax.model.forward(..., lora=adapter)` consumes:
+
+    {"scale": alpha / rank,
+     "layers": {module: {"a": [L, in, r], "b": [L, r, out]}}}
+
+`in`/`out` are the module's flattened features (HF's `[out, in]` weight transposed): q in D out
+N*H, k/v in D out K*H, o in N*H out D, gate/up in D out F, down in F out D, with head features
+n-major (index n*H + h) as in HF's q_proj/o_proj. The forward adds `scale * (x A) B` to `x W`.
+
+Every module keeps all L layers stacked so one `lax.scan` runs the model. Layers outside
+`LoraConfig.layers` hold A = B = 0: their LoRA path is exactly zero, their gradients are exactly
+zero (dA ~ B, dB ~ A), and `layer_mask` lets the optimiser zero their updates as well, so weight
+decay or a restored optimiser state can never move them either.
+"""
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xling_jax.config import Gemma2Config
+from xling_jax.model import LORA_MODULES, Params
+
+Adapter = dict  # {"scale": float, "layers": {module: {"a", "b"}}}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """Which weights get a low-rank update, and its size.
+
+  rank: r; alpha: the update is scaled by alpha / r (PEFT's `lora_alpha / r`).
+  modules: a subset of q, k, v, o, gate, up, down. layers: block indices, or None for all.
+  seed: the PRNG seed of A when `init_adapter` is not given a key.
+  """
+  rank: int = 8
+  alpha: float = 16.0
+  modules: tuple[str, ...] = LORA_MODULES
+  layers: tuple[int, ...] | None = None
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.rank < 1:
+      raise ValueError(f"LoraConfig.rank must be >= 1, got {self.rank}")
+    if not self.alpha > 0:
+      raise ValueError(f"LoraConfig.alpha must be > 0, got {self.alpha}")
+    unknown = [m for m in self.modules if m not in LORA_MODULES]
+    if unknown or not self.modules or len(set(self.modules)) != len(self.modules):
+      raise ValueError(f"LoraConfig.modules={self.modules!r}: expected a non-empty, duplicate-free "
+                       f"subset of {LORA_MODULES}")
+    # Canonical order, so equal subsets give equal (hashable, comparable) configs.
+    object.__setattr__(self, "modules", tuple(m for m in LORA_MODULES if m in self.modules))
+    if self.layers is not None:
+      if not self.layers or len(set(self.layers)) != len(self.layers):
+        raise ValueError(f"LoraConfig.layers={self.layers!r}: expected a non-empty, "
+                         "duplicate-free tuple of block indices (or None for all)")
+      object.__setattr__(self, "layers", tuple(sorted(int(l) for l in self.layers)))
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+  def active_layers(self, config: Gemma2Config) -> tuple[int, ...]:
+    """The adapted block indices, checked against the model's depth."""
+    if self.layers is None:
+      return tuple(range(config.n_layers))
+    bad = [l for l in self.layers if not 0 <= l < config.n_layers]
+    if bad:
+      raise ValueError(f"LoraConfig.layers {bad} out of range for a {config.n_layers}-layer model")
+    return self.layers
+
+
+def module_dims(config: Gemma2Config, module: str) -> tuple[int, int]:
+  """(in, out) flattened feature counts of a module's LoRA path."""
+  c = config
+  dims = {
+      "q": (c.d_model, c.q_width), "k": (c.d_model, c.kv_width), "v": (c.d_model, c.kv_width),
+      "o": (c.q_width, c.d_model), "gate": (c.d_model, c.mlp_hidden),
+      "up": (c.d_model, c.mlp_hidden), "down": (c.mlp_hidden, c.d_model),
+  }
+  if module not in dims:
+    raise ValueError(f"unknown LoRA module {module!r}; expected one of {LORA_MODULES}")
+  return dims[module]
+
+
+def layer_mask(config: Gemma2Config, lora_config: LoraConfig) -> np.ndarray:
+  """[L] float32: 1 on adapted blocks, 0 elsewhere."""
+  mask = np.zeros(config.n_layers, np.float32)
+  mask[list(lora_config.active_layers(config))] = 1.0
+  return mask
+
+
+def init_adapter(config: Gemma2Config, lora_config: LoraConfig,
+                 key: jax.Array | None = None) -> Adapter:
+  """A fresh adapter: A ~ U(-1/sqrt(in), 1/sqrt(in)) on adapted layers (PEFT's
+  `kaiming_uniform_(a=sqrt(5))` for an `nn.Linear(in, r)`), B = 0, so it is an exact no-op.
+  A and B are float32 whatever the model dtype: the update is small relative to W."""
+  if key is None:
+    key = jax.random.PRNGKey(lora_config.seed)
+  return {"scale": lora_config.scale, "layers": _init_layers(config, lora_config, key)}
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _init_layers(config: Gemma2Config, lora_config: LoraConfig, key: jax.Array) -> dict:
+  mask = jnp.asarray(layer_mask(config, lora_config))[:, None, None]
+  r, L = lora_config.rank, config.n_layers
+  layers = {}
+  for module, k in zip(lora_config.modules, jax.random.split(key, len(lora_config.modules))):
+    d_in, d_out = module_dims(config, module)
+    bound = 1.0 / np.sqrt(d_in)
+    a = jax.random.uniform(k, (L, d_in, r), jnp.float32, -bound, bound) * mask
+    layers[module] = {"a": a, "b": jnp.zeros((L, r, d_out), jnp.float32)}
+  return layers
+
+
+def check_adapter(adapter: Adapter, config: Gemma2Config) -> None:
+  """Raise ValueError naming every module whose A/B shapes do not fit `config`."""
+  problems = []
+  for module, ab in adapter["layers"].items():
+    d_in, d_out = module_dims(config, module)
+    a, b = ab["a"].shape, ab["b"].shape
+    if len(a) != 3 or len(b) != 3 or a[2] != b[1]:
+      problems.append(f"{module}: a {a}, b {b} (expected [L, in, r] and [L, r, out])")
+    elif a[:2] != (config.n_layers, d_in) or (b[0], b[2]) != (config.n_layers, d_out):
+      problems.append(f"{module}: a {a}, b {b}, expected a [{config.n_layers}, {d_in}, r] "
+                      f"and b [{config.n_layers}, r, {d_out}]")
+  if problems:
+    raise ValueError("adapter does not match the model config:\n  " + "\n  ".join(problems))
+
+
+def delta_weight(w: jax.Array, ab: dict, scale, module: str) -> jax.Array:
+  """scale * A @ B in float32, laid out like the frozen weight `w` of `module`
+  (q/k/v [L, n, D, H] from [L, D, n*H]; o [L, N, H, D] from [L, N*H, D]; MLP as is)."""
+  flat = scale * jnp.einsum("lir,lro->lio", ab["a"].astype(jnp.float32),
+                            ab["b"].astype(jnp.float32))  # [L, in, out]
+  if flat.size != w.size:
+    raise ValueError(f"LoRA {module}: A @ B has shape {flat.shape}, which cannot fold into the "
+                     f"weight of shape {w.shape}")
+  if module in ("q", "k", "v"):
+    L, n, D, H = w.shape
+    return flat.reshape(L, D, n, H).transpose(0, 2, 1, 3)
+  return flat.reshape(w.shape)
+
+
+def merge(params: Params, adapter: Adapter) -> Params:
+  """Plain params with W + scale * A @ B folded into every adapted weight (float32 sum, cast
+  back to W's dtype); applying the merged params equals applying the adapter."""
+  layers = dict(params["layers"])
+  for module, ab in adapter["layers"].items():
+    w = layers[module]
+    layers[module] = (w.astype(jnp.float32)
+                      + delta_weight(w, ab, adapter["scale"], module)).astype(w.dtype)
+  return {**params, "layers": layers}

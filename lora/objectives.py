@@ -1,0 +1,180 @@
+"""The activation-aware LoRA objective (DESIGN.md s.5): align + retain + lm.
+
+One step sees a target-language batch and the parallel English batch (same lines).
+
+  align  = mean over objective layers S of ((A_t - A_en_base) / A_en_base)^2, where A is a
+           layer's activation (mean over statistic tokens of sum_i f_i, f the layer's JumpReLU
+           code; `xling_jax.activations`), A_t the adapted model's on the target batch and
+           A_en_base the frozen model's on the English batch.
+  retain = keep English unchanged. "residual": mean over layers of
+           sum_tokens ||r_adapted - r_base||^2 / sum_tokens ||r_base||^2 (per-layer normalised,
+           because residual norms grow with depth); "kl": mean over tokens of
+           KL(p_base || p_adapted) of the next-token distributions.
+  lm     = next-token cross-entropy of the adapted model on the target text.
+
+  loss = w_align * align + w_retain * retain + w_lm * lm
+
+The frozen English reference (`reference`) is computed once per batch from the base params and
+is never differentiated. The adapted model runs once per step on the target and English rows
+together; a term whose weight is 0 is left out of the loss (and its SAE encode or logits are not
+computed). JumpReLU passes gradients through active features only; that is expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from xling_jax import activations
+from xling_jax import model as model_lib
+from xling_jax.config import Gemma2Config
+
+RETAIN_KINDS = ("residual", "kl")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+  """Weights of the three terms, the objective layers S and the kind of retain term.
+  `layers` index the model's blocks; the SAEs handed to the objective are stacked in this order."""
+  layers: tuple[int, ...] = (20,)
+  w_align: float = 1.0
+  w_retain: float = 1.0
+  w_lm: float = 0.0
+  retain: str = "residual"
+
+  def __post_init__(self):
+    if not self.layers or len(set(self.layers)) != len(self.layers):
+      raise ValueError(f"ObjectiveConfig.layers={self.layers!r}: expected a non-empty, "
+                       "duplicate-free tuple of block indices")
+    object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
+    if self.retain not in RETAIN_KINDS:
+      raise ValueError(f"ObjectiveConfig.retain={self.retain!r}; choose one of {RETAIN_KINDS}")
+    weights = (self.w_align, self.w_retain, self.w_lm)
+    if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+      raise ValueError(f"objective weights (align, retain, lm) = {weights}: expected "
+                       "non-negative weights, at least one positive")
+
+  def weight(self, term: str) -> float:
+    return getattr(self, f"w_{term}")
+
+  def check(self, config: Gemma2Config) -> None:
+    bad = [l for l in self.layers if not 0 <= l < config.n_layers]
+    if bad:
+      raise ValueError(f"objective layers {bad} out of range for a {config.n_layers}-layer model")
+
+
+class Batch(NamedTuple):
+  """A target-language batch and the parallel English batch (same lines), BOS first, right
+  padded to one common width T: tokens/mask [B, T] int32 each."""
+  target_tokens: jax.Array
+  target_mask: jax.Array
+  ref_tokens: jax.Array
+  ref_mask: jax.Array
+
+
+class Reference(NamedTuple):
+  """The frozen model on the English batch: activation [|S|], and (as the retain kind needs)
+  residuals [L, B, T, D] or logits [B, T, V]; unused fields are None."""
+  activation: jax.Array | None
+  residuals: jax.Array | None
+  logits: jax.Array | None
+
+
+def _activation_at(residuals: jax.Array, saes, weights: jax.Array) -> jax.Array:
+  """residuals [|S|, B, T, D] of the objective layers, saes stacked over S, weights [B, T] ->
+  activation [|S|] = sum_tokens sum_i f_i / number of statistic tokens."""
+  sums = jax.vmap(activations.layer_row_sums, in_axes=(0, 0, None))(
+      residuals, saes, weights)["activation"].sum(-1)
+  return sums / jnp.maximum(weights.sum(), 1.0)
+
+
+def _residuals(params, config: Gemma2Config, tokens, mask, lora, remat: bool) -> jax.Array:
+  return model_lib.forward(params, config, tokens, mask, return_logits=False,
+                           return_residuals=True, lora=lora, remat=remat).residuals
+
+
+def _logits(params, config: Gemma2Config, residuals: jax.Array) -> jax.Array:
+  """Next-token logits from the last block's raw output (what forward's logits are)."""
+  return model_lib.unembed(params, config, residuals[-1])
+
+
+def reference(params, config: Gemma2Config, saes, batch: Batch,
+              objective: ObjectiveConfig) -> Reference:
+  """The frozen English reference for one batch (base params, no adapter, stop_gradient)."""
+  kl = objective.w_retain > 0 and objective.retain == "kl"
+  residuals = _residuals(params, config, batch.ref_tokens, batch.ref_mask, None, False)
+  weights = activations.stat_mask(batch.ref_tokens, batch.ref_mask, config.bos_id)
+  ref = Reference(
+      activation=(_activation_at(residuals[jnp.asarray(objective.layers)], saes, weights)
+                  if objective.w_align > 0 else None),
+      residuals=residuals if objective.w_retain > 0 and not kl else None,
+      logits=_logits(params, config, residuals) if kl else None)
+  return jax.tree.map(jax.lax.stop_gradient, ref)
+
+
+def relative_residual_distance(residuals: jax.Array, base: jax.Array,
+                               weights: jax.Array) -> jax.Array:
+  """Mean over layers of sum_t ||r - r_base||^2 / sum_t ||r_base||^2 over weighted tokens.
+  residuals, base [L, B, T, D]; weights [B, T]."""
+  diff = jnp.einsum("lbt,bt->l", jnp.sum((residuals - base).astype(jnp.float32) ** 2, -1),
+                    weights)
+  norm = jnp.einsum("lbt,bt->l", jnp.sum(base.astype(jnp.float32) ** 2, -1), weights)
+  return jnp.mean(diff / jnp.maximum(norm, 1e-30))
+
+
+def next_token_kl(logits: jax.Array, base_logits: jax.Array, weights: jax.Array) -> jax.Array:
+  """Mean over weighted positions of KL(softmax(base) || softmax(logits)); [B, T, V], [B, T]."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+  base_logp = jax.nn.log_softmax(base_logits.astype(jnp.float32), -1)
+  kl = jnp.sum(jnp.exp(base_logp) * (base_logp - logp), -1)
+  return jnp.sum(kl * weights) / jnp.maximum(weights.sum(), 1.0)
+
+
+def next_token_nll(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean cross-entropy of predicting tokens[:, 1:] from logits[:, :-1], over real targets."""
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
+  nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+  weights = mask[:, 1:].astype(jnp.float32)
+  return jnp.sum(nll * weights) / jnp.maximum(weights.sum(), 1.0)
+
+
+def loss_terms(adapter, params, config: Gemma2Config, saes, batch: Batch, ref: Reference,
+               objective: ObjectiveConfig, *, remat: bool = False) -> dict[str, jax.Array]:
+  """The unweighted terms with positive weight, each a float32 scalar. `adapter` is the full
+  adapter pytree ({"scale", "layers"}); `saes` are stacked over `objective.layers`.
+
+  The adapted model runs once, on the target and English rows stacked into one [2B, T] batch:
+  one layer scan to differentiate instead of two (half the compile time)."""
+  B = batch.target_tokens.shape[0]
+  tokens = jnp.concatenate([batch.target_tokens, batch.ref_tokens])
+  mask = jnp.concatenate([batch.target_mask, batch.ref_mask])
+  residuals = _residuals(params, config, tokens, mask, adapter, remat)
+  target, english = residuals[:, :B], residuals[:, B:]
+  terms = {}
+  if objective.w_align > 0:
+    weights = activations.stat_mask(batch.target_tokens, batch.target_mask, config.bos_id)
+    act = _activation_at(target[jnp.asarray(objective.layers)], saes, weights)
+    terms["align"] = jnp.mean(((act - ref.activation) / ref.activation) ** 2)
+  if objective.w_retain > 0:
+    weights = activations.stat_mask(batch.ref_tokens, batch.ref_mask, config.bos_id)
+    terms["retain"] = (
+        next_token_kl(_logits(params, config, english), ref.logits, weights)
+        if objective.retain == "kl" else
+        relative_residual_distance(english, ref.residuals, weights))
+  if objective.w_lm > 0:
+    terms["lm"] = next_token_nll(_logits(params, config, target), batch.target_tokens,
+                                 batch.target_mask)
+  return terms
+
+
+def total_loss(adapter, params, config: Gemma2Config, saes, batch: Batch, ref: Reference,
+               objective: ObjectiveConfig, *, remat: bool = False
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(weighted total, unweighted terms)."""
+  terms = loss_terms(adapter, params, config, saes, batch, ref, objective, remat=remat)
+  total = sum(objective.weight(name) * value for name, value in terms.items())
+  return total, terms
+
+

@@ -1,0 +1,387 @@
+"""Training the adapter: optax optimiser, jitted step, parallel-corpus batches, orbax checkpoints.
+
+Only the adapter is differentiated: the train step takes the frozen params as an ordinary
+argument and `jax.value_and_grad` is taken with respect to the adapter's A/B tree alone, so the
+frozen tree never enters autodiff (tests/test_lora_train.py checks the jaxpr).
+
+Resume is exact: the batch at data position p is a pure function of (corpus split, RNG key, p),
+and a checkpoint holds the adapter, the optimiser state, the step, the data position and the RNG
+key. Orbax writes each checkpoint to a temporary directory and renames it when complete, so a
+kill mid-save leaves the previous checkpoint as the latest. A non-finite loss, gradient or
+update stops training before anything from that step is saved.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from lora import objectives
+from lora.lora import Adapter, LoraConfig, init_adapter, layer_mask
+from xling_jax import activations
+from xling_jax.config import Gemma2Config
+
+LOG_NAME = "train_log.jsonl"
+# TrainConfig fields that may change between a run and its resume without changing the result.
+_RESUMABLE_CHANGES = ("save_every", "max_to_keep", "log_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimiser, schedule, data and checkpoint settings.
+
+  The learning rate warms up linearly from 0 over `warmup_steps`, then follows a cosine to
+  `lr * final_lr_fraction` at `steps`. AdamW (decoupled `weight_decay`), gradients clipped to
+  global norm `clip_norm`. `eval_fraction` of the parallel lines (at least one) are held out
+  for evaluation. Sentences are tokenised with BOS, padded to a multiple of `bucket`, cut at
+  `max_len` tokens.
+  """
+  steps: int = 300
+  batch_size: int = 8
+  lr: float = 1e-3
+  warmup_steps: int = 20
+  final_lr_fraction: float = 0.1
+  weight_decay: float = 0.0
+  clip_norm: float = 1.0
+  eval_fraction: float = 0.2
+  max_len: int = 128
+  bucket: int = 64
+  seed: int = 0
+  save_every: int = 100
+  max_to_keep: int = 3
+  log_every: int = 10
+
+  def __post_init__(self):
+    positive = ("steps", "batch_size", "lr", "clip_norm", "max_len", "bucket", "save_every",
+                "max_to_keep", "log_every")
+    bad = [f"{k}={getattr(self, k)}" for k in positive if not getattr(self, k) > 0]
+    if not 0 <= self.warmup_steps < self.steps:
+      bad.append(f"warmup_steps={self.warmup_steps} (needs 0 <= warmup_steps < steps)")
+    if not 0 < self.eval_fraction < 1:
+      bad.append(f"eval_fraction={self.eval_fraction} (needs 0 < eval_fraction < 1)")
+    if bad:
+      raise ValueError(f"invalid TrainConfig: {', '.join(bad)}")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN/inf; nothing from that step was saved."""
+
+
+# ---- optimiser ------------------------------------------------------------------------------
+
+def freeze_inactive_layers(mask: np.ndarray) -> optax.GradientTransformation:
+  """Multiply every [L, ...] update by the [L] layer mask: blocks outside the adapter's layers
+  never move, whatever the optimiser (weight decay, restored moments) would do."""
+  mask = jnp.asarray(mask)
+
+  def apply(updates, params=None):
+    del params
+    return jax.tree.map(lambda u: u * mask.reshape((-1,) + (1,) * (u.ndim - 1)), updates)
+
+  return optax.stateless(apply)
+
+
+def make_schedule(train_config: TrainConfig) -> optax.Schedule:
+  tc = train_config
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=tc.lr, warmup_steps=tc.warmup_steps, decay_steps=tc.steps,
+      end_value=tc.lr * tc.final_lr_fraction)
+
+
+def make_optimizer(train_config: TrainConfig, mask: np.ndarray) -> optax.GradientTransformation:
+  """clip -> AdamW(warmup/cosine) -> zero the updates of blocks outside `mask` [L]."""
+  return optax.chain(
+      optax.clip_by_global_norm(train_config.clip_norm),
+      optax.adamw(make_schedule(train_config), weight_decay=train_config.weight_decay),
+      freeze_inactive_layers(mask))
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ParallelSplit:
+  """Line-aligned target-language and reference (English) sentences."""
+  target: tuple[str, ...]
+  ref: tuple[str, ...]
+
+  def __post_init__(self):
+    if len(self.target) != len(self.ref):
+      raise ValueError(f"parallel split: {len(self.target)} target vs {len(self.ref)} "
+                       "reference sentences; line i must be the same sentence in both")
+
+  def __len__(self) -> int:
+    return len(self.target)
+
+
+def split_parallel(target: Sequence[str], ref: Sequence[str], eval_fraction: float,
+                   seed: int) -> tuple[ParallelSplit, ParallelSplit]:
+  """(train, held-out): a seeded random `eval_fraction` of the lines (at least one) is held out;
+  both keep corpus order."""
+  whole = ParallelSplit(tuple(target), tuple(ref))
+  n = len(whole)
+  n_eval = max(1, int(round(n * eval_fraction)))
+  if n - n_eval < 1:
+    raise ValueError(f"a corpus of {n} parallel lines cannot be split into train and held-out "
+                     f"parts (eval_fraction={eval_fraction})")
+  held = set(np.random.default_rng(seed).permutation(n)[:n_eval].tolist())
+
+  def take(keep):
+    rows = [i for i in range(n) if (i in held) == keep]
+    return ParallelSplit(tuple(whole.target[i] for i in rows), tuple(whole.ref[i] for i in rows))
+
+  return take(False), take(True)
+
+
+class BatchStream:
+  """Batches of the training split by data position: lines are visited in a fresh permutation
+  each epoch, the permutation of epoch e seeded by (rng key, e). `batch(p)` is pure in p."""
+
+  def __init__(self, split: ParallelSplit, tokenizer, train_config: TrainConfig):
+    self.split, self.tokenizer, self.tc = split, tokenizer, train_config
+    self._perms: dict[tuple, np.ndarray] = {}
+
+  def _perm(self, rng: np.ndarray, epoch: int) -> np.ndarray:
+    key = (tuple(np.asarray(rng).ravel().tolist()), epoch)
+    if key not in self._perms:
+      self._perms[key] = np.random.default_rng(list(key[0]) + [epoch]).permutation(len(self.split))
+    return self._perms[key]
+
+  def indices(self, rng: np.ndarray, position: int) -> np.ndarray:
+    n = len(self.split)
+    pos = np.arange(position, position + self.tc.batch_size)
+    return np.array([self._perm(rng, int(p // n))[p % n] for p in pos])
+
+  def batch(self, rng: np.ndarray, position: int) -> objectives.Batch:
+    """Target and English rows of the same lines, padded to one common width."""
+    idx = self.indices(rng, position)
+    enc = [self.tokenizer.encode_batch([texts[i] for i in idx], add_bos=True,
+                                       max_len=self.tc.max_len, bucket=self.tc.bucket)
+           for texts in (self.split.target, self.split.ref)]
+    width = max(e.tokens.shape[1] for e in enc)
+    pad = lambda x, fill: np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=fill)
+    (tt, tm), (rt, rm) = [(pad(e.tokens, self.tokenizer.pad_id), pad(e.mask, 0)) for e in enc]
+    return objectives.Batch(*map(jnp.asarray, (tt, tm, rt, rm)))
+
+
+# ---- the step -------------------------------------------------------------------------------
+
+def make_train_step(config: Gemma2Config, objective: objectives.ObjectiveConfig,
+                    tx: optax.GradientTransformation, scale: float,
+                    loss_fn: Callable = objectives.total_loss, remat: bool = False):
+  """step(adapter_layers, opt_state, params, saes, batch) -> (adapter_layers, opt_state, metrics).
+
+  `adapter_layers` is the adapter's {"module": {"a", "b"}} tree, the only differentiated input;
+  `params` (frozen model) and `saes` (stacked over the objective layers) are plain arguments.
+  The English reference is computed first, outside autodiff. metrics: loss, each term,
+  grad_norm, and `finite` (loss, gradients and the updated adapter are all finite).
+  """
+
+  def step(layers, opt_state, params, saes, batch):
+    ref = objectives.reference(params, config, saes, batch, objective)
+
+    def loss(layers):
+      return loss_fn({"scale": scale, "layers": layers}, params, config, saes, batch, ref,
+                     objective, remat=remat)
+
+    (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(layers)
+    updates, new_opt_state = tx.update(grads, opt_state, layers)
+    new_layers = optax.apply_updates(layers, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_layers)]))
+    metrics = {"loss": total, **terms, "grad_norm": grad_norm, "finite": finite}
+    return new_layers, new_opt_state, metrics
+
+  return jax.jit(step)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+class TrainState(NamedTuple):
+  layers: dict  # the adapter's trainable tree
+  opt_state: optax.OptState
+  step: int  # completed updates
+  position: int  # training lines consumed
+  rng: np.ndarray  # uint32 PRNG key data: seeds the epoch permutations
+
+
+def _to_saved(state: TrainState) -> dict:
+  return {"adapter": state.layers, "opt_state": state.opt_state,
+          "step": np.asarray(state.step, np.int64),
+          "position": np.asarray(state.position, np.int64), "rng": np.asarray(state.rng, np.uint32)}
+
+
+def run_meta(config: Gemma2Config, lora_config: LoraConfig, objective: objectives.ObjectiveConfig,
+             train_config: TrainConfig) -> dict:
+  """The settings a checkpoint records, as JSON: a resume must match them."""
+  return json.loads(json.dumps({
+      "model": config.to_dict(), "lora": dataclasses.asdict(lora_config),
+      "objective": dataclasses.asdict(objective), "train": dataclasses.asdict(train_config)}))
+
+
+def _check_same_run(saved: dict, current: dict, directory: Path) -> None:
+  strip = lambda m: {**m, "train": {k: v for k, v in m["train"].items()
+                                    if k not in _RESUMABLE_CHANGES}}
+  saved, current = strip(saved), strip(current)
+  if saved != current:
+    diffs = [f"{part}.{k}: checkpoint {saved[part].get(k)!r}, now {current[part].get(k)!r}"
+             for part in current for k in current[part]
+             if saved.get(part, {}).get(k) != current[part][k]]
+    raise ValueError(f"cannot resume from {directory}: the run's settings differ "
+                     f"({'; '.join(diffs)}). Resume with the original settings or start a new run.")
+
+
+def checkpoint_manager(directory: str | Path, train_config: TrainConfig) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      Path(directory).absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=train_config.max_to_keep, create=True))
+
+
+def restore_latest(manager: ocp.CheckpointManager, template: TrainState,
+                   meta: dict) -> TrainState:
+  """The state of the latest complete checkpoint, after checking that it was written by a run
+  with the same settings (`meta`, from `run_meta`)."""
+  step = manager.latest_step()
+  saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  _check_same_run(saved, meta, manager.directory)
+  s = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_to_saved(template)))).state
+  return TrainState(layers=s["adapter"], opt_state=s["opt_state"], step=int(s["step"]),
+                    position=int(s["position"]), rng=np.asarray(s["rng"], np.uint32))
+
+
+# ---- the loop -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainResult:
+  adapter: Adapter
+  step: int
+  last_metrics: dict[str, float]
+
+
+def _rewind_log(path: Path, step: int) -> None:
+  """Keep only log lines up to `step` (lines written after the checkpoint we resume from)."""
+  if not path.exists():
+    return
+  kept = [line for line in path.read_text().splitlines()
+          if line.strip() and json.loads(line)["step"] <= step]
+  path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(params, config: Gemma2Config, saes, stream: BatchStream, lora_config: LoraConfig,
+          objective: objectives.ObjectiveConfig, train_config: TrainConfig,
+          checkpoint_dir: str | Path, *, resume: bool = False, log_path: str | Path | None = None,
+          loss_fn: Callable = objectives.total_loss, echo: Callable[[str], None] = print,
+          remat: bool = False) -> TrainResult:
+  """Train the adapter for `train_config.steps` updates; returns the final adapter.
+
+  `saes`: JumpReLU params stacked over `objective.layers`. Checkpoints go to `checkpoint_dir`
+  every `save_every` steps and at the end; with `resume` the latest one is restored (a missing
+  one means a fresh start), otherwise an existing one is an error. Each logged step appends
+  {"step", "loss", terms, "grad_norm", "lr", "steps_per_s"} to `log_path` (JSONL).
+  Raises NonFiniteLossError on NaN/inf, after waiting for pending saves; the latest checkpoint
+  is then the last good state.
+  """
+  tc = train_config
+  objective.check(config)
+  checkpoint_dir = Path(checkpoint_dir)
+  mask = layer_mask(config, lora_config)
+  tx = make_optimizer(tc, mask)
+  adapter = init_adapter(config, lora_config)
+  rng = np.asarray(jax.random.PRNGKey(tc.seed), np.uint32)
+  state = TrainState(adapter["layers"], tx.init(adapter["layers"]), 0, 0, rng)
+  meta = run_meta(config, lora_config, objective, tc)
+  manager = checkpoint_manager(checkpoint_dir, tc)
+  log_path = None if log_path is None else Path(log_path)
+  if manager.latest_step() is not None:
+    if not resume:
+      raise FileExistsError(f"{checkpoint_dir} already holds checkpoints (latest step "
+                            f"{manager.latest_step()}); resume, or choose a new directory")
+    state = restore_latest(manager, state, meta)
+    echo(f"resumed from step {state.step} ({checkpoint_dir})")
+  elif resume:
+    echo(f"no checkpoint in {checkpoint_dir}: starting from step 0")
+  if log_path is not None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if state.step:
+      _rewind_log(log_path, state.step)
+    else:
+      log_path.write_text("")
+
+  schedule = make_schedule(tc)
+  step_fn = make_train_step(config, objective, tx, lora_config.scale, loss_fn, remat)
+
+  def save(s: TrainState):
+    manager.save(s.step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_to_saved(s)), meta=ocp.args.JsonSave(meta)))
+
+  metrics: dict[str, float] = {}
+  tick, tick_step = time.perf_counter(), state.step
+  try:
+    while state.step < tc.steps:
+      batch = stream.batch(state.rng, state.position)
+      layers, opt_state, out = step_fn(state.layers, state.opt_state, params, saes, batch)
+      out = {k: float(v) for k, v in jax.device_get(out).items()}
+      if not out.pop("finite"):
+        manager.wait_until_finished()
+        terms = ", ".join(f"{k}={v:.6g}" for k, v in out.items())
+        last = manager.latest_step()
+        where = (f"Last good checkpoint: step {last} in {checkpoint_dir}" if last is not None
+                 else f"No checkpoint was written before it (save_every={tc.save_every})")
+        raise NonFiniteLossError(
+            f"non-finite value at step {state.step + 1} ({terms}); training stopped and nothing "
+            f"from this step was saved. {where}")
+      state = TrainState(layers, opt_state, state.step + 1, state.position + tc.batch_size,
+                         state.rng)
+      metrics = out
+      if state.step % tc.log_every == 0 or state.step == tc.steps:
+        now = time.perf_counter()
+        rate = (state.step - tick_step) / max(now - tick, 1e-9)
+        tick, tick_step = now, state.step
+        record = {"step": state.step, **out, "lr": float(schedule(state.step - 1)),
+                  "steps_per_s": rate}
+        echo(f"step {state.step}/{tc.steps}  " + "  ".join(
+            f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
+        if log_path is not None:
+          with log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+      if state.step % tc.save_every == 0 or state.step == tc.steps:
+        save(state)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+  return TrainResult({"scale": lora_config.scale, "layers": state.layers}, state.step, metrics)
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+
+_layer_activations = jax.jit(activations.layer_activations,
+                             static_argnames=("config", "layers", "remat"))
+
+
+def corpus_activation(params, config: Gemma2Config, saes, layers: Sequence[int], tokenizer,
+                      sentences: Sequence[str], *, lora: Adapter | None = None,
+                      batch_size: int = 8, max_len: int = 128, bucket: int = 64) -> np.ndarray:
+  """Activation per layer [len(layers)] over all statistic tokens of `sentences` (the analysis
+  definition: token-weighted mean of sum_i f_i); `saes` stacked over `layers`."""
+  layers = tuple(layers)
+  total, count = np.zeros(len(layers)), 0.0
+  for start in range(0, len(sentences), batch_size):
+    texts = list(sentences[start:start + batch_size])
+    # Empty filler rows (BOS only: no statistic tokens) keep one compiled batch shape.
+    enc = tokenizer.encode_batch(texts + [""] * (batch_size - len(texts)), add_bos=True,
+                                 max_len=max_len, bucket=bucket)
+    n = float(np.asarray(activations.stat_mask(enc.tokens, enc.mask, config.bos_id)).sum())
+    acts = _layer_activations(params, config, saes, jnp.asarray(enc.tokens),
+                              jnp.asarray(enc.mask), lora=lora, layers=layers)
+    total += np.asarray(acts, np.float64) * n
+    count += n
+  return total / max(count, 1.0)
