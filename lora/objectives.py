@@ -145,11 +145,15 @@ def loss_terms(adapter, params, config: Gemma2Config, saes, batch: Batch, ref: R
   """The unweighted terms with positive weight, each a float32 scalar. `adapter` is the full
   adapter pytree ({"scale", "layers"}); `saes` are stacked over `objective.layers`.
 
-  The adapted model runs once, on the target and English rows stacked into one [2B, T] batch:
-  one layer scan to differentiate instead of two (half the compile time)."""
+  The adapted model runs once: on the target rows, stacked with the English rows into one
+  [2B, T] batch when the retain term needs them (one layer scan to differentiate instead of
+  two, half the compile time); without a retain term English never enters the adapted model."""
   B = batch.target_tokens.shape[0]
-  tokens = jnp.concatenate([batch.target_tokens, batch.ref_tokens])
-  mask = jnp.concatenate([batch.target_mask, batch.ref_mask])
+  with_english = objective.w_retain > 0
+  tokens, mask = batch.target_tokens, batch.target_mask
+  if with_english:
+    tokens = jnp.concatenate([tokens, batch.ref_tokens])
+    mask = jnp.concatenate([mask, batch.ref_mask])
   residuals = _residuals(params, config, tokens, mask, adapter, remat)
   target, english = residuals[:, :B], residuals[:, B:]
   terms = {}
