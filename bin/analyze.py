@@ -87,7 +87,7 @@ def main(argv):
   else:
     raise app.UsageError("--checkpoint needs --sae_dir (Gemma Scope SAEs for every layer)")
 
-  notes = [toy.TOY_NOTE] if setup.is_toy else []
+  notes = [toy.toy_note(config)] if setup.is_toy else []
   for n in notes:
     print(n, file=sys.stderr)
   print(f"devices: {devices}; corpus: {corpus.name} ({corpus.n_sentences} sentences x "

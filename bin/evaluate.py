@@ -55,8 +55,6 @@ flags.DEFINE_integer("max_length", None,
 flags.DEFINE_string("out", "eval_out", "Output directory.")
 flags.DEFINE_bool("progress", True, "Show progress (items/s, ETA) on stderr.")
 
-TOY_NOTE = ("TOY RUN: a randomly initialised toy Gemma-2 and a toy tokenizer. The scores exercise "
-            "the pipeline and are chance-level by construction; they say nothing about Gemma-2-2B.")
 METRICS = ("acc", "acc_norm", "acc_bytes")
 
 
@@ -211,7 +209,8 @@ def main(argv):
     groups, missing = collect_prompts()
     devices = common.setup_platform()
     setup = common.load_model()
-    notes = [TOY_NOTE] if setup.is_toy else []
+    from xling_jax import toy
+    notes = [toy.toy_note(setup.config)] if setup.is_toy else []
     for n in notes:
       print(n, file=sys.stderr)
     print(f"devices: {devices}", file=sys.stderr)

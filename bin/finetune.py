@@ -229,7 +229,7 @@ def main(argv):
   select = lambda layers: jax.tree.map(
       lambda x: x[np.asarray([sae_layers.index(l) for l in layers])], saes)
 
-  notes = [toy.TOY_NOTE] if setup.is_toy else []
+  notes = [toy.toy_note(config)] if setup.is_toy else []
   for n in notes:
     print(n, file=sys.stderr)
   print(f"devices: {devices}; corpus: {corpus.name} ({len(train_split)} train / {len(heldout)} "

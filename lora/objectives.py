@@ -82,14 +82,6 @@ class Reference(NamedTuple):
   logits: jax.Array | None
 
 
-def _activation_at(residuals: jax.Array, saes, weights: jax.Array) -> jax.Array:
-  """residuals [|S|, B, T, D] of the objective layers, saes stacked over S, weights [B, T] ->
-  activation [|S|] = sum_tokens sum_i f_i / number of statistic tokens."""
-  sums = jax.vmap(activations.layer_row_sums, in_axes=(0, 0, None))(
-      residuals, saes, weights)["activation"].sum(-1)
-  return sums / jnp.maximum(weights.sum(), 1.0)
-
-
 def _residuals(params, config: Gemma2Config, tokens, mask, lora, remat: bool) -> jax.Array:
   return model_lib.forward(params, config, tokens, mask, return_logits=False,
                            return_residuals=True, lora=lora, remat=remat).residuals
@@ -107,7 +99,7 @@ def reference(params, config: Gemma2Config, saes, batch: Batch,
   residuals = _residuals(params, config, batch.ref_tokens, batch.ref_mask, None, False)
   weights = activations.stat_mask(batch.ref_tokens, batch.ref_mask, config.bos_id)
   ref = Reference(
-      activation=(_activation_at(residuals[jnp.asarray(objective.layers)], saes, weights)
+      activation=(activations.activation_from_residuals(residuals[jnp.asarray(objective.layers)], saes, weights)
                   if objective.w_align > 0 else None),
       residuals=residuals if objective.w_retain > 0 and not kl else None,
       logits=_logits(params, config, residuals) if kl else None)
@@ -159,7 +151,7 @@ def loss_terms(adapter, params, config: Gemma2Config, saes, batch: Batch, ref: R
   terms = {}
   if objective.w_align > 0:
     weights = activations.stat_mask(batch.target_tokens, batch.target_mask, config.bos_id)
-    act = _activation_at(target[jnp.asarray(objective.layers)], saes, weights)
+    act = activations.activation_from_residuals(target[jnp.asarray(objective.layers)], saes, weights)
     terms["align"] = jnp.mean(((act - ref.activation) / ref.activation) ** 2)
   if objective.w_retain > 0:
     weights = activations.stat_mask(batch.ref_tokens, batch.ref_mask, config.bos_id)

@@ -81,15 +81,15 @@ def layer_activations(params, config: Gemma2Config, saes, tokens: jax.Array, mas
   Used as the LoRA objective; residuals of unlisted layers are never encoded.
   """
   layers = tuple(range(config.n_layers)) if layers is None else tuple(layers)
-  weights = stat_mask(tokens, mask, config.bos_id)
   residuals = model_lib.forward(params, config, tokens, mask, return_logits=False, lora=lora,
                                 remat=remat).residuals[jnp.asarray(layers)]
+  return activation_from_residuals(residuals, saes, stat_mask(tokens, mask, config.bos_id))
 
-  def one(resid, sae_l):
-    codes = jumprelu.encode(sae_l, resid).astype(jnp.float32)
-    return jnp.einsum("bt,bt->", weights, codes.sum(-1))
 
-  sums = jax.vmap(one)(residuals, saes)
+def activation_from_residuals(residuals: jax.Array, saes, weights: jax.Array) -> jax.Array:
+  """residuals [n, B, T, D] with `saes` stacked over the same n layers, weights [B, T] ->
+  activation [n] = sum over weighted tokens of sum_i f_i / weighted token count."""
+  sums = jax.vmap(lambda r, s: layer_row_sums(r, s, weights)["activation"].sum())(residuals, saes)
   return sums / jnp.maximum(weights.sum(), 1.0)
 
 

@@ -12,8 +12,13 @@ import numpy as np
 from sae import jumprelu
 from xling_jax import config as config_lib, model as model_lib
 
-TOY_NOTE = ("TOY RUN: a randomly initialised 4-layer toy Gemma-2, a toy tokenizer and random SAEs. "
-            "The numbers exercise the pipeline; they say nothing about Gemma-2-2B.")
+TOY_NOTE = ("TOY RUN: a randomly initialised Gemma-2 ({layers} layers, d_model {d_model}), a toy "
+            "tokenizer and random SAEs. The numbers exercise the pipeline; they say nothing about "
+            "Gemma-2-2B.")
+
+
+def toy_note(config) -> str:
+  return TOY_NOTE.format(layers=config.n_layers, d_model=config.d_model)
 TOY_SAE_WIDTH = 256
 
 
