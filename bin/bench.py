@@ -5,6 +5,9 @@ Rows (tokens/s, median of --repeats timed calls after warm-up):
   residuals  every block's output (HF: output_hidden_states + a hook on the last layer)
   analysis   residuals + every layer's JumpReLU encode + the per-layer statistics
   scoring    full-vocabulary next-token log-likelihoods of every position
+  mc_scoring multiple-choice items (context of seq - 16 tokens, 4 choices of 8 tokens): ours runs
+             the shared context once per item (packed), HF the lm-eval way, once per choice.
+             Its tokens are lm-eval-equivalent: every choice row counted in full, both stacks.
   lora_step  one LoRA training step (rank 16 on all 7 projections; align + lm loss)
 The HF column uses torch with the same float weights; its SAE step is SAELens's JumpReLU math
 (`relu(pre) * (pre > threshold)`) per layer. `flop_limit_fraction` divides achieved FLOP/s
@@ -33,13 +36,15 @@ flags.DEFINE_integer("sae_width", None, "SAE width (default: toy 256, small 4096
 flags.DEFINE_integer("repeats", 5, "Timed repeats per row (median reported).")
 flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                   "Weights/activations dtype for both stacks. auto: float32 on cpu, bfloat16 else.")
-flags.DEFINE_list("rows", ["residuals", "analysis", "scoring", "lora_step"], "Which rows to run.")
+flags.DEFINE_list("rows", ["residuals", "analysis", "scoring", "mc_scoring", "lora_step"],
+                  "Which rows to run.")
 flags.DEFINE_bool("hf", True, "Also time HF transformers (+PEFT) when torch is installed.")
 flags.DEFINE_string("hf_attn", "eager", "HF attn_implementation (eager keeps Gemma-2's softcap).")
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 
 DEFAULTS = {"toy": (8, 64, 256), "small": (4, 128, 4096), "gemma2_2b": (32, 256, 16384)}
-ROWS = ("residuals", "analysis", "scoring", "lora_step")
+ROWS = ("residuals", "analysis", "scoring", "mc_scoring", "lora_step")
+MC_CHOICES, MC_CHOICE_LEN = 4, 8
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -74,6 +79,7 @@ class OurStack:
   def __init__(self, config, params, saes, tokens, mask, obj_layer):
     import jax
     import jax.numpy as jnp
+    import numpy as np
     import optax
 
     from lora import lora as lora_lib, objectives, train
@@ -94,6 +100,14 @@ class OurStack:
       return (target - jax.nn.logsumexp(logits, axis=-1)) * m[:, 1:]
 
     self.scoring = lambda: token_logprobs(params, tokens, mask).block_until_ready()
+
+    from xling_jax import scoring
+    ctx_len = tokens.shape[1] - 2 * MC_CHOICE_LEN
+    ids = np.asarray(tokens)
+    items = [scoring.EncodedItem(tuple(int(t) for t in row[:ctx_len]), tuple(
+        tuple(int(t) for t in row[ctx_len + c: ctx_len + c + MC_CHOICE_LEN]) for c in range(MC_CHOICES)))
+        for row in ids]
+    self.mc_scoring = lambda: scoring.score(params, config, items, batch_size=len(items))
 
     lora_config = lora_lib.LoraConfig(rank=16, alpha=32.0)
     adapter = lora_lib.init_adapter(config, lora_config)
@@ -174,6 +188,19 @@ class HFStack:
       logp.gather(-1, self.tokens[:, 1:, None])[..., 0] * self.mask[:, 1:]
     self._sync()
 
+  def mc_scoring(self):
+    """lm-eval's way: one row per (item, choice) = context + choice[:-1], full-vocab log-softmax."""
+    torch = self.torch
+    ctx_len = self.tokens.shape[1] - 2 * MC_CHOICE_LEN
+    rows = torch.cat([torch.cat([self.tokens[:, :ctx_len],
+                                 self.tokens[:, ctx_len + c: ctx_len + c + MC_CHOICE_LEN]], 1)
+                      for c in range(MC_CHOICES)])
+    with torch.no_grad():
+      logits = self.model(input_ids=rows[:, :-1]).logits[:, ctx_len - 1:].float()
+      logp = torch.log_softmax(logits, dim=-1).gather(-1, rows[:, ctx_len:, None])[..., 0]
+      logp.sum(-1).reshape(MC_CHOICES, -1)
+    self._sync()
+
   def setup_lora(self):
     import peft
     config = peft.LoraConfig(r=16, lora_alpha=32, target_modules=[
@@ -252,12 +279,16 @@ def main(argv):
       # English reference forward + forward + backward to activations (weights frozen).
       "lora_step": 3 * flops.forward_flops_per_token(config, seq, logits=True),
   }
+  # mc_scoring counts what lm-eval processes: every choice row (context + choice) in full.
+  work_tokens = {w: n_tokens for w in ROWS}
+  work_tokens["mc_scoring"] = batch * MC_CHOICES * (seq - 2 * MC_CHOICE_LEN + MC_CHOICE_LEN)
+  per_token["mc_scoring"] = None  # the stacks do different work here: no common FLOP count
   rows = []
   for work in FLAGS.rows:
     t = _median_time(getattr(ours, work), FLAGS.repeats)
-    rows.append({"work": work, "ours_tok_s": n_tokens / t, "hf_tok_s": None, "ratio": None,
-                 "peak_bytes": _jax_peak_bytes(), "hf_peak_bytes": None})
-    print(f"  ours {work:10s} {n_tokens / t:12.1f} tok/s", file=sys.stderr)
+    rows.append({"work": work, "ours_tok_s": work_tokens[work] / t, "hf_tok_s": None,
+                 "ratio": None, "peak_bytes": _jax_peak_bytes(), "hf_peak_bytes": None})
+    print(f"  ours {work:10s} {rows[-1]['ours_tok_s']:12.1f} tok/s", file=sys.stderr)
 
   hf_note = None
   if FLAGS.hf:
@@ -276,7 +307,7 @@ def main(argv):
           if row["work"] == "lora_step":
             hf.setup_lora()
           t = _median_time(getattr(hf, row["work"]), FLAGS.repeats)
-          row["hf_tok_s"] = n_tokens / t
+          row["hf_tok_s"] = work_tokens[row["work"]] / t
           row["ratio"] = row["ours_tok_s"] / row["hf_tok_s"]
           row["hf_peak_bytes"] = hf.peak_bytes()
           print(f"  hf   {row['work']:10s} {row['hf_tok_s']:12.1f} tok/s", file=sys.stderr)
@@ -289,9 +320,9 @@ def main(argv):
       "peak_matmul_flop_s": peak,
       "flops_per_token": per_token,
       "flop_limit_fraction": {r["work"]: r["ours_tok_s"] * per_token[r["work"]] / peak
-                              for r in rows},
+                              for r in rows if per_token[r["work"]]},
       "hf_flop_limit_fraction": {r["work"]: r["hf_tok_s"] * per_token[r["work"]] / peak
-                                 for r in rows if r["hf_tok_s"]},
+                                 for r in rows if r["hf_tok_s"] and per_token[r["work"]]},
       "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       "note": hf_note,
   }
@@ -299,8 +330,9 @@ def main(argv):
   for r in rows:
     hf_txt = f"{r['hf_tok_s']:.1f}" if r["hf_tok_s"] else "n/a"
     ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "n/a"
+    frac = result["flop_limit_fraction"].get(r["work"])
     print(f"| {r['work']} | {r['ours_tok_s']:.1f} | {hf_txt} | {ratio} | "
-          f"{100 * result['flop_limit_fraction'][r['work']]:.1f}% |")
+          + (f"{100 * frac:.1f}% |" if frac is not None else "n/a |"))
   print(f"\npeak matmul: {peak / 1e9:.1f} GFLOP/s ({dtype})")
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
