@@ -18,6 +18,7 @@ from bin import common
 FLAGS = flags.FLAGS
 common.define_platform_flags()
 common.define_model_flags()
+flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 flags.DEFINE_string("sae_dir", None,
                     "Gemma Scope SAEs: a local mirror of google/gemma-scope-2b-pt-res "
                     "(layer_{i}/width_{w}/average_l0_{n}/params.npz), a folder with one SAELens "

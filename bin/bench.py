@@ -28,6 +28,7 @@ from bin import common
 
 FLAGS = flags.FLAGS
 common.define_platform_flags()
+flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 flags.DEFINE_enum("config", "toy", ["toy", "small", "gemma2_2b"],
                   "Model shape (random weights). small ~ a minute per stack on a 2-core CPU.")
 flags.DEFINE_integer("batch", None, "Batch size (default per config: toy 8, small 4, gemma2_2b 32).")

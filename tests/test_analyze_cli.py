@@ -37,7 +37,7 @@ def test_unknown_language_is_a_clear_error():
 
 
 def test_help_explains_every_flag():
-  proc = _run("--helpfull")
+  proc = _run("--help")
   for flag in ("--platform", "--config", "--checkpoint", "--tokenizer", "--sae_dir", "--sae_width",
                "--sae_l0", "--langs", "--corpus", "--max_sentences", "--batch_size", "--out",
                "--seed", "--bootstrap", "--mesh"):
