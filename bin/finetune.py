@@ -31,6 +31,7 @@ from bin import common
 FLAGS = flags.FLAGS
 common.define_platform_flags()
 common.define_model_flags()
+flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 flags.DEFINE_string("target_lang", "ml", "Language whose activation the adapter lifts.")
 flags.DEFINE_string("ref_lang", "en", "Reference language: the alignment target, kept unchanged.")
 flags.DEFINE_string("layers", "all", "Blocks that get LoRA: 'all' or comma-separated indices.")
