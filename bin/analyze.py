@@ -43,8 +43,10 @@ flags.DEFINE_string("bands", None,
                     "for 26 layers, thirds otherwise.")
 flags.DEFINE_list("low_resource", ["id", "ca", "mr", "ml", "hi"],
                   "The group whose band max/mean the summary reports.")
-flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for confidence intervals (0 = off).")
-flags.DEFINE_integer("top_k", 20, "Top features per language and layer in stats.json.")
+flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for confidence intervals (0 = off).",
+                     lower_bound=0)
+flags.DEFINE_integer("top_k", 20, "Top features per language and layer in stats.json.",
+                     lower_bound=1)
 flags.DEFINE_string("out", "analysis_out", "Output directory.")
 flags.DEFINE_bool("progress", True, "Show progress (sentences/s, ETA) on stderr.")
 
@@ -103,7 +105,7 @@ def main(argv):
     raise app.UsageError(f"--bands reach past the model's last layer ({config.n_layers - 1})")
   values = {lang: stats.metric("activation", lang) for lang in langs}
   gaps = disparity.gap_pct(values, FLAGS.ref_lang)
-  group = [lang for lang in FLAGS.low_resource if lang in langs]
+  group = [lang for lang in FLAGS.low_resource if lang in langs and lang != FLAGS.ref_lang]
   summary = disparity.band_summary({l: g for l, g in gaps.items() if l != FLAGS.ref_lang}, bands,
                                    group)
   ci = None

@@ -2,14 +2,16 @@
 shapes, in one process on one machine.
 
 Rows (tokens/s, median of --repeats timed calls after warm-up):
-  residuals  every block's output (HF: output_hidden_states + a hook on the last layer)
+  residuals  every block's output (HF: forward hooks on every decoder layer)
   analysis   residuals + every layer's JumpReLU encode + the per-layer statistics
   scoring    full-vocabulary next-token log-likelihoods of every position
   mc_scoring multiple-choice items (context of seq - 16 tokens, 4 choices of 8 tokens): ours runs
              the shared context once per item (packed), HF the lm-eval way, once per choice.
              Its tokens are lm-eval-equivalent: every choice row counted in full, both stacks.
   lora_step  one LoRA training step (rank 16 on all 7 projections; align + lm loss)
-The HF column uses torch with the same float weights; its SAE step is SAELens's JumpReLU math
+`peak_bytes` (accelerators only) is JAX's process high-water mark after the row, so it never
+decreases down the table; `hf_peak_bytes` is torch's peak for that row alone. The HF column uses
+torch with the same float weights; its SAE step is SAELens's JumpReLU math
 (`relu(pre) * (pre > threshold)`) per layer. `flop_limit_fraction` divides achieved FLOP/s
 (analytic FLOPs per token, `xling_jax.flops`) by the peak a large matmul reaches in this run.
 """

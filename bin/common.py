@@ -52,10 +52,7 @@ class ModelSetup:
 
 def setup_platform() -> str:
   from xling_jax.platform import describe_devices, select_platform
-  select_platform(FLAGS.platform)
-  if FLAGS.distributed:
-    import jax
-    jax.distributed.initialize()
+  select_platform(FLAGS.platform, distributed=FLAGS.distributed)
   return describe_devices()
 
 

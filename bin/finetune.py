@@ -124,7 +124,8 @@ def _weights() -> tuple[float, float, float]:
 
 
 def _pct(new, old):
-  return [100.0 * (n - o) / o for n, o in zip(new, old)]
+  """Percent change per layer; None where the old value is 0 (no defined change)."""
+  return [100.0 * (n - o) / o if o else None for n, o in zip(new, old)]
 
 
 def run_benchmarks(out: Path, adapter_dir: Path | None, langs: list[str]) -> dict:
@@ -262,8 +263,8 @@ def main(argv):
       "target_lang": target, "ref_lang": ref, "layers": list(report_layers),
       "before": before, "after": after,
       "gain_pct": {lang: _pct(after[lang], before[lang]) for lang in texts},
-      "retention_pct": {lang: [100.0 * a / b for a, b in zip(after[lang], before[lang])]
-                        for lang in texts},
+      "retention_pct": {lang: [100.0 * a / b if b else None
+                               for a, b in zip(after[lang], before[lang])] for lang in texts},
       "objective_layers": list(objective_layers), "steps": result.step,
       "final_terms": result.last_metrics, "train_lines": len(train_split),
       "heldout_lines": len(heldout), "toy": setup.is_toy, "notes": notes,

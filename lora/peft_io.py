@@ -20,6 +20,7 @@ import numpy as np
 import safetensors.numpy
 
 from lora.lora import Adapter, LoraConfig, check_adapter, module_dims
+from xling_jax.checkpoints import read_safetensors
 from xling_jax.config import Gemma2Config
 from xling_jax.model import LORA_MODULES
 
@@ -152,7 +153,7 @@ def load_peft(directory: str | Path, config: Gemma2Config) -> tuple[Adapter, Lor
       raise FileNotFoundError(f"{p} not found: a PEFT adapter directory holds {CONFIG_NAME} and "
                               f"{WEIGHTS_NAME}")
   lora_config = _lora_config_from_peft(cfg_path, json.loads(cfg_path.read_text()))
-  tensors = safetensors.numpy.load_file(weights_path)
+  tensors = {k: np.asarray(v, np.float32) for k, v in read_safetensors(weights_path).items()}
   r, L = lora_config.rank, config.n_layers
   active = lora_config.active_layers(config)
   expected, problems, layers = set(), [], {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -271,9 +272,16 @@ def _rewind_log(path: Path, step: int) -> None:
   """Keep only log lines up to `step` (lines written after the checkpoint we resume from)."""
   if not path.exists():
     return
-  kept = [line for line in path.read_text().splitlines()
-          if line.strip() and json.loads(line)["step"] <= step]
-  path.write_text("".join(line + "\n" for line in kept))
+  kept = []
+  for line in path.read_text().splitlines():
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line)
+    except (json.JSONDecodeError, KeyError, TypeError):
+      continue  # a line cut short by a kill mid-append
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text("".join(line + "\n" for line in kept))
+  os.replace(tmp, path)  # a kill during the rewind leaves the old log, not half a log
 
 
 def train(params, config: Gemma2Config, saes, stream: BatchStream, lora_config: LoraConfig,

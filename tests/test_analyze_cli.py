@@ -89,3 +89,12 @@ def test_end_to_end_on_hf_checkpoint_gemma_scope_tree_and_flores(tmp_path, toy_h
     data = (out / png).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
   assert md.splitlines()[0] in proc.stdout  # the summary table is printed
+
+
+def test_reference_language_alone_writes_everything_but_the_heatmap(tmp_path):
+  out = tmp_path / "en_only"
+  proc = _run("--langs=en", "--max_sentences=4", "--bootstrap=0", f"--out={out}",
+              "--progress=false")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.loads((out / "stats.json").read_text())["languages"] == ["en"]
+  assert (out / "layers.png").exists() and not (out / "heatmap.png").exists()

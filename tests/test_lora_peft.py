@@ -156,3 +156,17 @@ def test_missing_unexpected_and_misshapen_tensors_are_named(exported, toy_config
 def test_missing_files_are_named(tmp_path, toy_config):
   with pytest.raises(FileNotFoundError, match="adapter_config.json"):
     peft_io.load_peft(tmp_path, toy_config)
+
+
+def test_bfloat16_adapter_file_loads(exported, toy_config):
+  torch = pytest.importorskip("torch")
+  import safetensors.torch
+  weights = exported / peft_io.WEIGHTS_NAME
+  f32, _ = peft_io.load_peft(exported, toy_config)
+  tensors = {k: v.to(torch.bfloat16) for k, v in safetensors.torch.load_file(weights).items()}
+  safetensors.torch.save_file(tensors, weights)  # PEFT models saved in bf16 write this
+  bf16, _ = peft_io.load_peft(exported, toy_config)
+  for module in f32["layers"]:
+    for part in ("a", "b"):
+      np.testing.assert_allclose(bf16["layers"][module][part], f32["layers"][module][part],
+                                 rtol=1e-2, atol=1e-6)

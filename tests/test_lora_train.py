@@ -348,3 +348,11 @@ def test_trained_export_loads_in_peft(trained, toy_hf_dir, toy_params, toy_confi
   adapter, cfg = peft_io.load_peft(out / "peft", toy_config)
   assert cfg.rank == 4 and cfg.alpha == 8
   assert_peft_matches_ours(toy_hf_dir, out / "peft", toy_params, toy_config, adapter)
+
+
+def test_log_rewind_survives_a_line_cut_by_a_kill(tmp_path):
+  log = tmp_path / "train_log.jsonl"
+  log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+                 '{"step": 3, "loss": 1.2}\n{"step": 4, "lo')
+  train._rewind_log(log, 2)
+  assert [json.loads(l)["step"] for l in log.read_text().splitlines()] == [1, 2]

@@ -184,6 +184,9 @@ def language_sums(params, config: Gemma2Config, saes, tokenizer, sentences: Sequ
 
   def collect(idx, out):
     nonlocal feature_counts
+    if jax.process_count() > 1:  # batch rows live on other hosts' devices too
+      from jax.experimental import multihost_utils
+      out = multihost_utils.process_allgather(out, tiled=True)
     out = jax.device_get(out)
     k = len(idx)
     for key in ROW_SUMS:

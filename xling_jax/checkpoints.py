@@ -152,6 +152,20 @@ class _SafetensorsReader:
                             "the file may be truncated or corrupt") from e
 
 
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Every tensor of one safetensors file as numpy (bfloat16 via ml_dtypes), with errors that
+  name the file."""
+  from safetensors import safe_open
+  path = Path(path)
+  try:
+    with safe_open(str(path), framework="numpy") as handle:
+      names = list(handle.keys())
+  except Exception as e:
+    raise CheckpointError(f"{path}: cannot read safetensors header ({e})") from e
+  reader = _SafetensorsReader({name: path for name in names})
+  return {name: reader.get(name) for name in names}
+
+
 def _read_raw(path: Path, name: str) -> bytes:
   with open(path, "rb") as f:
     header_len = int.from_bytes(f.read(8), "little")

@@ -17,6 +17,7 @@ import numpy as np
 from xling_jax.activations import CorpusStats
 
 GEMMA2_2B_BANDS = {"early": (0, 8), "middle": (9, 17), "deep": (18, 25)}
+_BOOTSTRAP_CHUNK = 100
 
 
 def default_bands(n_layers: int) -> dict[str, tuple[int, int]]:
@@ -111,8 +112,14 @@ def bootstrap(stats: CorpusStats, *, metric: str = "activation", ref: str = "en"
     raise ValueError(f"paired bootstrap needs a parallel corpus; sentence counts differ: {n}")
   n_sent = n.pop()
   rng = np.random.default_rng(seed)
-  counts = rng.multinomial(n_sent, np.full(n_sent, 1.0 / n_sent), size=n_resamples).astype(np.float64)
-  values = {lang: _resampled_metric(stats, lang, metric, counts) for lang in stats.languages}
+  chunks = {lang: [] for lang in stats.languages}
+  # Resamples are drawn in chunks so the [chunk, sentences] count matrix stays small.
+  for start in range(0, n_resamples, _BOOTSTRAP_CHUNK):
+    size = min(_BOOTSTRAP_CHUNK, n_resamples - start)
+    counts = rng.multinomial(n_sent, np.full(n_sent, 1.0 / n_sent), size=size).astype(np.float64)
+    for lang in stats.languages:
+      chunks[lang].append(_resampled_metric(stats, lang, metric, counts))
+  values = {lang: np.concatenate(parts) for lang, parts in chunks.items()}
   gaps = gap_pct(values, ref)  # each [R, L]
   q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
 

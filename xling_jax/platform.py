@@ -7,10 +7,11 @@ PLATFORMS = ("cpu", "gpu", "tpu")
 _JAX_NAMES = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
 
 
-def select_platform(name: str) -> None:
+def select_platform(name: str, distributed: bool = False) -> None:
   """Make `name` (cpu|gpu|tpu) JAX's backend, or exit with a clear message if it is absent.
 
-  Must run before the first JAX computation: JAX binds its backend once.
+  Must run before the first JAX computation: JAX binds its backend once. `distributed` calls
+  `jax.distributed.initialize()` (multi-host), which must also precede any computation.
   """
   if name not in PLATFORMS:
     raise SystemExit(f"--platform={name!r}: choose one of {', '.join(PLATFORMS)}")
@@ -18,6 +19,8 @@ def select_platform(name: str) -> None:
   import jax
   try:
     jax.config.update("jax_platforms", _JAX_NAMES[name])
+    if distributed:
+      jax.distributed.initialize()
     devices = jax.devices()
   except (RuntimeError, AssertionError) as e:  # jax 0.10 asserts when CUDA plugins are absent
     hint = {"gpu": "install the CUDA build: pip install -e '.[cuda]' (see BUILD.md)",
@@ -31,5 +34,6 @@ def select_platform(name: str) -> None:
 def describe_devices() -> str:
   import jax
   devices = jax.devices()
+  hosts = f", {jax.process_count()} hosts" if jax.process_count() > 1 else ""
   kinds = sorted({d.device_kind for d in devices})
-  return f"{len(devices)} x {', '.join(kinds)} ({jax.default_backend()})"
+  return f"{len(devices)} x {', '.join(kinds)} ({jax.default_backend()}{hosts})"

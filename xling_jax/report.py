@@ -125,6 +125,9 @@ def plot_heatmap(path: Path, record: Mapping, title: str) -> None:
   ref = record["reference_language"]
   gaps = record["gap_vs_en"] if "gap_vs_en" in record else record[f"gap_vs_{ref}"]
   langs = [l for l in record["languages"] if l != ref]
+  if not langs:  # only the reference language: nothing to compare
+    path.unlink(missing_ok=True)
+    return
   data = np.array([[np.nan if v is None else v for v in gaps[l]] for l in langs], float)
   lim = max(float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0, 1e-9)
   fig, ax = plt.subplots(figsize=(max(6, 0.35 * data.shape[1] + 2), 0.45 * len(langs) + 1.8))
@@ -178,5 +181,7 @@ def write_report(out_dir: Path, record: Mapping, *, title: str, notes: list[str]
   write_disparity_csv(paths["csv"], record)
   paths["markdown"].write_text(summary_markdown(record, title, list(notes)), encoding="utf-8")
   plot_heatmap(paths["heatmap"], record, title)
+  if not paths["heatmap"].exists():
+    del paths["heatmap"]
   plot_layers(paths["layers"], record, title)
   return paths
