@@ -152,18 +152,22 @@ class HFStack:
     if self.device == "cuda":
       self.torch.cuda.synchronize()
 
-  def _layer_outputs(self, model):
+  def _layer_outputs(self, model, run):
+    """Call `run()` with a forward hook on every decoder layer; returns the layers' raw outputs."""
     outputs = []
     hooks = [layer.register_forward_hook(lambda _m, _i, out: outputs.append(
         out[0] if isinstance(out, tuple) else out)) for layer in model.model.layers]
-    return outputs, hooks
+    try:
+      result = run()
+    finally:
+      for h in hooks:
+        h.remove()
+    return outputs, result
 
   def residuals(self):
     with self.torch.no_grad():
-      outs, hooks = self._layer_outputs(self.model)
-      self.model.model(input_ids=self.tokens, attention_mask=self.mask)
-      for h in hooks:
-        h.remove()
+      self._layer_outputs(self.model, lambda: self.model.model(
+          input_ids=self.tokens, attention_mask=self.mask))
     self._sync()
 
   def _encode_stats(self, resid, layer, weights):
@@ -175,10 +179,8 @@ class HFStack:
 
   def analysis(self):
     with self.torch.no_grad():
-      outs, hooks = self._layer_outputs(self.model)
-      self.model.model(input_ids=self.tokens, attention_mask=self.mask)
-      for h in hooks:
-        h.remove()
+      outs, _ = self._layer_outputs(self.model, lambda: self.model.model(
+          input_ids=self.tokens, attention_mask=self.mask))
       weights = (self.mask * (self.tokens != 2)).to(self.tdtype)
       for layer, resid in enumerate(outs):
         self._encode_stats(resid, layer, weights)
@@ -216,15 +218,11 @@ class HFStack:
     torch, model, layer = self.torch, self.peft_model, self.obj_layer
     weights = (self.mask * (self.tokens != 2)).to(self.tdtype)
     with torch.no_grad(), model.disable_adapter():  # frozen English reference
-      outs, hooks = self._layer_outputs(model.base_model.model)
-      model(input_ids=self.tokens, attention_mask=self.mask)
-      for h in hooks:
-        h.remove()
+      outs, _ = self._layer_outputs(model.base_model.model, lambda: model(
+          input_ids=self.tokens, attention_mask=self.mask))
       ref = self._encode_stats(outs[layer], layer, weights)[0] / weights.sum()
-    outs, hooks = self._layer_outputs(model.base_model.model)
-    out = model(input_ids=self.tokens, attention_mask=self.mask, labels=self.tokens)
-    for h in hooks:
-      h.remove()
+    outs, out = self._layer_outputs(model.base_model.model, lambda: model(
+        input_ids=self.tokens, attention_mask=self.mask, labels=self.tokens))
     act = self._encode_stats(outs[layer], layer, weights)[0] / weights.sum()
     loss = out.loss + ((act - ref) / ref) ** 2
     loss.backward()
