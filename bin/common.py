@@ -77,7 +77,7 @@ def load_model() -> ModelSetup:
   mesh = sharding_lib.make_mesh(mesh_shape)
   dtype = _compute_dtype()
   if FLAGS.checkpoint is None:
-    config = load_config(FLAGS.config or "toy", compute_dtype=dtype)
+    config = load_config(FLAGS.config or "toy", compute_dtype=dtype, param_dtype=dtype)
     params = model_lib.init_params(config, jax.random.PRNGKey(FLAGS.seed))
     tokenizer = Tokenizer.load(FLAGS.tokenizer) if FLAGS.tokenizer else toy_tokenizer(
         config.vocab_size)
@@ -87,8 +87,11 @@ def load_model() -> ModelSetup:
     tok_path = FLAGS.tokenizer or FLAGS.checkpoint
     tokenizer = Tokenizer.load(tok_path)
     shardings = lambda cfg: sharding_lib.config_param_shardings(cfg, mesh, FLAGS.param_sharding)
-    params, config = checkpoints.load_params(FLAGS.checkpoint, config, sharding=shardings)
-    config = config.replace(compute_dtype=dtype)
+    # Weights are stored in the compute dtype: casting 2B params inside every call would cost
+    # a second copy of the model per step.
+    params, config = checkpoints.load_params(FLAGS.checkpoint, config, dtype=dtype,
+                                             sharding=shardings)
+    config = config.replace(compute_dtype=dtype, param_dtype=dtype)
     provenance = {"model": str(Path(FLAGS.checkpoint).resolve()), "config": config.to_dict(),
                   "tokenizer": str(Path(tok_path).resolve())}
   if tokenizer.vocab_size > config.vocab_size:
