@@ -69,7 +69,7 @@ def _load_adapter(config):
   if not FLAGS.lora:
     return None
   from lora import peft_io  # only runs that ask for an adapter need the LoRA package
-  adapter, _ = peft_io.load_peft(FLAGS.lora, config)
+  adapter = peft_io.load_peft(FLAGS.lora, config)
   return adapter
 
 

@@ -142,7 +142,8 @@ def _lora_config_from_peft(path: Path, cfg: dict) -> LoraConfig:
                     layers=None if layers in (None, []) else tuple(layers))
 
 
-def load_peft(directory: str | Path, config: Gemma2Config) -> tuple[Adapter, LoraConfig]:
+def load_peft_with_config(directory: str | Path,
+                          config: Gemma2Config) -> tuple[Adapter, LoraConfig]:
   """Read a PEFT LoRA directory into (adapter, lora_config); the adapter plugs into
   `xling_jax.model.forward(..., lora=adapter)`. Raises ValueError on options we do not
   implement, missing or unexpected keys, and shape mismatches."""
@@ -181,3 +182,8 @@ def load_peft(directory: str | Path, config: Gemma2Config) -> tuple[Adapter, Lor
     raise ValueError(f"{weights_path} does not fit the config (r={r}, {L} layers):\n  "
                      + "\n  ".join(problems))
   return {"scale": lora_config.scale, "layers": layers}, lora_config
+
+
+def load_peft(directory: str | Path, config: Gemma2Config) -> Adapter:
+  """The adapter of a PEFT LoRA directory, ready for `forward(..., lora=adapter)`."""
+  return load_peft_with_config(directory, config)[0]

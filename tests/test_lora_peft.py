@@ -84,7 +84,7 @@ def test_export_loads_in_peft_with_our_logits(tmp_path, toy_hf_dir, toy_params, 
   assert keys["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (4, 64)
   assert keys["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"].shape == (64, 4)
   assert_peft_matches_ours(toy_hf_dir, out, toy_params, toy_config, adapter)
-  back, back_cfg = peft_io.load_peft(out, toy_config)
+  back, back_cfg = peft_io.load_peft_with_config(out, toy_config)
   assert back_cfg == cfg.__class__(rank=4, alpha=12, modules=modules, layers=layers)
   for module, ab in adapter["layers"].items():
     for part in ("a", "b"):
@@ -102,7 +102,7 @@ def test_adapter_made_by_peft_imports_with_peft_logits(tmp_path, toy_hf_dir, toy
   model.save_pretrained(tmp_path / "made_by_peft")
   tokens, mask = batch(toy_config.vocab_size, seed=7)
   theirs = hf_logits(model, tokens, mask)
-  adapter, cfg = peft_io.load_peft(tmp_path / "made_by_peft", toy_config)
+  adapter, cfg = peft_io.load_peft_with_config(tmp_path / "made_by_peft", toy_config)
   assert cfg.modules == ("q", "k", "o", "up", "down") and cfg.layers == (1, 3)
   assert cfg.scale == 2.0
   ours = our_logits(toy_params, toy_config, tokens, mask, adapter)
@@ -162,10 +162,10 @@ def test_bfloat16_adapter_file_loads(exported, toy_config):
   torch = pytest.importorskip("torch")
   import safetensors.torch
   weights = exported / peft_io.WEIGHTS_NAME
-  f32, _ = peft_io.load_peft(exported, toy_config)
+  f32 = peft_io.load_peft(exported, toy_config)
   tensors = {k: v.to(torch.bfloat16) for k, v in safetensors.torch.load_file(weights).items()}
   safetensors.torch.save_file(tensors, weights)  # PEFT models saved in bf16 write this
-  bf16, _ = peft_io.load_peft(exported, toy_config)
+  bf16 = peft_io.load_peft(exported, toy_config)
   for module in f32["layers"]:
     for part in ("a", "b"):
       np.testing.assert_allclose(bf16["layers"][module][part], f32["layers"][module][part],

@@ -345,7 +345,7 @@ def test_trained_export_loads_in_peft(trained, toy_hf_dir, toy_params, toy_confi
   from lora import peft_io
   from tests.test_lora_peft import assert_peft_matches_ours
   out, _ = trained
-  adapter, cfg = peft_io.load_peft(out / "peft", toy_config)
+  adapter, cfg = peft_io.load_peft_with_config(out / "peft", toy_config)
   assert cfg.rank == 4 and cfg.alpha == 8
   assert_peft_matches_ours(toy_hf_dir, out / "peft", toy_params, toy_config, adapter)
 
