@@ -107,7 +107,8 @@ def evaluate(setup, adapter, groups) -> tuple[dict, list[dict], list[dict]]:
   encoded = scoring.encode_prompts(setup.tokenizer, all_prompts)
   bar = Progress(len(encoded), "scoring", unit="items", enabled=FLAGS.progress)
   result = scoring.score(setup.params, setup.config, encoded, batch_size=FLAGS.batch_size,
-                         max_len=max_len, lora=adapter, on_batch=bar.update)
+                         max_len=max_len, lora=adapter, mesh=setup.mesh,
+                         on_batch=bar.update)
   too_long = [{"task": all_prompts[i].item.task, "lang": all_prompts[i].item.lang,
                "id": all_prompts[i].item.id, "input_tokens": encoded[i].max_input_len,
                "max_length": max_len} for i in result.too_long]

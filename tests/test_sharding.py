@@ -30,7 +30,8 @@ out = {"single": scoring.score(params, config, items, batch_size=8).loglikelihoo
 mesh = sharding.make_mesh((2, 4))
 for mode in sharding.PARAM_MODES:
   placed = sharding.shard_params(params, mesh, mode)
-  out[mode] = scoring.score(placed, config, items, batch_size=8).loglikelihoods
+  # batch 3 rounds up to the data axis (2): rows are split over devices, filler rows ignored.
+  out[mode] = scoring.score(placed, config, items, batch_size=3, mesh=mesh).loglikelihoods
   out[mode + "_spec"] = str(placed["layers"]["gate"].sharding.spec)
 print(json.dumps(out))
 """

@@ -179,13 +179,21 @@ def packed_logprobs(params, config: Gemma2Config, tokens, mask, positions, segme
 
 
 def score(params, config: Gemma2Config, items: Sequence[EncodedItem], *, batch_size: int = 8,
-          max_len: int | None = None, lora: Any = None,
+          max_len: int | None = None, lora: Any = None, mesh=None,
           on_batch: Callable[[int], None] | None = None) -> ScoreResult:
   """Per-choice log-likelihoods of every item; items longer than `max_len` (default: the config's
-  max_seq_len) are skipped and listed in `too_long`. `on_batch(n)` is called after each batch."""
+  max_seq_len) are skipped and listed in `too_long`. `on_batch(n)` is called after each batch.
+  With a `mesh`, each batch's rows are split over its `data` axis (the batch size is rounded up
+  to a multiple of that axis; the extra rows are padding)."""
   max_len = config.max_seq_len if max_len is None else max_len
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  place = np.asarray
+  if mesh is not None:
+    from xling_jax import sharding as sharding_lib
+    n_data = mesh.shape[sharding_lib.DATA]
+    batch_size = -(-batch_size // n_data) * n_data
+    place = functools.partial(jax.device_put, device=sharding_lib.batch_sharding(mesh))
   too_long = [i for i, it in enumerate(items) if it.max_input_len > max_len]
   skipped = set(too_long)
   for i, it in enumerate(items):
@@ -211,8 +219,9 @@ def score(params, config: Gemma2Config, items: Sequence[EncodedItem], *, batch_s
   for start in range(0, len(order), batch_size):
     idx = order[start:start + batch_size]
     batch = pack([items[i] for i in idx], batch_size)
-    logp = packed_logprobs(params, config, batch.tokens, batch.mask, batch.positions,
-                           batch.segments, batch.gather, batch.targets, lora)
+    arrays = [place(a) for a in (batch.tokens, batch.mask, batch.positions, batch.segments,
+                                 batch.gather, batch.targets)]
+    logp = packed_logprobs(params, config, *arrays, lora)
     if pending is not None:
       collect(*pending)
     pending = (idx, batch, logp)
