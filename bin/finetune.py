@@ -251,7 +251,7 @@ def main(argv):
         setup.params, config, select(objective_layers),
         train.BatchStream(train_split, setup.tokenizer, train_config), lora_config, objective,
         train_config, checkpoint_dir, resume=FLAGS.resume, log_path=out / train.LOG_NAME,
-        echo=lambda line: print(line, flush=True), remat=FLAGS.remat)
+        echo=lambda line: print(line, flush=True), remat=FLAGS.remat, mesh=setup.mesh)
   except train.NonFiniteLossError as e:
     raise SystemExit(f"error: {e}") from None
   after = {lang: activation(t, result.adapter) for lang, t in texts.items()}

@@ -288,7 +288,7 @@ def train(params, config: Gemma2Config, saes, stream: BatchStream, lora_config: 
           objective: objectives.ObjectiveConfig, train_config: TrainConfig,
           checkpoint_dir: str | Path, *, resume: bool = False, log_path: str | Path | None = None,
           loss_fn: Callable = objectives.total_loss, echo: Callable[[str], None] = print,
-          remat: bool = False) -> TrainResult:
+          remat: bool = False, mesh=None) -> TrainResult:
   """Train the adapter for `train_config.steps` updates; returns the final adapter.
 
   `saes`: JumpReLU params stacked over `objective.layers`. Checkpoints go to `checkpoint_dir`
@@ -296,9 +296,18 @@ def train(params, config: Gemma2Config, saes, stream: BatchStream, lora_config: 
   one means a fresh start), otherwise an existing one is an error. Each logged step appends
   {"step", "loss", terms, "grad_norm", "lr", "steps_per_s"} to `log_path` (JSONL).
   Raises NonFiniteLossError on NaN/inf, after waiting for pending saves; the latest checkpoint
-  is then the last good state.
+  is then the last good state. With a `mesh`, each batch is split over its `data` axis (the
+  batch size must be a multiple of that axis); params keep whatever placement they have.
   """
   tc = train_config
+  place = lambda batch: batch
+  if mesh is not None:
+    from xling_jax import sharding as sharding_lib
+    n_data = mesh.shape[sharding_lib.DATA]
+    if tc.batch_size % n_data:
+      raise ValueError(f"batch_size {tc.batch_size} must be a multiple of the mesh's data axis "
+                       f"({n_data}) to split batches over devices")
+    place = lambda batch: jax.device_put(batch, sharding_lib.batch_sharding(mesh))
   objective.check(config)
   checkpoint_dir = Path(checkpoint_dir)
   mask = layer_mask(config, lora_config)
@@ -335,7 +344,7 @@ def train(params, config: Gemma2Config, saes, stream: BatchStream, lora_config: 
   tick, tick_step = time.perf_counter(), state.step
   try:
     while state.step < tc.steps:
-      batch = stream.batch(state.rng, state.position)
+      batch = place(stream.batch(state.rng, state.position))
       layers, opt_state, out = step_fn(state.layers, state.opt_state, params, saes, batch)
       out = {k: float(v) for k, v in jax.device_get(out).items()}
       if not out.pop("finite"):

@@ -54,3 +54,44 @@ def test_mesh_shape_must_match_devices():
   import pytest
   with pytest.raises(ValueError, match="needs 8 devices"):
     sharding.make_mesh((2, 4))
+
+
+_TRAIN_SCRIPT = r"""
+import json, tempfile
+import jax
+jax.config.update("jax_default_matmul_precision", "highest")
+import numpy as np
+from lora import lora as lora_lib, objectives, train
+from sae import jumprelu
+from xling_jax import corpora, sharding, toy
+from xling_jax.toy_tokenizer import toy_tokenizer
+assert len(jax.devices()) == 8
+params, config = toy.toy_model(seed=0)
+corpus = corpora.load_corpus("embedded", ("es", "en"))
+split = train.ParallelSplit(corpus.sentences["es"][:12], corpus.sentences["en"][:12])
+tc = train.TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=1, bucket=32, save_every=3)
+stream = train.BatchStream(split, toy_tokenizer(config.vocab_size), tc)
+saes = jumprelu.random_params(jax.random.PRNGKey(7), config.d_model, 64, n_layers=1, input_std=2.0)
+lc = lora_lib.LoraConfig(rank=2, alpha=4, modules=("q", "up"))
+obj = objectives.ObjectiveConfig(layers=(1,), w_align=1.0, w_retain=1.0, w_lm=0.5)
+out = {}
+mesh = sharding.make_mesh((2, 4))
+for name, m, p in (("single", None, params), ("mesh", mesh, sharding.shard_params(params, mesh, "fsdp"))):
+  with tempfile.TemporaryDirectory() as d:
+    res = train.train(p, config, saes, stream, lc, obj, tc, d, echo=lambda _: None, mesh=m)
+  out[name] = [np.asarray(res.adapter["layers"][mod][ab]).ravel().tolist()
+               for mod in ("q", "up") for ab in ("a", "b")]
+print(json.dumps(out))
+"""
+
+
+def test_lora_training_split_over_8_devices_matches_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=600, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  for got, want in zip(out["mesh"], out["single"]):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  assert any(np.abs(b).max() > 0 for b in out["single"][1::2])  # B moved: training happened
