@@ -235,8 +235,8 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(small_run, tmp_pa
 
 # ---- bin.finetune end to end -----------------------------------------------------------------
 
-CLI_FLAGS = ("--steps=60", "--batch_size=4", "--bucket=64", "--lr=3e-3", "--rank=4",
-             "--alpha=8", "--save_every=20", "--log_every=1", "--warmup_steps=10")
+CLI_FLAGS = ("--steps=200", "--batch_size=4", "--bucket=64", "--lr=3e-3", "--rank=4",
+             "--alpha=8", "--save_every=50", "--log_every=1", "--warmup_steps=10")
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +301,7 @@ def test_alignment_raises_target_activation_and_keeps_english(trained, target):
   assert report["gain_pct"][lang][i] > 5.0, report  # the paper's headline quantity 1
   assert 95.0 < report["retention_pct"]["en"][i] < 105.0, report  # headline quantity 2
   assert (out / "peft" / "adapter_model.safetensors").exists()
-  assert sorted(int(p.name) for p in (out / "checkpoints").iterdir()) == [20, 40, 60]
+  assert sorted(int(p.name) for p in (out / "checkpoints").iterdir()) == [100, 150, 200]
   assert {"align", "retain", "loss", "grad_norm", "lr"} <= set(_log(out)[-1])
 
 
@@ -333,7 +333,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run_bit_for_bit(trained, t
   assert proc.returncode == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()[-3000:]
   assert not (out / "report.json").exists()
   saved = [int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
-  assert saved and max(saved) < 60, saved
+  assert saved and max(saved) < 200, saved
   run_finetune(out, target, cli_env, "--weights=1,1,0", "--save_every=10", "--resume")
   assert _log(out) == _log(reference)
   assert ((out / "peft" / "adapter_model.safetensors").read_bytes()
