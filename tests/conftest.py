@@ -49,3 +49,17 @@ def toy_hf_dir(tmp_path_factory, toy_params, toy_config):
 
 def np_tree(tree):
   return jax.tree.map(np.asarray, tree)
+
+
+def run_on_fake_devices(script: str, n_devices: int = 8) -> dict:
+  """Run `script` in a fresh Python whose CPU backend shows `n_devices` devices (the flag must be
+  set before JAX starts, hence the subprocess); return the JSON its last stdout line prints."""
+  import json
+  import subprocess
+  import sys
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                        timeout=600, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])

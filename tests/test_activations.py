@@ -1,11 +1,6 @@
 """Streaming activation statistics against a plain numpy reference, and their invariances."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -15,7 +10,7 @@ from xling_jax import activations, disparity, model as model_lib, toy
 from xling_jax.activations import METRICS
 from xling_jax.toy_tokenizer import toy_tokenizer
 
-from tests.conftest import REPO
+from tests.conftest import run_on_fake_devices
 
 LANGS = ("en", "hi", "zh")
 
@@ -145,12 +140,7 @@ print(json.dumps(out))
 
 
 def test_mesh_of_8_fake_devices_matches_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], env=env, capture_output=True,
-                        text=True, timeout=600, cwd=REPO)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = run_on_fake_devices(_MESH_SCRIPT)
   assert "model" in out["tensor_spec"] and "model" in out["fsdp_spec"]
   for mode in ("replicated", "fsdp", "tensor"):
     for lang in out["single"]:

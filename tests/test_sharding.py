@@ -2,16 +2,11 @@
 (The analysis counterpart lives in test_activations.py.)"""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 
 from xling_jax import sharding
 
-from tests.conftest import REPO
+from tests.conftest import run_on_fake_devices
 
 _SCRIPT = r"""
 import json
@@ -38,12 +33,7 @@ print(json.dumps(out))
 
 
 def test_scoring_under_every_param_sharding_matches_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
-                        timeout=600, cwd=REPO)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = run_on_fake_devices(_SCRIPT)
   assert "model" in out["fsdp_spec"] and "model" in out["tensor_spec"]
   for mode in sharding.PARAM_MODES:
     for got, want in zip(out[mode], out["single"]):
@@ -86,12 +76,7 @@ print(json.dumps(out))
 
 
 def test_lora_training_split_over_8_devices_matches_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  proc = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT], env=env, capture_output=True,
-                        text=True, timeout=600, cwd=REPO)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = run_on_fake_devices(_TRAIN_SCRIPT)
   for got, want in zip(out["mesh"], out["single"]):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
   assert any(np.abs(b).max() > 0 for b in out["single"][1::2])  # B moved: training happened
