@@ -3,5 +3,5 @@
 # Extra arguments go to pytest, e.g. ./run-tests.sh tests/test_model_parity.py -x
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/venv.sh test
+VENV_EXTRAS=test source scripts/venv.sh
 exec "$VENV/bin/python" -m pytest "$@"
