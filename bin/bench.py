@@ -17,7 +17,9 @@ torch with the same float weights; its SAE step is SAELens's JumpReLU math
 """
 from __future__ import annotations
 
+import gc
 import json
+import os
 import platform as platform_lib
 import resource
 import statistics
@@ -44,6 +46,9 @@ flags.DEFINE_list("rows", ["residuals", "analysis", "scoring", "mc_scoring", "lo
 flags.DEFINE_bool("hf", True, "Also time HF transformers (+PEFT) when torch is installed.")
 flags.DEFINE_string("hf_attn", "eager", "HF attn_implementation (eager keeps Gemma-2's softcap).")
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
+flags.DEFINE_string("profile_dir", None,
+                    "After timing, trace one call of each of our rows with jax.profiler into this "
+                    "directory (TensorBoard/XProf, plus perfetto_trace.json.gz).")
 
 DEFAULTS = {"toy": (8, 64, 256), "small": (4, 128, 4096), "gemma2_2b": (32, 256, 16384)}
 ROWS = ("residuals", "analysis", "scoring", "mc_scoring", "lora_step")
@@ -58,6 +63,18 @@ def _median_time(fn, repeats: int) -> float:
     fn()
     times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+def _rate_or_note(fn, repeats: int, n_tokens: int, out_of_memory: tuple[type, ...]):
+  """(tokens/s, None), or (None, why) when the device ran out of memory: one row that does not
+  fit must not cost the rest of the table."""
+  try:
+    return n_tokens / _median_time(fn, repeats), None
+  except out_of_memory as e:
+    if isinstance(e, RuntimeError) and "RESOURCE_EXHAUSTED" not in str(e) \
+        and "out of memory" not in str(e).lower():
+      raise
+    return None, f"out of device memory: {str(e).splitlines()[0][:200]}"
 
 
 def _jax_peak_bytes():
@@ -194,16 +211,16 @@ class HFStack:
     self._sync()
 
   def mc_scoring(self):
-    """lm-eval's way: one row per (item, choice) = context + choice[:-1], full-vocab log-softmax."""
+    """lm-eval's way: one row per (item, choice) = context + choice[:-1], full-vocab log-softmax;
+    one batch per choice (batch rows each), as lm-eval batches its requests."""
     torch = self.torch
     ctx_len = self.tokens.shape[1] - 2 * MC_CHOICE_LEN
-    rows = torch.cat([torch.cat([self.tokens[:, :ctx_len],
-                                 self.tokens[:, ctx_len + c: ctx_len + c + MC_CHOICE_LEN]], 1)
-                      for c in range(MC_CHOICES)])
     with torch.no_grad():
-      logits = self.model(input_ids=rows[:, :-1]).logits[:, ctx_len - 1:].float()
-      logp = torch.log_softmax(logits, dim=-1).gather(-1, rows[:, ctx_len:, None])[..., 0]
-      logp.sum(-1).reshape(MC_CHOICES, -1)
+      for c in range(MC_CHOICES):
+        rows = torch.cat([self.tokens[:, :ctx_len],
+                          self.tokens[:, ctx_len + c: ctx_len + c + MC_CHOICE_LEN]], 1)
+        logits = self.model(input_ids=rows[:, :-1]).logits[:, ctx_len - 1:].float()
+        torch.log_softmax(logits, dim=-1).gather(-1, rows[:, ctx_len:, None])[..., 0].sum(-1)
     self._sync()
 
   def setup_lora(self):
@@ -241,6 +258,8 @@ class HFStack:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # torch shares the accelerator in this process: JAX must not take 75% of it up front.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   devices = common.setup_platform()
   import tempfile
 
@@ -258,7 +277,9 @@ def main(argv):
   dtype = FLAGS.dtype if FLAGS.dtype != "auto" else (
       "float32" if jax.default_backend() == "cpu" else "bfloat16")
   config = config_lib.preset(FLAGS.config, param_dtype=dtype, compute_dtype=dtype)
-  params = model_lib.init_params(config, jax.random.PRNGKey(0))
+  # On an accelerator, drawing Gemma-2-2B's weights with numpy would take a minute.
+  params = model_lib.init_params(config, jax.random.PRNGKey(0),
+                                 on_device=jax.default_backend() != "cpu")
   saes = jumprelu.random_params(jax.random.PRNGKey(1), config.d_model, width,
                                 n_layers=config.n_layers, dtype=dtype)
   rng = np.random.default_rng(0)
@@ -270,8 +291,6 @@ def main(argv):
   print(f"devices: {devices}; config {FLAGS.config} ({config.n_layers} layers, d {config.d_model}),"
         f" batch {batch} x seq {seq}, SAE width {width}, dtype {dtype}", file=sys.stderr)
 
-  ours = OurStack(config, params, saes, jax.numpy.asarray(tokens), jax.numpy.asarray(mask),
-                  obj_layer)
   peak = _matmul_peak_flops(dtype)
   per_token = {
       "residuals": flops.forward_flops_per_token(config, seq, logits=False),
@@ -284,34 +303,54 @@ def main(argv):
   work_tokens = {w: n_tokens for w in ROWS}
   work_tokens["mc_scoring"] = batch * MC_CHOICES * (seq - 2 * MC_CHOICE_LEN + MC_CHOICE_LEN)
   per_token["mc_scoring"] = None  # the stacks do different work here: no common FLOP count
-  rows = []
-  for work in FLAGS.rows:
-    t = _median_time(getattr(ours, work), FLAGS.repeats)
-    rows.append({"work": work, "ours_tok_s": work_tokens[work] / t, "hf_tok_s": None,
-                 "ratio": None, "peak_bytes": _jax_peak_bytes(), "hf_peak_bytes": None})
-    print(f"  ours {work:10s} {rows[-1]['ours_tok_s']:12.1f} tok/s", file=sys.stderr)
+  rows = [{"work": w, "ours_tok_s": None, "hf_tok_s": None, "ratio": None, "peak_bytes": None,
+           "hf_peak_bytes": None, "ours_note": None, "hf_note": None} for w in FLAGS.rows]
 
+  # HF runs first so that on an accelerator torch can hand its cached memory back before JAX's
+  # allocator (which never shrinks) grows to its own peak.
   hf_note = None
   if FLAGS.hf:
     try:
-      import torch  # noqa: F401
+      import torch
       import transformers  # noqa: F401
     except ImportError:
       hf_note = "torch/transformers not installed: HF column skipped"
     if hf_note is None:
       with tempfile.TemporaryDirectory() as hf_dir:
-        checkpoints.save_hf(hf_dir, jax.tree.map(lambda a: np.asarray(a, np.float32), params),
-                            config)
+        checkpoints.save_hf(hf_dir, jax.tree.map(np.asarray, params), config)
         hf = HFStack(hf_dir, saes, tokens, mask, obj_layer, dtype, FLAGS.hf_attn)
-        hf.peak_bytes()
-        for row in rows:
-          if row["work"] == "lora_step":
-            hf.setup_lora()
-          t = _median_time(getattr(hf, row["work"]), FLAGS.repeats)
-          row["hf_tok_s"] = work_tokens[row["work"]] / t
-          row["ratio"] = row["ours_tok_s"] / row["hf_tok_s"]
-          row["hf_peak_bytes"] = hf.peak_bytes()
-          print(f"  hf   {row['work']:10s} {row['hf_tok_s']:12.1f} tok/s", file=sys.stderr)
+      hf.peak_bytes()
+      for row in rows:
+        if row["work"] == "lora_step":
+          hf.setup_lora()
+        row["hf_tok_s"], row["hf_note"] = _rate_or_note(
+            getattr(hf, row["work"]), FLAGS.repeats, work_tokens[row["work"]],
+            (torch.OutOfMemoryError,))
+        row["hf_peak_bytes"] = hf.peak_bytes()
+        print(f"  hf   {row['work']:10s} {row['hf_tok_s'] or 0:12.1f} tok/s "
+              f"{row['hf_note'] or ''}", file=sys.stderr)
+      del hf
+      gc.collect()
+      if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+  ours = OurStack(config, params, saes, jax.numpy.asarray(tokens), jax.numpy.asarray(mask),
+                  obj_layer)
+  for row in rows:
+    row["ours_tok_s"], row["ours_note"] = _rate_or_note(
+        getattr(ours, row["work"]), FLAGS.repeats, work_tokens[row["work"]],
+        (jax.errors.JaxRuntimeError,))
+    row["peak_bytes"] = _jax_peak_bytes()
+    if row["hf_tok_s"] and row["ours_tok_s"]:
+      row["ratio"] = row["ours_tok_s"] / row["hf_tok_s"]
+    print(f"  ours {row['work']:10s} {row['ours_tok_s'] or 0:12.1f} tok/s "
+          f"{row['ours_note'] or ''}", file=sys.stderr)
+  if FLAGS.profile_dir:
+    with jax.profiler.trace(FLAGS.profile_dir, create_perfetto_trace=True):
+      for row in rows:
+        with jax.profiler.TraceAnnotation(row["work"]):
+          getattr(ours, row["work"])()
+    print(f"profile written under {FLAGS.profile_dir}", file=sys.stderr)
 
   result = {
       "device": devices,
@@ -321,18 +360,19 @@ def main(argv):
       "peak_matmul_flop_s": peak,
       "flops_per_token": per_token,
       "flop_limit_fraction": {r["work"]: r["ours_tok_s"] * per_token[r["work"]] / peak
-                              for r in rows if per_token[r["work"]]},
+                              for r in rows if r["ours_tok_s"] and per_token[r["work"]]},
       "hf_flop_limit_fraction": {r["work"]: r["hf_tok_s"] * per_token[r["work"]] / peak
                                  for r in rows if r["hf_tok_s"] and per_token[r["work"]]},
       "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       "note": hf_note,
   }
   print(f"\n| work | ours tok/s | HF tok/s | ratio | ours % of peak |\n|---|---|---|---|---|")
+  rate = lambda v, note: f"{v:.1f}" if v else ("out of memory" if note else "n/a")
   for r in rows:
-    hf_txt = f"{r['hf_tok_s']:.1f}" if r["hf_tok_s"] else "n/a"
     ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "n/a"
     frac = result["flop_limit_fraction"].get(r["work"])
-    print(f"| {r['work']} | {r['ours_tok_s']:.1f} | {hf_txt} | {ratio} | "
+    print(f"| {r['work']} | {rate(r['ours_tok_s'], r['ours_note'])} | "
+          f"{rate(r['hf_tok_s'], r['hf_note'])} | {ratio} | "
           + (f"{100 * frac:.1f}% |" if frac is not None else "n/a |"))
   print(f"\npeak matmul: {peak / 1e9:.1f} GFLOP/s ({dtype})")
   if FLAGS.json:

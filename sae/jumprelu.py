@@ -106,15 +106,15 @@ def random_params(key: jax.Array, d_in: int, d_sae: int, n_layers: int | None = 
   per-element std `input_std`, and thresholds are U(0.8, 1.6), so about 5-20% of features fire
   on Gaussian inputs, as in real SAEs. Stacked when `n_layers` is given."""
   lead = () if n_layers is None else (n_layers,)
+  # Drawn in `dtype` itself: Gemma-2-2B-sized float32 temporaries would be 8 GB.
   k_enc, k_benc, k_thr, k_dec, k_bdec = jax.random.split(key, 5)
-  normal = lambda k, shape, std: jax.random.normal(k, lead + shape, jnp.float32) * std
-  params = JumpReLUParams(
+  normal = lambda k, shape, std: jax.random.normal(k, lead + shape, dtype) * std
+  return JumpReLUParams(
       W_enc=normal(k_enc, (d_in, d_sae), 1.0 / (input_std * d_in ** 0.5)),
       b_enc=normal(k_benc, (d_sae,), 0.1),
-      threshold=jax.random.uniform(k_thr, lead + (d_sae,), jnp.float32, 0.8, 1.6),
+      threshold=jax.random.uniform(k_thr, lead + (d_sae,), dtype, 0.8, 1.6),
       W_dec=normal(k_dec, (d_sae, d_in), input_std / d_sae ** 0.5),
       b_dec=normal(k_bdec, (d_in,), 0.1 * input_std))
-  return astype(params, dtype)
 
 
 def astype(params: JumpReLUParams, dtype) -> JumpReLUParams:

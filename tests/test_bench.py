@@ -28,3 +28,36 @@ def test_bench_toy_writes_every_row_with_ratios(tmp_path):
   assert result["peak_matmul_flop_s"] > 0
   assert set(result["flop_limit_fraction"]) == {"residuals", "analysis", "scoring", "lora_step"}
   assert "| mc_scoring |" in proc.stdout
+
+
+def test_out_of_memory_row_becomes_a_note_other_errors_propagate():
+  from bin import bench
+
+  class FakeOOM(RuntimeError):
+    pass
+
+  def oom():
+    raise FakeOOM("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9 GiB")
+
+  rate, note = bench._rate_or_note(oom, 1, 100, (FakeOOM,))
+  assert rate is None and "out of device memory" in note and "9 GiB" in note
+  assert bench._rate_or_note(lambda: None, 2, 100, (FakeOOM,))[1] is None
+
+  def bug():
+    raise FakeOOM("shapes do not match")
+
+  with pytest.raises(FakeOOM, match="shapes"):
+    bench._rate_or_note(bug, 1, 100, (FakeOOM,))
+
+
+def test_profile_dir_trace_is_summarised_per_row(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "bin.bench", "--config=toy", "--batch=2", "--seq=32", "--repeats=1",
+       "--hf=false", "--rows=residuals,scoring", f"--profile_dir={tmp_path}"],
+      env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO, capture_output=True, text=True,
+      timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = subprocess.run([sys.executable, "scripts/trace_summary.py", str(tmp_path)], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+  assert summary.returncode == 0, summary.stderr
+  assert "## residuals: wall" in summary.stdout and "## scoring: wall" in summary.stdout

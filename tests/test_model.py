@@ -65,3 +65,18 @@ def test_bfloat16_compute_stays_close_to_float32(toy_params, toy_config):
   rel = np.linalg.norm(np.asarray(bf16.residuals, np.float32) - np.asarray(f32.residuals)) / \
       np.linalg.norm(np.asarray(f32.residuals))
   assert rel < 2e-2
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_init_params_shapes_scales_and_determinism(on_device):
+  config = config_lib.preset("toy", param_dtype="bfloat16")
+  params = model_lib.init_params(config, jax.random.PRNGKey(3), on_device=on_device)
+  model_lib.check_params(params, config)  # raises on any shape mismatch
+  assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(params))
+  std = lambda a: float(np.std(np.asarray(a, np.float32)))
+  assert std(params["layers"]["gate"]) == pytest.approx(0.02, rel=0.05)
+  assert std(params["layers"]["pre_attn_norm"]) == pytest.approx(0.1, rel=0.2)
+  again = model_lib.init_params(config, jax.random.PRNGKey(3), on_device=on_device)
+  other = model_lib.init_params(config, jax.random.PRNGKey(4), on_device=on_device)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), params, again))
+  assert not bool((params["embed"] == other["embed"]).all())

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One device-machine call: the software there, then bin.bench on Gemma-2-2B's shape (both stacks,
+# bf16, batch 32 x 256) with a profile of our rows, summarised per kernel. Everything lands in
+# $OUT (JSON, log, trace); the table and the summary end the output.
+#   OUT=/tmp/out scripts/gpu_bench.sh [extra bin.bench flags]
+set -uo pipefail
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu_bench_out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import jax, flax, optax, orbax.checkpoint, torch, transformers, peft, sys
+print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__,
+      'optax', optax.__version__, 'torch', torch.__version__, 'transformers',
+      transformers.__version__, 'peft', peft.__version__); print(jax.devices())" | tee -a "$OUT/gpu.txt"
+timeout "${BENCH_TIMEOUT:-420}" $PY -m bin.bench --platform=gpu --config=gemma2_2b \
+    --json="$OUT/gemma2_2b.json" --profile_dir=/tmp/bench_profile "$@" \
+    2>&1 | grep -v -i "warn" | tee "$OUT/bench.log"
+status=${PIPESTATUS[0]}
+if [ -d /tmp/bench_profile ]; then
+  $PY scripts/trace_summary.py /tmp/bench_profile --top 10 | tee "$OUT/trace_summary.txt"
+  tar czf "$OUT/profile.tgz" -C /tmp bench_profile
+fi
+exit "$status"
