@@ -106,8 +106,11 @@ class OurStack:
     from xling_jax import activations, model as model_lib
 
     self.tokens, self.mask = tokens, mask
-    fwd = jax.jit(lambda p, t, m: model_lib.forward(p, config, t, m, return_logits=False).residuals)
-    self.residuals = lambda: fwd(params, tokens, mask).block_until_ready()
+    @jax.jit
+    def residuals(p, t, m):
+      return model_lib.forward(p, config, t, m, return_logits=False).residuals
+
+    self.residuals = lambda: residuals(params, tokens, mask).block_until_ready()
     stats = lambda: activations.batch_stats(params, config, saes, tokens, mask)
     self.analysis = lambda: jax.block_until_ready(stats())
 
@@ -264,6 +267,7 @@ def main(argv):
   import tempfile
 
   import jax
+  import jax.extend.backend
   import numpy as np
 
   from sae import jumprelu
@@ -277,11 +281,17 @@ def main(argv):
   dtype = FLAGS.dtype if FLAGS.dtype != "auto" else (
       "float32" if jax.default_backend() == "cpu" else "bfloat16")
   config = config_lib.preset(FLAGS.config, param_dtype=dtype, compute_dtype=dtype)
-  # On an accelerator, drawing Gemma-2-2B's weights with numpy would take a minute.
-  params = model_lib.init_params(config, jax.random.PRNGKey(0),
-                                 on_device=jax.default_backend() != "cpu")
-  saes = jumprelu.random_params(jax.random.PRNGKey(1), config.d_model, width,
-                                n_layers=config.n_layers, dtype=dtype)
+  accelerator = jax.default_backend() != "cpu"
+  # On an accelerator, drawing Gemma-2-2B's weights with numpy would take a minute. Both stacks
+  # start from these host copies.
+  params, saes = jax.device_get((
+      model_lib.init_params(config, jax.random.PRNGKey(0), on_device=accelerator),
+      jumprelu.random_params(jax.random.PRNGKey(1), config.d_model, width,
+                             n_layers=config.n_layers, dtype=dtype)))
+  if accelerator and FLAGS.hf:
+    # JAX's allocator never returns memory; closing the backend does, so HF (whose LoRA step
+    # needs most of an 80 GB card at batch 32 x 256) gets the whole device. JAX reopens it later.
+    jax.extend.backend.clear_backends()
   rng = np.random.default_rng(0)
   tokens = rng.integers(4, config.vocab_size, (batch, seq)).astype(np.int32)
   tokens[:, 0] = config.bos_id
@@ -291,7 +301,6 @@ def main(argv):
   print(f"devices: {devices}; config {FLAGS.config} ({config.n_layers} layers, d {config.d_model}),"
         f" batch {batch} x seq {seq}, SAE width {width}, dtype {dtype}", file=sys.stderr)
 
-  peak = _matmul_peak_flops(dtype)
   per_token = {
       "residuals": flops.forward_flops_per_token(config, seq, logits=False),
       "analysis": flops.forward_flops_per_token(config, seq, logits=False, sae_width=width),
@@ -317,7 +326,7 @@ def main(argv):
       hf_note = "torch/transformers not installed: HF column skipped"
     if hf_note is None:
       with tempfile.TemporaryDirectory() as hf_dir:
-        checkpoints.save_hf(hf_dir, jax.tree.map(np.asarray, params), config)
+        checkpoints.save_hf(hf_dir, params, config)
         hf = HFStack(hf_dir, saes, tokens, mask, obj_layer, dtype, FLAGS.hf_attn)
       hf.peak_bytes()
       for row in rows:
@@ -334,6 +343,8 @@ def main(argv):
       if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
+  params, saes = jax.device_put((params, saes))
+  peak = _matmul_peak_flops(dtype)
   ours = OurStack(config, params, saes, jax.numpy.asarray(tokens), jax.numpy.asarray(mask),
                   obj_layer)
   for row in rows:

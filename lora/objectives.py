@@ -124,12 +124,34 @@ def next_token_kl(logits: jax.Array, base_logits: jax.Array, weights: jax.Array)
   return jnp.sum(kl * weights) / jnp.maximum(weights.sum(), 1.0)
 
 
-def next_token_nll(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean cross-entropy of predicting tokens[:, 1:] from logits[:, :-1], over real targets."""
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
-  nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
-  weights = mask[:, 1:].astype(jnp.float32)
-  return jnp.sum(nll * weights) / jnp.maximum(weights.sum(), 1.0)
+def next_token_nll(params, config: Gemma2Config, hidden: jax.Array, tokens: jax.Array,
+                   mask: jax.Array, chunk_tokens: int = 2048) -> jax.Array:
+  """Mean cross-entropy of predicting tokens[:, 1:] from the logits of hidden[:, :-1], over real
+  targets. hidden [B, T, D] is the last block's raw output; tokens, mask [B, T].
+
+  Positions are scored `chunk_tokens` at a time, each chunk under `jax.checkpoint`, so neither
+  pass holds more than one chunk's [chunk, V] logits: for a 32 x 256 batch over Gemma's 256k
+  vocabulary the float32 logits alone are 8.4 GB, and autodiff of unembed + softcap +
+  log-softmax would keep several such arrays.
+  """
+  D = hidden.shape[-1]
+  h = hidden[:, :-1].reshape(-1, D)
+  targets = tokens[:, 1:].reshape(-1)
+  weights = mask[:, 1:].reshape(-1).astype(jnp.float32)
+  n_chunks = -(-h.shape[0] // chunk_tokens)
+  pad = n_chunks * chunk_tokens - h.shape[0]
+  chunked = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(
+      (n_chunks, chunk_tokens) + a.shape[1:])
+
+  @jax.checkpoint
+  def chunk_nll(xs):
+    h_c, t_c, w_c = xs
+    logits = model_lib.unembed(params, config, h_c)  # [chunk, V] float32
+    target = jnp.take_along_axis(logits, t_c[:, None], -1)[:, 0]
+    return jnp.sum((jax.nn.logsumexp(logits, -1) - target) * w_c)
+
+  total = jnp.sum(jax.lax.map(chunk_nll, (chunked(h), chunked(targets), chunked(weights))))
+  return total / jnp.maximum(weights.sum(), 1.0)
 
 
 def loss_terms(adapter, params, config: Gemma2Config, saes, batch: Batch, ref: Reference,
@@ -160,7 +182,7 @@ def loss_terms(adapter, params, config: Gemma2Config, saes, batch: Batch, ref: R
         if objective.retain == "kl" else
         relative_residual_distance(english, ref.residuals, weights))
   if objective.w_lm > 0:
-    terms["lm"] = next_token_nll(_logits(params, config, target), batch.target_tokens,
+    terms["lm"] = next_token_nll(params, config, target[-1], batch.target_tokens,
                                  batch.target_mask)
   return terms
 

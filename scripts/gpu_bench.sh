@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device-machine call: the software there, then bin.bench on Gemma-2-2B's shape (both stacks,
-# bf16, batch 32 x 256) with a profile of our rows, summarised per kernel. Everything lands in
-# $OUT (JSON, log, trace); the table and the summary end the output.
+# bf16, batch 32 x 256) with a profile of our rows, summarised per kernel, and XLA's optimised
+# HLO of the residual and analysis programs. Everything lands in $OUT (JSON, log, trace, HLO);
+# the table and the kernel summary end the output.
 #   OUT=/tmp/out scripts/gpu_bench.sh [extra bin.bench flags]
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -13,12 +14,17 @@ $PY -c "import jax, flax, optax, orbax.checkpoint, torch, transformers, peft, sy
 print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__,
       'optax', optax.__version__, 'torch', torch.__version__, 'transformers',
       transformers.__version__, 'peft', peft.__version__); print(jax.devices())" | tee -a "$OUT/gpu.txt"
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_dump_to=/tmp/xla_dump --xla_dump_hlo_as_text
+  --xla_dump_hlo_module_re=jit_residuals|jit_batch_stats"
 timeout "${BENCH_TIMEOUT:-420}" $PY -m bin.bench --platform=gpu --config=gemma2_2b \
     --json="$OUT/gemma2_2b.json" --profile_dir=/tmp/bench_profile "$@" \
     2>&1 | grep -v -i "warn" | tee "$OUT/bench.log"
 status=${PIPESTATUS[0]}
 if [ -d /tmp/bench_profile ]; then
-  $PY scripts/trace_summary.py /tmp/bench_profile --top 10 | tee "$OUT/trace_summary.txt"
+  $PY scripts/trace_summary.py /tmp/bench_profile --top 14 | tee "$OUT/trace_summary.txt"
   tar czf "$OUT/profile.tgz" -C /tmp bench_profile
+fi
+if [ -d /tmp/xla_dump ]; then
+  (cd /tmp/xla_dump && tar czf "$OUT/hlo.tgz" *after_optimizations.txt)
 fi
 exit "$status"

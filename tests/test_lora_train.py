@@ -146,6 +146,29 @@ def test_objective_terms_match_their_definitions(small_run):
                              rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_tokens", [5, 7, 4096])
+def test_chunked_lm_loss_and_its_gradient_equal_the_full_logits_ones(toy_params, toy_config,
+                                                                      chunk_tokens):
+  """Several chunks with a padded tail (5, 7) and one chunk (4096) against optax's
+  cross-entropy on the full [B, T, V] logits, for the loss and for d loss / d hidden."""
+  from xling_jax import model as model_lib
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(3, toy_config.vocab_size, (3, 9)), jnp.int32)
+  mask = jnp.asarray([[1] * 9, [1] * 6 + [0] * 3, [1] * 4 + [0] * 5], jnp.int32)
+  hidden = jnp.asarray(rng.standard_normal((3, 9, toy_config.d_model)), jnp.float32)
+
+  def full(h):
+    logits = model_lib.unembed(toy_params, toy_config, h)[:, :-1]
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+    return jnp.sum(nll * mask[:, 1:]) / jnp.sum(mask[:, 1:])
+
+  chunked = lambda h: objectives.next_token_nll(toy_params, toy_config, h, tokens, mask,
+                                                chunk_tokens=chunk_tokens)
+  np.testing.assert_allclose(chunked(hidden), full(hidden), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(chunked)(hidden), jax.grad(full)(hidden), rtol=1e-5,
+                             atol=1e-8)
+
+
 def _dot_shapes(jaxpr) -> list[tuple[int, ...]]:
   """Output shapes of every dot_general in a jaxpr, sub-jaxprs (scan, jit, ...) included."""
   shapes = []
