@@ -8,7 +8,10 @@ Rows (tokens/s, median of --repeats timed calls after warm-up):
   mc_scoring multiple-choice items (context of seq - 16 tokens, 4 choices of 8 tokens): ours runs
              the shared context once per item (packed), HF the lm-eval way, once per choice.
              Its tokens are lm-eval-equivalent: every choice row counted in full, both stacks.
-  lora_step  one LoRA training step (rank 16 on all 7 projections; align + lm loss)
+  lora_step  one LoRA training step (rank 16 on all 7 projections; align + lm loss); with
+             --lora_remat both stacks recompute each block in the backward pass (jax.checkpoint
+             per scanned block / HF gradient checkpointing): Gemma-2-2B at batch 32 x 256 needs
+             it to fit an 80 GB card
 `peak_bytes` (accelerators only) is JAX's process high-water mark after the row, so it never
 decreases down the table; `hf_peak_bytes` is torch's peak for that row alone. The HF column uses
 torch with the same float weights; its SAE step is SAELens's JumpReLU math
@@ -45,6 +48,9 @@ flags.DEFINE_list("rows", ["residuals", "analysis", "scoring", "mc_scoring", "lo
                   "Which rows to run.")
 flags.DEFINE_bool("hf", True, "Also time HF transformers (+PEFT) when torch is installed.")
 flags.DEFINE_string("hf_attn", "eager", "HF attn_implementation (eager keeps Gemma-2's softcap).")
+flags.DEFINE_bool("lora_remat", False,
+                  "lora_step: recompute each block in the backward pass, in both stacks "
+                  "(needed for gemma2_2b at batch 32 x 256 on an 80 GB card).")
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 flags.DEFINE_string("profile_dir", None,
                     "After timing, trace one call of each of our rows with jax.profiler into this "
@@ -96,7 +102,7 @@ def _matmul_peak_flops(dtype: str) -> float:
 class OurStack:
   """The four workloads in JAX, jitted, on random weights."""
 
-  def __init__(self, config, params, saes, tokens, mask, obj_layer):
+  def __init__(self, config, params, saes, tokens, mask, obj_layer, lora_remat):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -136,7 +142,7 @@ class OurStack:
     adapter = lora_lib.init_adapter(config, lora_config)
     objective = objectives.ObjectiveConfig(layers=(obj_layer,), w_align=1.0, w_retain=0.0, w_lm=1.0)
     tx = optax.adamw(1e-4)
-    step = train.make_train_step(config, objective, tx, lora_config.scale)
+    step = train.make_train_step(config, objective, tx, lora_config.scale, remat=lora_remat)
     obj_saes = jax.tree.map(lambda a: a[obj_layer:obj_layer + 1], saes)
     batch = objectives.Batch(tokens, mask, tokens, mask)
     state = {"layers": adapter["layers"], "opt": tx.init(adapter["layers"])}
@@ -226,10 +232,15 @@ class HFStack:
         torch.log_softmax(logits, dim=-1).gather(-1, rows[:, ctx_len:, None])[..., 0].sum(-1)
     self._sync()
 
-  def setup_lora(self):
+  def setup_lora(self, remat: bool):
     import peft
     config = peft.LoraConfig(r=16, lora_alpha=32, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    if remat:
+      # HF checkpoints only in training mode (Gemma-2 has no dropout: same math).
+      self.model.gradient_checkpointing_enable(
+          gradient_checkpointing_kwargs={"use_reentrant": False})
+      self.model.train()
     self.peft_model = peft.get_peft_model(self.model, config)
     self.optim = self.torch.optim.AdamW(
         [p for p in self.peft_model.parameters() if p.requires_grad], lr=1e-4)
@@ -331,7 +342,7 @@ def main(argv):
       hf.peak_bytes()
       for row in rows:
         if row["work"] == "lora_step":
-          hf.setup_lora()
+          hf.setup_lora(FLAGS.lora_remat)
         row["hf_tok_s"], row["hf_note"] = _rate_or_note(
             getattr(hf, row["work"]), FLAGS.repeats, work_tokens[row["work"]],
             (torch.OutOfMemoryError,))
@@ -346,7 +357,7 @@ def main(argv):
   params, saes = jax.device_put((params, saes))
   peak = _matmul_peak_flops(dtype)
   ours = OurStack(config, params, saes, jax.numpy.asarray(tokens), jax.numpy.asarray(mask),
-                  obj_layer)
+                  obj_layer, FLAGS.lora_remat)
   for row in rows:
     row["ours_tok_s"], row["ours_note"] = _rate_or_note(
         getattr(ours, row["work"]), FLAGS.repeats, work_tokens[row["work"]],
