@@ -9,9 +9,9 @@ Rows (tokens/s, median of --repeats timed calls after warm-up):
              the shared context once per item (packed), HF the lm-eval way, once per choice.
              Its tokens are lm-eval-equivalent: every choice row counted in full, both stacks.
   lora_step  one LoRA training step (rank 16 on all 7 projections; align + lm loss); with
-             --lora_remat both stacks recompute each block in the backward pass (jax.checkpoint
-             per scanned block / HF gradient checkpointing): Gemma-2-2B at batch 32 x 256 needs
-             it to fit an 80 GB card
+             --lora_remat both stacks recompute in the backward pass (ours: jax.checkpoint per
+             scanned block, `full` or `dots`; HF: gradient checkpointing): Gemma-2-2B at batch
+             32 x 256 needs it to fit an 80 GB card
 `peak_bytes` (accelerators only) is JAX's process high-water mark after the row, so it never
 decreases down the table; `hf_peak_bytes` is torch's peak for that row alone. The HF column uses
 torch with the same float weights; its SAE step is SAELens's JumpReLU math
@@ -48,9 +48,11 @@ flags.DEFINE_list("rows", ["residuals", "analysis", "scoring", "mc_scoring", "lo
                   "Which rows to run.")
 flags.DEFINE_bool("hf", True, "Also time HF transformers (+PEFT) when torch is installed.")
 flags.DEFINE_string("hf_attn", "eager", "HF attn_implementation (eager keeps Gemma-2's softcap).")
-flags.DEFINE_bool("lora_remat", False,
-                  "lora_step: recompute each block in the backward pass, in both stacks "
-                  "(needed for gemma2_2b at batch 32 x 256 on an 80 GB card).")
+flags.DEFINE_enum("lora_remat", "none", ["none", "full", "dots"],
+                  "lora_step recomputation (gemma2_2b at batch 32 x 256 needs one on an 80 GB "
+                  "card). full: each block recomputed in the backward pass (HF: gradient "
+                  "checkpointing); dots: ours keeps the weight matmul outputs and recomputes the "
+                  "rest (HF has no such mode: gradient checkpointing).")
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 flags.DEFINE_string("profile_dir", None,
                     "After timing, trace one call of each of our rows with jax.profiler into this "
@@ -142,7 +144,8 @@ class OurStack:
     adapter = lora_lib.init_adapter(config, lora_config)
     objective = objectives.ObjectiveConfig(layers=(obj_layer,), w_align=1.0, w_retain=0.0, w_lm=1.0)
     tx = optax.adamw(1e-4)
-    step = train.make_train_step(config, objective, tx, lora_config.scale, remat=lora_remat)
+    step = train.make_train_step(config, objective, tx, lora_config.scale,
+                                 remat=False if lora_remat == "none" else lora_remat)
     obj_saes = jax.tree.map(lambda a: a[obj_layer:obj_layer + 1], saes)
     batch = objectives.Batch(tokens, mask, tokens, mask)
     state = {"layers": adapter["layers"], "opt": tx.init(adapter["layers"])}
@@ -342,7 +345,7 @@ def main(argv):
       hf.peak_bytes()
       for row in rows:
         if row["work"] == "lora_step":
-          hf.setup_lora(FLAGS.lora_remat)
+          hf.setup_lora(FLAGS.lora_remat != "none")
         row["hf_tok_s"], row["hf_note"] = _rate_or_note(
             getattr(hf, row["work"]), FLAGS.repeats, work_tokens[row["work"]],
             (torch.OutOfMemoryError,))

@@ -82,7 +82,8 @@ class Reference(NamedTuple):
   logits: jax.Array | None
 
 
-def _residuals(params, config: Gemma2Config, tokens, mask, lora, remat: bool) -> jax.Array:
+def _residuals(params, config: Gemma2Config, tokens, mask, lora,
+               remat: bool | str) -> jax.Array:
   return model_lib.forward(params, config, tokens, mask, return_logits=False,
                            return_residuals=True, lora=lora, remat=remat).residuals
 
@@ -155,7 +156,8 @@ def next_token_nll(params, config: Gemma2Config, hidden: jax.Array, tokens: jax.
 
 
 def loss_terms(adapter, params, config: Gemma2Config, saes, batch: Batch, ref: Reference,
-               objective: ObjectiveConfig, *, remat: bool = False) -> dict[str, jax.Array]:
+               objective: ObjectiveConfig, *, remat: bool | str = False
+               ) -> dict[str, jax.Array]:
   """The unweighted terms with positive weight, each a float32 scalar. `adapter` is the full
   adapter pytree ({"scale", "layers"}); `saes` are stacked over `objective.layers`.
 
@@ -188,7 +190,7 @@ def loss_terms(adapter, params, config: Gemma2Config, saes, batch: Batch, ref: R
 
 
 def total_loss(adapter, params, config: Gemma2Config, saes, batch: Batch, ref: Reference,
-               objective: ObjectiveConfig, *, remat: bool = False
+               objective: ObjectiveConfig, *, remat: bool | str = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(weighted total, unweighted terms)."""
   terms = loss_terms(adapter, params, config, saes, batch, ref, objective, remat=remat)

@@ -176,7 +176,8 @@ class BatchStream:
 
 def make_train_step(config: Gemma2Config, objective: objectives.ObjectiveConfig,
                     tx: optax.GradientTransformation, scale: float,
-                    loss_fn: Callable = objectives.total_loss, remat: bool = False):
+                    loss_fn: Callable = objectives.total_loss,
+                    remat: bool | str = False):
   """step(adapter_layers, opt_state, params, saes, batch) -> (adapter_layers, opt_state, metrics).
 
   `adapter_layers` is the adapter's {"module": {"a", "b"}} tree, the only differentiated input;
@@ -288,7 +289,7 @@ def train(params, config: Gemma2Config, saes, stream: BatchStream, lora_config: 
           objective: objectives.ObjectiveConfig, train_config: TrainConfig,
           checkpoint_dir: str | Path, *, resume: bool = False, log_path: str | Path | None = None,
           loss_fn: Callable = objectives.total_loss, echo: Callable[[str], None] = print,
-          remat: bool = False, mesh=None) -> TrainResult:
+          remat: bool | str = False, mesh=None) -> TrainResult:
   """Train the adapter for `train_config.steps` updates; returns the final adapter.
 
   `saes`: JumpReLU params stacked over `objective.layers`. Checkpoints go to `checkpoint_dir`

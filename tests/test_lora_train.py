@@ -379,3 +379,30 @@ def test_log_rewind_survives_a_line_cut_by_a_kill(tmp_path):
                  '{"step": 3, "loss": 1.2}\n{"step": 4, "lo')
   train._rewind_log(log, 2)
   assert [json.loads(l)["step"] for l in log.read_text().splitlines()] == [1, 2]
+
+
+def test_remat_policies_give_the_same_loss_and_gradients(small_run):
+  """Recomputation changes what autodiff keeps, never the numbers; an unknown policy is named."""
+  from tests.test_lora import random_adapter
+  r = small_run
+  cfg, params, saes = r["config"], r["params"], r["saes"]
+  objective = objectives.ObjectiveConfig(layers=(1,), w_align=1.0, w_retain=1.0, w_lm=0.5)
+  adapter = random_adapter(cfg, r["lora_config"])
+  batch = r["stream"].batch(np.asarray(jax.random.PRNGKey(0), np.uint32), 4)
+  ref = objectives.reference(params, cfg, saes, batch, objective)
+
+  def value_and_grad(remat):
+    loss = lambda layers: objectives.total_loss({"scale": adapter["scale"], "layers": layers},
+                                                params, cfg, saes, batch, ref, objective,
+                                                remat=remat)[0]
+    return jax.jit(jax.value_and_grad(loss))(adapter["layers"])
+
+  want_loss, want_grads = value_and_grad(False)
+  for remat in ("full", "dots"):
+    loss, grads = value_and_grad(remat)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6, err_msg=remat)
+    # Recomputed blocks fuse differently: float32 reassociation, 1e-4 of each leaf's scale.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-5, atol=1e-4 * float(jnp.abs(b).max())), grads, want_grads)
+  with pytest.raises(ValueError, match="remat='some'"):
+    value_and_grad("some")

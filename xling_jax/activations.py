@@ -82,7 +82,7 @@ def batch_stats(params, config: Gemma2Config, saes, tokens: jax.Array, mask: jax
 
 def layer_activations(params, config: Gemma2Config, saes, tokens: jax.Array, mask: jax.Array,
                       *, lora=None, layers: Sequence[int] | None = None,
-                      remat: bool = False) -> jax.Array:
+                      remat: bool | str = False) -> jax.Array:
   """Differentiable activation per layer: mean over statistic tokens of sum_i f_i.
 
   `saes` is stacked over `layers` (default: every model layer). Returns [len(layers)] float32.

@@ -222,12 +222,18 @@ def unembed(params: Params, config: Gemma2Config, x: jax.Array) -> jax.Array:
   return softcap(logits.astype(jnp.float32), config.final_logit_softcap)
 
 
+# jax.checkpoint policy per `remat` setting (None: save nothing but the inputs). The weight
+# matmuls are the einsums without batch dimensions; attention's score/value products have them.
+REMAT_POLICIES = {False: None, True: None, "full": None,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 def scan_blocks(params: Params, config: Gemma2Config, x: jax.Array,
                 attention_mask: jax.Array, *,
                 observe: Callable[[jax.Array, Any], Any] | None = None,
                 observe_xs: Any = None, lora: Params | None = None,
                 positions: jax.Array | None = None, pair_mask: jax.Array | None = None,
-                remat: bool = False) -> tuple[jax.Array, Any]:
+                remat: bool | str = False) -> tuple[jax.Array, Any]:
   """Run every block with one `lax.scan`.
 
   x [B, T, D] embeddings; attention_mask [B, T]. After each block, `observe(resid, xs_l)` is
@@ -237,8 +243,14 @@ def scan_blocks(params: Params, config: Gemma2Config, x: jax.Array,
   without materialising every layer's activations. Returns (last block output, stacked results).
   `positions` [B, T] default to `positions_from_mask`; `pair_mask` [B, T, S] restricts which
   keys each query sees on top of causality (for packing several continuations after one context).
+  `remat` (what autodiff keeps of each block for the backward pass): False keeps everything;
+  True or "full" keeps only the block's input and recomputes the block; "dots" keeps the
+  outputs of the weight matmuls and recomputes the rest (norms, attention, GELU): most of the
+  memory saving at a fraction of the recompute (REMAT_POLICIES).
   """
   c = config
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r}; choose one of {sorted(map(str, REMAT_POLICIES))}")
   compute = jnp.dtype(c.compute_dtype)
   if positions is None:
     positions = positions_from_mask(attention_mask)
@@ -255,7 +267,7 @@ def scan_blocks(params: Params, config: Gemma2Config, x: jax.Array,
     return out, (None if observe is None else observe(out, obs_x))
 
   if remat:
-    body = jax.checkpoint(body)
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
   last, observed = jax.lax.scan(body, x, (layers, is_local, lora_layers, observe_xs))
   return last, observed
 
@@ -264,7 +276,7 @@ def forward(params: Params, config: Gemma2Config, tokens: jax.Array,
             attention_mask: jax.Array | None = None, *, return_logits: bool = True,
             return_residuals: bool = True, lora: Params | None = None,
             positions: jax.Array | None = None, pair_mask: jax.Array | None = None,
-            remat: bool = False) -> ForwardOutput:
+            remat: bool | str = False) -> ForwardOutput:
   """Full forward pass.
 
   tokens [B, T] int; attention_mask [B, T] (1 = real token; default all ones). Positions come
