@@ -133,7 +133,7 @@ def next_token_nll(params, config: Gemma2Config, hidden: jax.Array, tokens: jax.
   Positions are scored `chunk_tokens` at a time, each chunk under `jax.checkpoint`, so neither
   pass holds more than one chunk's [chunk, V] logits: for a 32 x 256 batch over Gemma's 256k
   vocabulary the float32 logits alone are 8.4 GB, and autodiff of unembed + softcap +
-  log-softmax would keep several such arrays.
+  log-softmax would keep several such arrays. A batch that fits one chunk is not recomputed.
   """
   D = hidden.shape[-1]
   h = hidden[:, :-1].reshape(-1, D)
@@ -144,13 +144,14 @@ def next_token_nll(params, config: Gemma2Config, hidden: jax.Array, tokens: jax.
   chunked = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(
       (n_chunks, chunk_tokens) + a.shape[1:])
 
-  @jax.checkpoint
   def chunk_nll(xs):
     h_c, t_c, w_c = xs
     logits = model_lib.unembed(params, config, h_c)  # [chunk, V] float32
     target = jnp.take_along_axis(logits, t_c[:, None], -1)[:, 0]
     return jnp.sum((jax.nn.logsumexp(logits, -1) - target) * w_c)
 
+  if n_chunks > 1:
+    chunk_nll = jax.checkpoint(chunk_nll)
   total = jnp.sum(jax.lax.map(chunk_nll, (chunked(h), chunked(targets), chunked(weights))))
   return total / jnp.maximum(weights.sum(), 1.0)
 

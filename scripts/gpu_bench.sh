@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device-machine call: the software there, then bin.bench on Gemma-2-2B's shape (both stacks,
-# bf16, batch 32 x 256, LoRA step with recomputation so it fits 80 GB) with a profile of our rows
-# summarised per kernel; then our residual and analysis rows under XLA flag variants named in
-# $XLA_VARIANTS (';'-separated, informational). DUMP_HLO=1 also keeps XLA's optimised HLO of the
+# bf16, batch 32 x 256, the LoRA step recomputing per $LORA_REMAT, default dots, to fit 80 GB)
+# with a profile of our rows summarised per kernel; then our residual and analysis rows under
+# the XLA flag variants named in $XLA_VARIANTS (';'-separated, informational). DUMP_HLO=1 also keeps XLA's optimised HLO of the
 # residual and analysis programs. Everything lands in $OUT; the tables end the output.
 #   OUT=/tmp/out scripts/gpu_bench.sh [extra bin.bench flags]
 set -uo pipefail
@@ -22,7 +22,7 @@ fi
 flags=$(echo ${XLA_FLAGS:-} $dump)  # XLA reads a blank XLA_FLAGS as a file name
 if [ -n "$flags" ]; then export XLA_FLAGS="$flags"; else unset XLA_FLAGS; fi
 timeout "${BENCH_TIMEOUT:-420}" $PY -m bin.bench --platform=gpu \
-    --config=gemma2_2b --lora_remat=${LORA_REMAT:-full} --json="$OUT/gemma2_2b.json" \
+    --config=gemma2_2b --lora_remat=${LORA_REMAT:-dots} --json="$OUT/gemma2_2b.json" \
     --profile_dir=/tmp/bench_profile "$@" 2>&1 | grep -v -i "warn" | tee "$OUT/bench.log"
 status=${PIPESTATUS[0]}
 if [ -d /tmp/bench_profile ]; then

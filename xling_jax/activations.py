@@ -35,16 +35,12 @@ def stat_mask(tokens: jax.Array, mask: jax.Array, bos_id: int) -> jax.Array:
 
 def layer_row_sums(resid: jax.Array, sae_params, weights: jax.Array) -> dict[str, jax.Array]:
   """One layer's statistics. resid [B, T, D], weights [B, T] (0/1) -> row sums [B] and
-  feature firing counts [W], all float32.
-
-  Every statistic of the codes is a weighted sum over tokens, so both [B, W] partials reduce
-  over T: XLA fuses them into one pass over the float32 pre-activations [B, T, W] (the largest
-  array of the analysis, 0.5 GB per layer at Gemma Scope's width and 8k tokens) instead of one
-  pass per reduction axis.
-  """
+  feature firing counts [W], all float32. Every statistic of the codes is a weighted sum over
+  tokens of [B, W] partials; XLA fuses the threshold test and the first reductions into the
+  GEMM's consumer (on an H100 the reductions cost about half the SAE GEMM: BENCHMARKS.md)."""
   codes = jumprelu.encode(sae_params, resid).astype(jnp.float32)  # [B, T, W]
   active = (codes > 0).astype(jnp.float32)
-  w = weights[..., None]  # multiply + reduce, not einsum: a dot would not fuse with its sibling
+  w = weights[..., None]
   summed = jnp.sum(w * codes, axis=1)  # code mass per row and feature
   fired = jnp.sum(w * active, axis=1)  # tokens per row where feature w fires
   return {
