@@ -145,8 +145,7 @@ class OurStack:
     adapter = lora_lib.init_adapter(config, lora_config)
     objective = objectives.ObjectiveConfig(layers=(obj_layer,), w_align=1.0, w_retain=0.0, w_lm=1.0)
     tx = optax.adamw(1e-4)
-    step = train.make_train_step(config, objective, tx, lora_config.scale,
-                                 remat=False if lora_remat == "none" else lora_remat)
+    step = train.make_train_step(config, objective, tx, lora_config.scale, remat=lora_remat)
     obj_saes = jax.tree.map(lambda a: a[obj_layer:obj_layer + 1], saes)
     batch = objectives.Batch(tokens, mask, tokens, mask)
     state = {"layers": adapter["layers"], "opt": tx.init(adapter["layers"])}

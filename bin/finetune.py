@@ -75,9 +75,11 @@ flags.DEFINE_string("out", "finetune_out", "Output directory.")
 flags.DEFINE_bool("resume", False,
                   "Continue from the latest checkpoint in --out/checkpoints (same settings "
                   "required). Without it an existing checkpoint directory is an error.")
-flags.DEFINE_bool("remat", False,
-                  "Recompute each block in the backward pass: less memory for long sequences "
-                  "or large batches, about a third more compute.")
+flags.DEFINE_enum("remat", "none", ["none", "full", "dots"],
+                  "What the backward pass recomputes, for long sequences or large batches. none: "
+                  "keep every intermediate (fastest, most memory); full: recompute each block "
+                  "(least memory, about a third more compute); dots: keep the weight matmul "
+                  "outputs, recompute norms/attention/GELU (most of the saving, cheaper).")
 flags.DEFINE_integer("save_every", 100, "Checkpoint every N steps (and at the end).")
 flags.DEFINE_integer("log_every", 10, "Print and log the loss terms every N steps.")
 flags.DEFINE_list("eval_tasks", [],

@@ -398,7 +398,7 @@ def test_remat_policies_give_the_same_loss_and_gradients(small_run):
     return jax.jit(jax.value_and_grad(loss))(adapter["layers"])
 
   want_loss, want_grads = value_and_grad(False)
-  for remat in ("full", "dots"):
+  for remat in ("none", True, "full", "dots"):
     loss, grads = value_and_grad(remat)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-6, err_msg=remat)
     # Recomputed blocks fuse differently: float32 reassociation, 1e-4 of each leaf's scale.

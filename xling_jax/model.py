@@ -224,8 +224,7 @@ def unembed(params: Params, config: Gemma2Config, x: jax.Array) -> jax.Array:
 
 # jax.checkpoint policy per `remat` setting (None: save nothing but the inputs). The weight
 # matmuls are the einsums without batch dimensions; attention's score/value products have them.
-REMAT_POLICIES = {False: None, True: None, "full": None,
-                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def scan_blocks(params: Params, config: Gemma2Config, x: jax.Array,
@@ -243,14 +242,15 @@ def scan_blocks(params: Params, config: Gemma2Config, x: jax.Array,
   without materialising every layer's activations. Returns (last block output, stacked results).
   `positions` [B, T] default to `positions_from_mask`; `pair_mask` [B, T, S] restricts which
   keys each query sees on top of causality (for packing several continuations after one context).
-  `remat` (what autodiff keeps of each block for the backward pass): False keeps everything;
-  True or "full" keeps only the block's input and recomputes the block; "dots" keeps the
-  outputs of the weight matmuls and recomputes the rest (norms, attention, GELU): most of the
-  memory saving at a fraction of the recompute (REMAT_POLICIES).
+  `remat` (what autodiff keeps of each block for the backward pass): False or "none" keeps
+  everything; True or "full" keeps only the block's input and recomputes the block; "dots" keeps
+  the outputs of the weight matmuls and recomputes the rest (norms, attention, GELU): most of
+  the memory saving at a fraction of the recompute (REMAT_POLICIES).
   """
   c = config
-  if remat not in REMAT_POLICIES:
-    raise ValueError(f"remat={remat!r}; choose one of {sorted(map(str, REMAT_POLICIES))}")
+  remat = {False: "none", True: "full"}.get(remat, remat)
+  if remat != "none" and remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r}; choose one of none, {', '.join(REMAT_POLICIES)}")
   compute = jnp.dtype(c.compute_dtype)
   if positions is None:
     positions = positions_from_mask(attention_mask)
@@ -266,7 +266,7 @@ def scan_blocks(params: Params, config: Gemma2Config, x: jax.Array,
     out = block(c, layer, carry, positions, mask, lora_l, lora_scale)
     return out, (None if observe is None else observe(out, obs_x))
 
-  if remat:
+  if remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
   last, observed = jax.lax.scan(body, x, (layers, is_local, lora_layers, observe_xs))
   return last, observed
