@@ -35,9 +35,9 @@ def stat_mask(tokens: jax.Array, mask: jax.Array, bos_id: int) -> jax.Array:
 
 def layer_row_sums(resid: jax.Array, sae_params, weights: jax.Array) -> dict[str, jax.Array]:
   """One layer's statistics. resid [B, T, D], weights [B, T] (0/1) -> row sums [B] and
-  feature firing counts [W], all float32. Every statistic of the codes is a weighted sum over
-  tokens of [B, W] partials; XLA fuses the threshold test and the first reductions into the
-  GEMM's consumer (on an H100 the reductions cost about half the SAE GEMM: BENCHMARKS.md)."""
+  feature firing counts [W], all float32. Every statistic of the codes derives from two [B, W]
+  weighted sums over tokens. (On an H100, XLA reads the float32 pre-activations in three
+  reduction kernels that take half as long as the SAE GEMM itself: BENCHMARKS.md.)"""
   codes = jumprelu.encode(sae_params, resid).astype(jnp.float32)  # [B, T, W]
   active = (codes > 0).astype(jnp.float32)
   w = weights[..., None]
