@@ -242,3 +242,42 @@ def test_evaluate_cli_rejects_bad_input_without_a_traceback(tmp_path):
   bad = _evaluate("--tasks=arc", "--langs=en", f"--data_dir={tmp_path}", f"--out={tmp_path / 'o'}")
   assert bad.returncode != 0 and "Traceback" not in bad.stderr
   assert "en.jsonl:1: answer index 5 is out of range for 2 choices" in bad.stderr
+
+
+def test_evaluate_cli_lora_flag_scores_through_the_adapter(tmp_path):
+  """--lora=DIR (PEFT format) is applied: a fresh adapter (B = 0) leaves every log-likelihood
+  as it was, a trained-like one moves them; run.json records the adapter. Self-contained data."""
+  from lora import lora as lora_lib, peft_io
+  from tests.test_lora import random_adapter
+  from xling_jax.config import load_config
+
+  arc = tmp_path / "data" / "arc_challenge"
+  arc.mkdir(parents=True)
+  arc.joinpath("en.jsonl").write_text("".join(json.dumps(
+      {"id": f"q{i}", "question": f"Which word comes {where}?",
+       "choices": ["alpha", "beta", "gamma"], "answer": i % 3}) + "\n"
+      for i, where in enumerate(["first", "next", "last"])))
+  config = load_config("toy")  # the model bin.evaluate builds without --checkpoint
+  lora_config = lora_lib.LoraConfig(rank=4, alpha=8.0)
+  fresh = lora_lib.init_adapter(config, lora_config, jax.random.PRNGKey(0))
+  peft_io.save_peft(tmp_path / "fresh", fresh, lora_config, config)
+  peft_io.save_peft(tmp_path / "trained", random_adapter(config, lora_config, b_std=0.5),
+                    lora_config, config)
+
+  def loglikelihoods(name, *flags):
+    out = tmp_path / name
+    run = _evaluate("--tasks=arc", "--langs=en", f"--data_dir={tmp_path / 'data'}",
+                    f"--out={out}", *flags)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    return np.array([r["loglikelihoods"] for r in records]), json.loads(
+        (out / "run.json").read_text())
+
+  base, _ = loglikelihoods("base")
+  same, run_fresh = loglikelihoods("fresh_out", f"--lora={tmp_path / 'fresh'}")
+  moved, run_trained = loglikelihoods("trained_out", f"--lora={tmp_path / 'trained'}")
+  np.testing.assert_allclose(same, base, rtol=1e-6)
+  assert np.abs(moved - base).max() > 1e-3
+  assert run_fresh["flags"]["lora"] == str(tmp_path / "fresh")
+  assert run_trained["flags"]["lora"] == str(tmp_path / "trained")
