@@ -406,3 +406,28 @@ def test_remat_policies_give_the_same_loss_and_gradients(small_run):
         a, b, rtol=1e-5, atol=1e-4 * float(jnp.abs(b).max())), grads, want_grads)
   with pytest.raises(ValueError, match="remat='some'"):
     value_and_grad("some")
+
+
+def test_finetune_eval_tasks_scores_before_and_after_with_the_adapter(tmp_path, target, cli_env):
+  """--eval_tasks runs bin.evaluate on the base model and through the trained adapter, for the
+  target and reference languages, and reports both (self-contained three-item ARC files)."""
+  lang, _ = target
+  arc = tmp_path / "bench" / "arc_challenge"
+  arc.mkdir(parents=True)
+  for code in (lang, "en"):
+    arc.joinpath(f"{code}.jsonl").write_text("".join(json.dumps(
+        {"id": f"q{i}", "question": f"Question {i} ({code})?", "choices": ["one", "two", "three"],
+         "answer": i}) + "\n" for i in range(3)))
+  out = tmp_path / "run"
+  report = run_finetune(out, target, cli_env, "--steps=20", "--eval_tasks=arc",
+                        f"--eval_data_dir={tmp_path / 'bench'}")
+  bench = report["benchmarks"]
+  for when in ("before", "after"):
+    assert sorted(bench[when]["arc"]) == sorted({lang, "en"})
+    assert all(s["n"] == 3 for s in bench[when]["arc"].values())
+  lls = lambda when: [json.loads(line)["loglikelihoods"] for line in
+                      (out / f"eval_{when}" / "items.jsonl").read_text().splitlines()]
+  assert np.abs(np.array(lls("after")) - np.array(lls("before"))).max() > 1e-4
+  after_run = json.loads((out / "eval_after" / "run.json").read_text())
+  assert after_run["flags"]["lora"] == str(out / "peft")
+  assert "arc" in (out / "report.md").read_text()
