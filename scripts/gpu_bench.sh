@@ -26,7 +26,7 @@ timeout "${BENCH_TIMEOUT:-420}" $PY -m bin.bench --platform=gpu \
     --profile_dir=/tmp/bench_profile "$@" 2>&1 | grep -v -i "warn" | tee "$OUT/bench.log"
 status=${PIPESTATUS[0]}
 if [ -d /tmp/bench_profile ]; then
-  $PY scripts/trace_summary.py /tmp/bench_profile --top 14 > "$OUT/trace_summary.txt"
+  $PY -m bin.trace_summary /tmp/bench_profile --top 14 > "$OUT/trace_summary.txt"
   tar czf "$OUT/profile.tgz" -C /tmp bench_profile
 fi
 if [ -d /tmp/xla_dump ]; then

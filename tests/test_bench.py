@@ -57,7 +57,7 @@ def test_profile_dir_trace_is_summarised_per_row(tmp_path):
       env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO, capture_output=True, text=True,
       timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  summary = subprocess.run([sys.executable, "scripts/trace_summary.py", str(tmp_path)], cwd=REPO,
+  summary = subprocess.run([sys.executable, "-m", "bin.trace_summary", str(tmp_path)], cwd=REPO,
                            capture_output=True, text=True, timeout=120)
   assert summary.returncode == 0, summary.stderr
   assert "## residuals: wall" in summary.stdout and "## scoring: wall" in summary.stdout

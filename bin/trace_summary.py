@@ -1,7 +1,7 @@
 """Summarise a `bin.bench --profile_dir` trace: per bench row, device busy time and the kernels
 that take it.
 
-    python scripts/trace_summary.py PROFILE_DIR [--top 12]
+    python -m bin.trace_summary PROFILE_DIR [--top 12]
 
 Reads the Chrome-format `*.trace.json.gz` that jax.profiler writes. Each row's window is the
 host-side TraceAnnotation named after the row; device events (processes named `/device:...`)
@@ -18,7 +18,7 @@ import json
 import os
 import re
 
-ROWS = ("residuals", "analysis", "scoring", "mc_scoring", "lora_step")
+from bin.bench import ROWS
 _GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|cublas|triton_gemm|dot|wgmma|hmma", re.I)
 
 
