@@ -18,16 +18,8 @@ from bin import common
 FLAGS = flags.FLAGS
 common.define_platform_flags()
 common.define_model_flags()
+common.define_sae_flags()
 flags.adopt_module_key_flags(common)  # --help lists the shared flags too
-flags.DEFINE_string("sae_dir", None,
-                    "Gemma Scope SAEs: a local mirror of google/gemma-scope-2b-pt-res "
-                    "(layer_{i}/width_{w}/average_l0_{n}/params.npz), a folder with one SAELens "
-                    "directory per layer, or that hub id (downloads). Required with --checkpoint; "
-                    "unset without it: random toy SAEs.")
-flags.DEFINE_string("sae_width", "16k", "SAE width folder to use (16k, 65k, ...).")
-flags.DEFINE_string("sae_l0", "canonical",
-                    "Which average_l0_{n} per layer: 'canonical' (L0 closest to 100, Gemma "
-                    "Scope's table) or an integer.")
 flags.DEFINE_list("langs", ["en", "zh", "ru", "es", "it", "id", "ca", "mr", "ml", "hi"],
                   "Languages (ISO 639-1), comma-separated. The reference language must be among them.")
 flags.DEFINE_string("ref_lang", "en", "Reference language the gaps are measured against.")
@@ -62,14 +54,18 @@ def _versions() -> dict:
   return out
 
 
+def _dtypes(config) -> dict:
+  return {"param_dtype": config.param_dtype, "compute_dtype": config.compute_dtype}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   devices = common.setup_platform()
   start = time.perf_counter()
 
-  from sae import gemma_scope
   from xling_jax import activations, corpora, disparity, report, toy
+  from xling_jax import config as config_lib
   from xling_jax.languages import validate_languages
 
   langs = validate_languages(FLAGS.langs)
@@ -78,17 +74,8 @@ def main(argv):
   corpus = corpora.load_corpus(FLAGS.corpus, langs, FLAGS.max_sentences)
   setup = common.load_model()
   config = setup.config
-  if FLAGS.sae_dir:
-    l0 = int(FLAGS.sae_l0) if FLAGS.sae_l0.isdigit() else FLAGS.sae_l0
-    saes = gemma_scope.load_layers(FLAGS.sae_dir, range(config.n_layers), width=FLAGS.sae_width,
-                                   l0=l0, d_in=config.d_model, dtype="float32")
-    sae_source = f"{FLAGS.sae_dir} (width {FLAGS.sae_width}, l0 {FLAGS.sae_l0})"
-  elif setup.is_toy:
-    saes = toy.toy_saes(setup.params, config, setup.tokenizer,
-                        corpus.sentences[langs[0]][:16], seed=FLAGS.seed)
-    sae_source = f"random toy SAEs (width {saes.d_sae}, seed {FLAGS.seed})"
-  else:
-    raise app.UsageError("--checkpoint needs --sae_dir (Gemma Scope SAEs for every layer)")
+  saes, sae_source = common.load_saes(setup, range(config.n_layers),
+                                      corpus.sentences[langs[0]][:16])
 
   notes = [toy.toy_note(config)] if setup.is_toy else []
   for n in notes:
@@ -112,8 +99,9 @@ def main(argv):
   if FLAGS.bootstrap > 0:
     ci = disparity.bootstrap(stats, ref=FLAGS.ref_lang, bands=bands, group=group,
                              n_resamples=FLAGS.bootstrap, seed=FLAGS.seed)
-  neuronpedia = (f"gemmascope-res-{FLAGS.sae_width}"
-                 if FLAGS.sae_dir and config.n_layers == 26 and FLAGS.sae_width == "16k" else None)
+  neuronpedia = (f"gemmascope-res-{FLAGS.sae_width}" if FLAGS.sae_dir not in (None, "random")
+                 and config == config_lib.gemma2_2b(**_dtypes(config))
+                 and FLAGS.sae_width == "16k" else None)
   top = disparity.top_features(stats, k=min(FLAGS.top_k, saes.d_sae), ref=FLAGS.ref_lang,
                                neuronpedia=neuronpedia)
   run_config = {flag: FLAGS[flag].value for flag in (

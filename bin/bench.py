@@ -36,11 +36,20 @@ from bin import common
 FLAGS = flags.FLAGS
 common.define_platform_flags()
 flags.adopt_module_key_flags(common)  # --help lists the shared flags too
-flags.DEFINE_enum("config", "toy", ["toy", "small", "gemma2_2b"],
-                  "Model shape (random weights). small ~ a minute per stack on a 2-core CPU.")
-flags.DEFINE_integer("batch", None, "Batch size (default per config: toy 8, small 4, gemma2_2b 32).")
-flags.DEFINE_integer("seq", None, "Sequence length (default: toy 64, small 128, gemma2_2b 256).")
-flags.DEFINE_integer("sae_width", None, "SAE width (default: toy 256, small 4096, gemma2_2b 16384).")
+flags.DEFINE_string("config", "toy",
+                    "Model shape with random weights: a preset (toy, toy_gemma3, small, "
+                    "gemma2_2b, gemma3_270m, gemma3_1b, ...). small ~ a minute per stack on a "
+                    "2-core CPU. Ignored with --checkpoint.")
+flags.DEFINE_string("checkpoint", None,
+                    "Real weights instead of random ones: any path load_params reads, or "
+                    "gemma3-270m. Both stacks get the same float weights (HF loads them from a "
+                    "safetensors copy we write).")
+flags.DEFINE_integer("batch", None, "Batch size (default per config: toy 8, small 4, gemma2_2b 32, "
+                     "otherwise 8).")
+flags.DEFINE_integer("seq", None, "Sequence length (default: toy 64, small 128, gemma2_2b 256, "
+                     "otherwise 128).")
+flags.DEFINE_integer("sae_width", None, "SAE width (default: toy 256, small 4096, gemma2_2b "
+                     "16384, otherwise 4096).")
 flags.DEFINE_integer("repeats", 5, "Timed repeats per row (median reported).")
 flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                   "Weights/activations dtype for both stacks. auto: float32 on cpu, bfloat16 else.")
@@ -59,6 +68,7 @@ flags.DEFINE_string("profile_dir", None,
                     "directory (TensorBoard/XProf, plus perfetto_trace.json.gz).")
 
 DEFAULTS = {"toy": (8, 64, 256), "small": (4, 128, 4096), "gemma2_2b": (32, 256, 16384)}
+OTHER_DEFAULTS = (8, 128, 4096)
 ROWS = ("residuals", "analysis", "scoring", "mc_scoring", "lora_step")
 MC_CHOICES, MC_CHOICE_LEN = 4, 8
 
@@ -161,7 +171,7 @@ class OurStack:
 class HFStack:
   """The same four workloads with HF transformers / PEFT / torch."""
 
-  def __init__(self, hf_dir, saes, tokens, mask, obj_layer, dtype, attn):
+  def __init__(self, hf_dir, config, saes, tokens, mask, obj_layer, dtype, attn):
     import numpy as np
     import torch
     import transformers
@@ -169,9 +179,12 @@ class HFStack:
     self.torch = torch
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    self.model = transformers.Gemma2ForCausalLM.from_pretrained(
+    cls = {"gemma2": transformers.Gemma2ForCausalLM,
+           "gemma3": transformers.Gemma3ForCausalLM}[config.family]
+    self.model = cls.from_pretrained(
         hf_dir, dtype=tdtype, attn_implementation=attn).to(self.device).eval()
     self.hf_dir, self.tdtype, self.obj_layer = hf_dir, tdtype, obj_layer
+    self.bos_id = config.bos_id
     self.tokens = torch.tensor(np.asarray(tokens), device=self.device, dtype=torch.long)
     self.mask = torch.tensor(np.asarray(mask), device=self.device)
     self.saes = {k: torch.tensor(np.asarray(getattr(saes, k), np.float32), device=self.device,
@@ -210,7 +223,7 @@ class HFStack:
     with self.torch.no_grad():
       outs, _ = self._layer_outputs(self.model, lambda: self.model.model(
           input_ids=self.tokens, attention_mask=self.mask))
-      weights = (self.mask * (self.tokens != 2)).to(self.tdtype)
+      weights = (self.mask * (self.tokens != self.bos_id)).to(self.tdtype)
       for layer, resid in enumerate(outs):
         self._encode_stats(resid, layer, weights)
     self._sync()
@@ -250,7 +263,7 @@ class HFStack:
 
   def lora_step(self):
     torch, model, layer = self.torch, self.peft_model, self.obj_layer
-    weights = (self.mask * (self.tokens != 2)).to(self.tdtype)
+    weights = (self.mask * (self.tokens != self.bos_id)).to(self.tdtype)
     with torch.no_grad(), model.disable_adapter():  # frozen English reference
       outs, _ = self._layer_outputs(model.base_model.model, lambda: model(
           input_ids=self.tokens, attention_mask=self.mask))
@@ -290,18 +303,28 @@ def main(argv):
   unknown = set(FLAGS.rows) - set(ROWS)
   if unknown:
     raise app.UsageError(f"unknown --rows {sorted(unknown)}; choose from {ROWS}")
-  batch, seq, width = DEFAULTS[FLAGS.config]
+  name = "checkpoint" if FLAGS.checkpoint else FLAGS.config
+  batch, seq, width = DEFAULTS.get(name, OTHER_DEFAULTS)
   batch, seq, width = FLAGS.batch or batch, FLAGS.seq or seq, FLAGS.sae_width or width
   dtype = FLAGS.dtype if FLAGS.dtype != "auto" else (
       "float32" if jax.default_backend() == "cpu" else "bfloat16")
-  config = config_lib.preset(FLAGS.config, param_dtype=dtype, compute_dtype=dtype)
   accelerator = jax.default_backend() != "cpu"
-  # On an accelerator, drawing Gemma-2-2B's weights with numpy would take a minute. Both stacks
-  # start from these host copies.
-  params, saes = jax.device_get((
-      model_lib.init_params(config, jax.random.PRNGKey(0), on_device=accelerator),
-      jumprelu.random_params(jax.random.PRNGKey(1), config.d_model, width,
-                             n_layers=config.n_layers, dtype=dtype)))
+  load = {}
+  if FLAGS.checkpoint:
+    start = time.perf_counter()
+    params, config = checkpoints.load_params(FLAGS.checkpoint, dtype=dtype)
+    params = jax.block_until_ready(params)
+    load = {"load_s": time.perf_counter() - start,
+            "load_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    config = config.replace(param_dtype=dtype, compute_dtype=dtype)
+    print(f"loaded {FLAGS.checkpoint} in {load['load_s']:.1f}s", file=sys.stderr)
+  else:
+    config = config_lib.preset(FLAGS.config, param_dtype=dtype, compute_dtype=dtype)
+    # On an accelerator, drawing Gemma-2-2B's weights with numpy would take a minute.
+    params = model_lib.init_params(config, jax.random.PRNGKey(0), on_device=accelerator)
+  # Both stacks start from these host copies.
+  params, saes = jax.device_get((params, jumprelu.random_params(
+      jax.random.PRNGKey(1), config.d_model, width, n_layers=config.n_layers, dtype=dtype)))
   if accelerator and FLAGS.hf:
     # JAX's allocator never returns memory; closing the backend does, so HF (whose LoRA step
     # needs most of an 80 GB card at batch 32 x 256) gets the whole device. JAX reopens it later.
@@ -312,7 +335,8 @@ def main(argv):
   mask = np.ones((batch, seq), np.int32)
   obj_layer = min(20, config.n_layers - 1)
   n_tokens = batch * seq
-  print(f"devices: {devices}; config {FLAGS.config} ({config.n_layers} layers, d {config.d_model}),"
+  print(f"devices: {devices}; {name} ({config.family}, {config.n_layers} layers, d "
+        f"{config.d_model}),"
         f" batch {batch} x seq {seq}, SAE width {width}, dtype {dtype}", file=sys.stderr)
 
   per_token = {
@@ -341,7 +365,7 @@ def main(argv):
     if hf_note is None:
       with tempfile.TemporaryDirectory() as hf_dir:
         checkpoints.save_hf(hf_dir, params, config)
-        hf = HFStack(hf_dir, saes, tokens, mask, obj_layer, dtype, FLAGS.hf_attn)
+        hf = HFStack(hf_dir, config, saes, tokens, mask, obj_layer, dtype, FLAGS.hf_attn)
       hf.peak_bytes()
       for row in rows:
         if row["work"] == "lora_step":
@@ -380,7 +404,8 @@ def main(argv):
   result = {
       "device": devices,
       "machine": f"{platform_lib.machine()} {platform_lib.processor() or ''}".strip(),
-      "config": FLAGS.config, "batch": batch, "seq": seq, "sae_width": width, "dtype": dtype,
+      "config": FLAGS.config, "checkpoint": FLAGS.checkpoint, "family": config.family,
+      "batch": batch, "seq": seq, "sae_width": width, "dtype": dtype, **load,
       "rows": rows,
       "peak_matmul_flop_s": peak,
       "flops_per_token": per_token,

@@ -65,12 +65,13 @@ def _load_task(task: str, lang: str):
   return benchmark_items.load_dir(FLAGS.data_dir, task, lang, common_ids=FLAGS.common_ids)
 
 
-def _load_adapter(config):
+def _load_adapter_hook(config):
+  """The --lora adapter as the model's projection hook (None without --lora)."""
   if not FLAGS.lora:
     return None
   from lora import peft_io  # only runs that ask for an adapter need the LoRA package
-  adapter = peft_io.load_peft(FLAGS.lora, config)
-  return adapter
+  from lora.lora import project_hook
+  return project_hook(peft_io.load_peft(FLAGS.lora, config))
 
 
 def collect_prompts() -> tuple[dict[tuple[str, str], list], list[dict]]:
@@ -93,7 +94,7 @@ def collect_prompts() -> tuple[dict[tuple[str, str], list], list[dict]]:
   return groups, missing
 
 
-def evaluate(setup, adapter, groups) -> tuple[dict, list[dict], list[dict]]:
+def evaluate(setup, hook, groups) -> tuple[dict, list[dict], list[dict]]:
   """Score every group: (scores, item records, too-long items).
 
   All items of the run are scored in one pass, so batches stay full and lengths from every task
@@ -107,7 +108,7 @@ def evaluate(setup, adapter, groups) -> tuple[dict, list[dict], list[dict]]:
   encoded = scoring.encode_prompts(setup.tokenizer, all_prompts)
   bar = Progress(len(encoded), "scoring", unit="items", enabled=FLAGS.progress)
   result = scoring.score(setup.params, setup.config, encoded, batch_size=FLAGS.batch_size,
-                         max_len=max_len, lora=adapter, mesh=setup.mesh,
+                         max_len=max_len, hook=hook, mesh=setup.mesh,
                          on_batch=bar.update)
   too_long = [{"task": all_prompts[i].item.task, "lang": all_prompts[i].item.lang,
                "id": all_prompts[i].item.id, "input_tokens": encoded[i].max_input_len,
@@ -215,8 +216,8 @@ def main(argv):
     for n in notes:
       print(n, file=sys.stderr)
     print(f"devices: {devices}", file=sys.stderr)
-    adapter = _load_adapter(setup.config)
-    scores, records, too_long = evaluate(setup, adapter, groups)
+    hook = _load_adapter_hook(setup.config)
+    scores, records, too_long = evaluate(setup, hook, groups)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   run = {"flags": {f: FLAGS[f].value for f in (

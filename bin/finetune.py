@@ -31,6 +31,7 @@ from bin import common
 FLAGS = flags.FLAGS
 common.define_platform_flags()
 common.define_model_flags()
+common.define_sae_flags()
 flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 flags.DEFINE_string("target_lang", "ml", "Language whose activation the adapter lifts.")
 flags.DEFINE_string("ref_lang", "en", "Reference language: the alignment target, kept unchanged.")
@@ -65,12 +66,6 @@ flags.DEFINE_float("eval_fraction", 0.2,
                    "Fraction of lines held out for the before/after report (never trained on).")
 flags.DEFINE_integer("max_len", 128, "Cut longer sentences to this many tokens.")
 flags.DEFINE_integer("bucket", 64, "Pad sequence lengths to a multiple of this (few compiles).")
-flags.DEFINE_string("sae_dir", None,
-                    "Gemma Scope SAEs (a local mirror of google/gemma-scope-2b-pt-res, SAELens "
-                    "directories, or the hub id). Required with --checkpoint; unset without it: "
-                    "random toy SAEs.")
-flags.DEFINE_string("sae_width", "16k", "SAE width folder (16k, 65k, ...).")
-flags.DEFINE_string("sae_l0", "canonical", "average_l0_{n}: 'canonical' or an integer.")
 flags.DEFINE_string("out", "finetune_out", "Output directory.")
 flags.DEFINE_bool("resume", False,
                   "Continue from the latest checkpoint in --out/checkpoints (same settings "
@@ -187,7 +182,6 @@ def main(argv):
 
   from lora import objectives, peft_io, train
   from lora.lora import LoraConfig
-  from sae import gemma_scope
   from xling_jax import corpora, toy
 
   out = Path(FLAGS.out)
@@ -218,18 +212,7 @@ def main(argv):
   train_split, heldout = train.split_parallel(corpus.sentences[target], corpus.sentences[ref],
                                               train_config.eval_fraction, train_config.seed)
   sae_layers = tuple(sorted(set(objective_layers) | set(report_layers)))
-  if FLAGS.sae_dir:
-    l0 = int(FLAGS.sae_l0) if FLAGS.sae_l0.isdigit() else FLAGS.sae_l0
-    saes = gemma_scope.load_layers(FLAGS.sae_dir, sae_layers, width=FLAGS.sae_width, l0=l0,
-                                   d_in=config.d_model, dtype="float32")
-    sae_source = f"{FLAGS.sae_dir} (width {FLAGS.sae_width}, l0 {FLAGS.sae_l0})"
-  elif setup.is_toy:
-    every = toy.toy_saes(setup.params, config, setup.tokenizer, corpus.sentences[ref][:16],
-                         seed=FLAGS.seed)
-    saes = jax.tree.map(lambda x: x[np.asarray(sae_layers)], every)
-    sae_source = f"random toy SAEs (width {saes.d_sae}, seed {FLAGS.seed})"
-  else:
-    raise app.UsageError("--checkpoint needs --sae_dir (Gemma Scope SAEs)")
+  saes, sae_source = common.load_saes(setup, sae_layers, corpus.sentences[ref][:16])
   select = lambda layers: jax.tree.map(
       lambda x: x[np.asarray([sae_layers.index(l) for l in layers])], saes)
 
@@ -243,7 +226,7 @@ def main(argv):
   def activation(texts, adapter):
     return train.corpus_activation(
         setup.params, config, select(report_layers), report_layers, setup.tokenizer, texts,
-        lora=adapter, batch_size=train_config.batch_size, max_len=train_config.max_len,
+        adapter=adapter, batch_size=train_config.batch_size, max_len=train_config.max_len,
         bucket=train_config.bucket).tolist()
 
   texts = {target: heldout.target, ref: heldout.ref}

@@ -2,5 +2,5 @@
 from xling_jax import config as config_lib
 
 
-def get_config(**overrides) -> config_lib.Gemma2Config:
+def get_config(**overrides) -> config_lib.ModelConfig:
   return config_lib.toy(**overrides)

@@ -1,13 +1,15 @@
 """LoRA adapters as plain pytrees: configuration, initialisation, layer masks and merging.
 
-The adapter is what `xling_jax.model.forward(..., lora=adapter)` consumes:
+An adapter is
 
     {"scale": alpha / rank,
      "layers": {module: {"a": [L, in, r], "b": [L, r, out]}}}
 
-`in`/`out` are the module's flattened features (HF's `[out, in]` weight transposed): q in D out
-N*H, k/v in D out K*H, o in N*H out D, gate/up in D out F, down in F out D, with head features
-n-major (index n*H + h) as in HF's q_proj/o_proj. The forward adds `scale * (x A) B` to `x W`.
+`in`/`out` are the module's flattened features (`layout.lora_dims`; HF's `[out, in]` weight
+transposed): q in D out N*H, k/v in D out K*H, o in N*H out D, gate/up in D out F, down in F
+out D, with head features n-major (index n*H + h) as in HF's q_proj/o_proj. The model knows
+nothing of adapters: `project_hook(adapter)` is the `model.ProjectHook` that adds
+`scale * (x A) B` to each adapted module's `x W` inside the block.
 
 Every module keeps all L layers stacked so one `lax.scan` runs the model. Layers outside
 `LoraConfig.layers` hold A = B = 0: their LoRA path is exactly zero, their gradients are exactly
@@ -23,8 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xling_jax.config import Gemma2Config
-from xling_jax.model import LORA_MODULES, Params
+from xling_jax import layout
+from xling_jax.config import ModelConfig
+from xling_jax.model import Params, ProjectHook
+
+LORA_MODULES = layout.LINEAR_MODULES
 
 Adapter = dict  # {"scale": float, "layers": {module: {"a", "b"}}}
 
@@ -64,7 +69,7 @@ class LoraConfig:
   def scale(self) -> float:
     return self.alpha / self.rank
 
-  def active_layers(self, config: Gemma2Config) -> tuple[int, ...]:
+  def active_layers(self, config: ModelConfig) -> tuple[int, ...]:
     """The adapted block indices, checked against the model's depth."""
     if self.layers is None:
       return tuple(range(config.n_layers))
@@ -74,27 +79,19 @@ class LoraConfig:
     return self.layers
 
 
-def module_dims(config: Gemma2Config, module: str) -> tuple[int, int]:
+def module_dims(config: ModelConfig, module: str) -> tuple[int, int]:
   """(in, out) flattened feature counts of a module's LoRA path."""
-  c = config
-  dims = {
-      "q": (c.d_model, c.q_width), "k": (c.d_model, c.kv_width), "v": (c.d_model, c.kv_width),
-      "o": (c.q_width, c.d_model), "gate": (c.d_model, c.mlp_hidden),
-      "up": (c.d_model, c.mlp_hidden), "down": (c.mlp_hidden, c.d_model),
-  }
-  if module not in dims:
-    raise ValueError(f"unknown LoRA module {module!r}; expected one of {LORA_MODULES}")
-  return dims[module]
+  return layout.lora_dims(config, module)
 
 
-def layer_mask(config: Gemma2Config, lora_config: LoraConfig) -> np.ndarray:
+def layer_mask(config: ModelConfig, lora_config: LoraConfig) -> np.ndarray:
   """[L] float32: 1 on adapted blocks, 0 elsewhere."""
   mask = np.zeros(config.n_layers, np.float32)
   mask[list(lora_config.active_layers(config))] = 1.0
   return mask
 
 
-def init_adapter(config: Gemma2Config, lora_config: LoraConfig,
+def init_adapter(config: ModelConfig, lora_config: LoraConfig,
                  key: jax.Array | None = None) -> Adapter:
   """A fresh adapter: A ~ U(-1/sqrt(in), 1/sqrt(in)) on adapted layers (PEFT's
   `kaiming_uniform_(a=sqrt(5))` for an `nn.Linear(in, r)`), B = 0, so it is an exact no-op.
@@ -105,7 +102,7 @@ def init_adapter(config: Gemma2Config, lora_config: LoraConfig,
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _init_layers(config: Gemma2Config, lora_config: LoraConfig, key: jax.Array) -> dict:
+def _init_layers(config: ModelConfig, lora_config: LoraConfig, key: jax.Array) -> dict:
   mask = jnp.asarray(layer_mask(config, lora_config))[:, None, None]
   r, L = lora_config.rank, config.n_layers
   layers = {}
@@ -117,7 +114,7 @@ def _init_layers(config: Gemma2Config, lora_config: LoraConfig, key: jax.Array) 
   return layers
 
 
-def check_adapter(adapter: Adapter, config: Gemma2Config) -> None:
+def check_adapter(adapter: Adapter, config: ModelConfig) -> None:
   """Raise ValueError naming every module whose A/B shapes do not fit `config`."""
   problems = []
   for module, ab in adapter["layers"].items():
@@ -132,26 +129,40 @@ def check_adapter(adapter: Adapter, config: Gemma2Config) -> None:
     raise ValueError("adapter does not match the model config:\n  " + "\n  ".join(problems))
 
 
-def delta_weight(w: jax.Array, ab: dict, scale, module: str) -> jax.Array:
-  """scale * A @ B in float32, laid out like the frozen weight `w` of `module`
-  (q/k/v [L, n, D, H] from [L, D, n*H]; o [L, N, H, D] from [L, N*H, D]; MLP as is)."""
+def _apply(module: str, x: jax.Array, y: jax.Array, layer_ab: dict, scale) -> jax.Array:
+  """y + scale * (x A) B for an adapted module, on flattened features; y unchanged otherwise."""
+  ab = layer_ab.get(module)
+  if ab is None:
+    return y
+  a, b = ab["a"].astype(x.dtype), ab["b"].astype(x.dtype)
+  delta = (x.reshape(x.shape[:2] + (-1,)) @ a) @ b * jnp.asarray(scale, x.dtype)
+  return y + delta.reshape(y.shape)
+
+
+def project_hook(adapter: Adapter | None) -> ProjectHook | None:
+  """The adapter as the model's projection hook: `forward(..., hook=project_hook(adapter))`
+  (None for no adapter)."""
+  if adapter is None:
+    return None
+  return ProjectHook(apply=_apply, xs=adapter["layers"], consts=adapter["scale"])
+
+
+def delta_weight(w: jax.Array, ab: dict, scale, module: str, config: ModelConfig) -> jax.Array:
+  """scale * A @ B in float32, laid out like the module's stacked frozen weight `w`."""
   flat = scale * jnp.einsum("lir,lro->lio", ab["a"].astype(jnp.float32),
                             ab["b"].astype(jnp.float32))  # [L, in, out]
   if flat.size != w.size:
     raise ValueError(f"LoRA {module}: A @ B has shape {flat.shape}, which cannot fold into the "
                      f"weight of shape {w.shape}")
-  if module in ("q", "k", "v"):
-    L, n, D, H = w.shape
-    return flat.reshape(L, D, n, H).transpose(0, 2, 1, 3)
-  return flat.reshape(w.shape)
+  return layout.linear_from_features(flat, module, config)
 
 
-def merge(params: Params, adapter: Adapter) -> Params:
+def merge(params: Params, adapter: Adapter, config: ModelConfig) -> Params:
   """Plain params with W + scale * A @ B folded into every adapted weight (float32 sum, cast
   back to W's dtype); applying the merged params equals applying the adapter."""
   layers = dict(params["layers"])
   for module, ab in adapter["layers"].items():
     w = layers[module]
     layers[module] = (w.astype(jnp.float32)
-                      + delta_weight(w, ab, adapter["scale"], module)).astype(w.dtype)
+                      + delta_weight(w, ab, adapter["scale"], module, config)).astype(w.dtype)
   return {**params, "layers": layers}

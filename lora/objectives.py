@@ -1,4 +1,4 @@
-"""The activation-aware LoRA objective (DESIGN.md s.5): align + retain + lm.
+"""The activation-aware LoRA objective: align + retain + lm.
 
 One step sees a target-language batch and the parallel English batch (same lines).
 
@@ -27,9 +27,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lora.lora import project_hook
 from xling_jax import activations
 from xling_jax import model as model_lib
-from xling_jax.config import Gemma2Config
+from xling_jax.config import ModelConfig
 
 RETAIN_KINDS = ("residual", "kl")
 
@@ -59,7 +60,7 @@ class ObjectiveConfig:
   def weight(self, term: str) -> float:
     return getattr(self, f"w_{term}")
 
-  def check(self, config: Gemma2Config) -> None:
+  def check(self, config: ModelConfig) -> None:
     bad = [l for l in self.layers if not 0 <= l < config.n_layers]
     if bad:
       raise ValueError(f"objective layers {bad} out of range for a {config.n_layers}-layer model")
@@ -82,18 +83,19 @@ class Reference(NamedTuple):
   logits: jax.Array | None
 
 
-def _residuals(params, config: Gemma2Config, tokens, mask, lora,
+def _residuals(params, config: ModelConfig, tokens, mask, adapter,
                remat: bool | str) -> jax.Array:
   return model_lib.forward(params, config, tokens, mask, return_logits=False,
-                           return_residuals=True, lora=lora, remat=remat).residuals
+                           return_residuals=True, hook=project_hook(adapter),
+                           remat=remat).residuals
 
 
-def _logits(params, config: Gemma2Config, residuals: jax.Array) -> jax.Array:
+def _logits(params, config: ModelConfig, residuals: jax.Array) -> jax.Array:
   """Next-token logits from the last block's raw output (what forward's logits are)."""
   return model_lib.unembed(params, config, residuals[-1])
 
 
-def reference(params, config: Gemma2Config, saes, batch: Batch,
+def reference(params, config: ModelConfig, saes, batch: Batch,
               objective: ObjectiveConfig) -> Reference:
   """The frozen English reference for one batch (base params, no adapter, stop_gradient)."""
   kl = objective.w_retain > 0 and objective.retain == "kl"
@@ -125,7 +127,7 @@ def next_token_kl(logits: jax.Array, base_logits: jax.Array, weights: jax.Array)
   return jnp.sum(kl * weights) / jnp.maximum(weights.sum(), 1.0)
 
 
-def next_token_nll(params, config: Gemma2Config, hidden: jax.Array, tokens: jax.Array,
+def next_token_nll(params, config: ModelConfig, hidden: jax.Array, tokens: jax.Array,
                    mask: jax.Array, chunk_tokens: int = 2048) -> jax.Array:
   """Mean cross-entropy of predicting tokens[:, 1:] from the logits of hidden[:, :-1], over real
   targets. hidden [B, T, D] is the last block's raw output; tokens, mask [B, T].
@@ -158,7 +160,7 @@ def next_token_nll(params, config: Gemma2Config, hidden: jax.Array, tokens: jax.
   return total / jnp.maximum(weights.sum(), 1.0)
 
 
-def loss_terms(adapter, params, config: Gemma2Config, saes, batch: Batch, ref: Reference,
+def loss_terms(adapter, params, config: ModelConfig, saes, batch: Batch, ref: Reference,
                objective: ObjectiveConfig, *, remat: bool | str = False
                ) -> dict[str, jax.Array]:
   """The unweighted terms with positive weight, each a float32 scalar. `adapter` is the full
@@ -192,7 +194,7 @@ def loss_terms(adapter, params, config: Gemma2Config, saes, batch: Batch, ref: R
   return terms
 
 
-def total_loss(adapter, params, config: Gemma2Config, saes, batch: Batch, ref: Reference,
+def total_loss(adapter, params, config: ModelConfig, saes, batch: Batch, ref: Reference,
                objective: ObjectiveConfig, *, remat: bool | str = False
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(weighted total, unweighted terms)."""

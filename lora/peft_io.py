@@ -1,6 +1,7 @@
 """PEFT interop: our adapter <-> `adapter_model.safetensors` + `adapter_config.json`.
 
-PEFT (HF `peft`) stores, for Gemma2ForCausalLM, one pair per adapted linear layer:
+PEFT (HF `peft`) stores, for Gemma2ForCausalLM / Gemma3ForCausalLM, one pair per adapted
+linear layer, named after the module's HF weight (`layout.py`):
 
     base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight   [r, in]
     base_model.model.model.layers.{i}.self_attn.q_proj.lora_B.weight   [out, r]
@@ -8,7 +9,7 @@ PEFT (HF `peft`) stores, for Gemma2ForCausalLM, one pair per adapted linear laye
 
 with `lora_A.weight = A[i].T` and `lora_B.weight = B[i].T` in our layout (HF's head features are
 n-major, as ours). The `base_model.model.` prefix matters: without it PEFT only warns and loads
-zeros (anchors.md s.5.3), so the round trip is tested against PEFT itself.
+zeros, so the round trip is tested against PEFT itself.
 """
 from __future__ import annotations
 
@@ -19,31 +20,28 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from lora.lora import Adapter, LoraConfig, check_adapter, module_dims
+from lora.lora import LORA_MODULES, Adapter, LoraConfig, check_adapter, module_dims
+from xling_jax import layout
 from xling_jax.checkpoints import read_safetensors
-from xling_jax.config import Gemma2Config
-from xling_jax.model import LORA_MODULES
+from xling_jax.config import ModelConfig
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
-HF_NAMES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-            "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-            "down": "mlp.down_proj"}
-_PREFIX = "base_model.model.model.layers"
 
 
 def hf_module(module: str) -> str:
   """'q' -> 'q_proj', the name PEFT's target_modules uses."""
-  return HF_NAMES[module].split(".")[1]
+  return layout.stored_name(layout.param(module), "hf", 0).split(".")[-2]
 
 
 def peft_key(layer: int, module: str, which: str) -> str:
   """The safetensors key of lora_A / lora_B for block `layer`, module `module`."""
-  return f"{_PREFIX}.{layer}.{HF_NAMES[module]}.lora_{which}.weight"
+  weight = layout.stored_name(layout.param(module), "hf", layer)
+  return f"base_model.model.{weight.removesuffix('.weight')}.lora_{which}.weight"
 
 
 def save_peft(directory: str | Path, adapter: Adapter, lora_config: LoraConfig,
-              config: Gemma2Config, base_model_name_or_path: str = "google/gemma-2-2b") -> Path:
+              config: ModelConfig, base_model_name_or_path: str = "google/gemma-2-2b") -> Path:
   """Write `directory/adapter_model.safetensors` and `adapter_config.json` (float32 tensors,
   only the adapted layers). Returns the directory."""
   check_adapter(adapter, config)
@@ -119,7 +117,7 @@ def _lora_config_from_peft(path: Path, cfg: dict) -> LoraConfig:
       raise _config_error(path, f"{key}={cfg[key]!r}: per-module ranks/alphas are not supported")
   for key in _UNSUPPORTED_IF_SET:
     if cfg.get(key):
-      raise _config_error(path, f"{key}={cfg[key]!r} is not supported (plain LoRA on Gemma-2's "
+      raise _config_error(path, f"{key}={cfg[key]!r} is not supported (plain LoRA on Gemma's "
                                 "linear layers only)")
   targets = cfg.get("target_modules")
   if targets == "all-linear":  # PEFT's shorthand; it excludes lm_head
@@ -128,7 +126,7 @@ def _lora_config_from_peft(path: Path, cfg: dict) -> LoraConfig:
     by_name = {hf_module(m): m for m in LORA_MODULES}
     unknown = [t for t in targets if t.split(".")[-1] not in by_name]
     if unknown:
-      raise _config_error(path, f"target_modules {unknown} are not Gemma-2 linear layers "
+      raise _config_error(path, f"target_modules {unknown} are not Gemma linear layers "
                                 f"{sorted(by_name)}")
     modules = tuple(by_name[t.split(".")[-1]] for t in targets)
   else:
@@ -143,9 +141,9 @@ def _lora_config_from_peft(path: Path, cfg: dict) -> LoraConfig:
 
 
 def load_peft_with_config(directory: str | Path,
-                          config: Gemma2Config) -> tuple[Adapter, LoraConfig]:
+                          config: ModelConfig) -> tuple[Adapter, LoraConfig]:
   """Read a PEFT LoRA directory into (adapter, lora_config); the adapter plugs into
-  `xling_jax.model.forward(..., lora=adapter)`. Raises ValueError on options we do not
+  `forward(..., hook=lora.project_hook(adapter))`. Raises ValueError on options we do not
   implement, missing or unexpected keys, and shape mismatches."""
   directory = Path(directory)
   cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -184,6 +182,6 @@ def load_peft_with_config(directory: str | Path,
   return {"scale": lora_config.scale, "layers": layers}, lora_config
 
 
-def load_peft(directory: str | Path, config: Gemma2Config) -> Adapter:
-  """The adapter of a PEFT LoRA directory, ready for `forward(..., lora=adapter)`."""
+def load_peft(directory: str | Path, config: ModelConfig) -> Adapter:
+  """The adapter of a PEFT LoRA directory, (see `lora.lora.project_hook`)."""
   return load_peft_with_config(directory, config)[0]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -26,13 +25,17 @@ import optax
 import orbax.checkpoint as ocp
 
 from lora import objectives
-from lora.lora import Adapter, LoraConfig, init_adapter, layer_mask
+from lora.lora import Adapter, LoraConfig, init_adapter, layer_mask, project_hook
 from xling_jax import activations
-from xling_jax.config import Gemma2Config
+from xling_jax import train_checkpoints
+from xling_jax.config import ModelConfig
+# Re-exported: callers catch train.NonFiniteLossError; the log rewind keeps its old name.
+from xling_jax.train_checkpoints import NonFiniteLossError  # noqa: F401
+from xling_jax.train_checkpoints import rewind_log as _rewind_log  # noqa: F401
 
 LOG_NAME = "train_log.jsonl"
 # TrainConfig fields that may change between a run and its resume without changing the result.
-_RESUMABLE_CHANGES = ("save_every", "max_to_keep", "log_every")
+_RESUMABLE_CHANGES = tuple(f"train.{k}" for k in ("save_every", "max_to_keep", "log_every"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +73,6 @@ class TrainConfig:
       bad.append(f"eval_fraction={self.eval_fraction} (needs 0 < eval_fraction < 1)")
     if bad:
       raise ValueError(f"invalid TrainConfig: {', '.join(bad)}")
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN/inf; nothing from that step was saved."""
 
 
 # ---- optimiser ------------------------------------------------------------------------------
@@ -174,7 +173,7 @@ class BatchStream:
 
 # ---- the step -------------------------------------------------------------------------------
 
-def make_train_step(config: Gemma2Config, objective: objectives.ObjectiveConfig,
+def make_train_step(config: ModelConfig, objective: objectives.ObjectiveConfig,
                     tx: optax.GradientTransformation, scale: float,
                     loss_fn: Callable = objectives.total_loss,
                     remat: bool | str = False):
@@ -221,7 +220,7 @@ def _to_saved(state: TrainState) -> dict:
           "position": np.asarray(state.position, np.int64), "rng": np.asarray(state.rng, np.uint32)}
 
 
-def run_meta(config: Gemma2Config, lora_config: LoraConfig, objective: objectives.ObjectiveConfig,
+def run_meta(config: ModelConfig, lora_config: LoraConfig, objective: objectives.ObjectiveConfig,
              train_config: TrainConfig) -> dict:
   """The settings a checkpoint records, as JSON: a resume must match them."""
   return json.loads(json.dumps({
@@ -229,33 +228,15 @@ def run_meta(config: Gemma2Config, lora_config: LoraConfig, objective: objective
       "objective": dataclasses.asdict(objective), "train": dataclasses.asdict(train_config)}))
 
 
-def _check_same_run(saved: dict, current: dict, directory: Path) -> None:
-  strip = lambda m: {**m, "train": {k: v for k, v in m["train"].items()
-                                    if k not in _RESUMABLE_CHANGES}}
-  saved, current = strip(saved), strip(current)
-  if saved != current:
-    diffs = [f"{part}.{k}: checkpoint {saved[part].get(k)!r}, now {current[part].get(k)!r}"
-             for part in current for k in current[part]
-             if saved.get(part, {}).get(k) != current[part][k]]
-    raise ValueError(f"cannot resume from {directory}: the run's settings differ "
-                     f"({'; '.join(diffs)}). Resume with the original settings or start a new run.")
-
-
 def checkpoint_manager(directory: str | Path, train_config: TrainConfig) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      Path(directory).absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=train_config.max_to_keep, create=True))
+  return train_checkpoints.manager(directory, train_config.max_to_keep)
 
 
 def restore_latest(manager: ocp.CheckpointManager, template: TrainState,
                    meta: dict) -> TrainState:
   """The state of the latest complete checkpoint, after checking that it was written by a run
   with the same settings (`meta`, from `run_meta`)."""
-  step = manager.latest_step()
-  saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-  _check_same_run(saved, meta, manager.directory)
-  s = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_to_saved(template)))).state
+  _, s = train_checkpoints.restore_latest(manager, _to_saved(template), meta, _RESUMABLE_CHANGES)
   return TrainState(layers=s["adapter"], opt_state=s["opt_state"], step=int(s["step"]),
                     position=int(s["position"]), rng=np.asarray(s["rng"], np.uint32))
 
@@ -269,23 +250,7 @@ class TrainResult:
   last_metrics: dict[str, float]
 
 
-def _rewind_log(path: Path, step: int) -> None:
-  """Keep only log lines up to `step` (lines written after the checkpoint we resume from)."""
-  if not path.exists():
-    return
-  kept = []
-  for line in path.read_text().splitlines():
-    try:
-      if json.loads(line)["step"] <= step:
-        kept.append(line)
-    except (json.JSONDecodeError, KeyError, TypeError):
-      continue  # a line cut short by a kill mid-append
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text("".join(line + "\n" for line in kept))
-  os.replace(tmp, path)  # a kill during the rewind leaves the old log, not half a log
-
-
-def train(params, config: Gemma2Config, saes, stream: BatchStream, lora_config: LoraConfig,
+def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: LoraConfig,
           objective: objectives.ObjectiveConfig, train_config: TrainConfig,
           checkpoint_dir: str | Path, *, resume: bool = False, log_path: str | Path | None = None,
           loss_fn: Callable = objectives.total_loss, echo: Callable[[str], None] = print,
@@ -319,27 +284,20 @@ def train(params, config: Gemma2Config, saes, stream: BatchStream, lora_config: 
   meta = run_meta(config, lora_config, objective, tc)
   manager = checkpoint_manager(checkpoint_dir, tc)
   log_path = None if log_path is None else Path(log_path)
-  if manager.latest_step() is not None:
-    if not resume:
-      raise FileExistsError(f"{checkpoint_dir} already holds checkpoints (latest step "
-                            f"{manager.latest_step()}); resume, or choose a new directory")
+  if train_checkpoints.check_start(manager, meta, checkpoint_dir, resume=resume,
+                                   resumable=_RESUMABLE_CHANGES) is not None:
     state = restore_latest(manager, state, meta)
     echo(f"resumed from step {state.step} ({checkpoint_dir})")
   elif resume:
     echo(f"no checkpoint in {checkpoint_dir}: starting from step 0")
   if log_path is not None:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    if state.step:
-      _rewind_log(log_path, state.step)
-    else:
-      log_path.write_text("")
+    train_checkpoints.start_log(log_path, state.step)
 
   schedule = make_schedule(tc)
   step_fn = make_train_step(config, objective, tx, lora_config.scale, loss_fn, remat)
 
   def save(s: TrainState):
-    manager.save(s.step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_to_saved(s)), meta=ocp.args.JsonSave(meta)))
+    train_checkpoints.save(manager, s.step, _to_saved(s), meta)
 
   metrics: dict[str, float] = {}
   tick, tick_step = time.perf_counter(), state.step
@@ -349,14 +307,8 @@ def train(params, config: Gemma2Config, saes, stream: BatchStream, lora_config: 
       layers, opt_state, out = step_fn(state.layers, state.opt_state, params, saes, batch)
       out = {k: float(v) for k, v in jax.device_get(out).items()}
       if not out.pop("finite"):
-        manager.wait_until_finished()
-        terms = ", ".join(f"{k}={v:.6g}" for k, v in out.items())
-        last = manager.latest_step()
-        where = (f"Last good checkpoint: step {last} in {checkpoint_dir}" if last is not None
-                 else f"No checkpoint was written before it (save_every={tc.save_every})")
-        raise NonFiniteLossError(
-            f"non-finite value at step {state.step + 1} ({terms}); training stopped and nothing "
-            f"from this step was saved. {where}")
+        raise train_checkpoints.non_finite_error(manager, state.step + 1, out, checkpoint_dir,
+                                                 tc.save_every)
       state = TrainState(layers, opt_state, state.step + 1, state.position + tc.batch_size,
                          state.rng)
       metrics = out
@@ -385,8 +337,8 @@ _layer_activations = jax.jit(activations.layer_activations,
                              static_argnames=("config", "layers", "remat"))
 
 
-def corpus_activation(params, config: Gemma2Config, saes, layers: Sequence[int], tokenizer,
-                      sentences: Sequence[str], *, lora: Adapter | None = None,
+def corpus_activation(params, config: ModelConfig, saes, layers: Sequence[int], tokenizer,
+                      sentences: Sequence[str], *, adapter: Adapter | None = None,
                       batch_size: int = 8, max_len: int = 128, bucket: int = 64) -> np.ndarray:
   """Activation per layer [len(layers)] over all statistic tokens of `sentences` (the analysis
   definition: token-weighted mean of sum_i f_i); `saes` stacked over `layers`."""
@@ -399,7 +351,8 @@ def corpus_activation(params, config: Gemma2Config, saes, layers: Sequence[int],
                                  max_len=max_len, bucket=bucket)
     n = float(np.asarray(activations.stat_mask(enc.tokens, enc.mask, config.bos_id)).sum())
     acts = _layer_activations(params, config, saes, jnp.asarray(enc.tokens),
-                              jnp.asarray(enc.mask), lora=lora, layers=layers)
+                              jnp.asarray(enc.mask), layers=layers,
+                              hook=project_hook(adapter))
     total += np.asarray(acts, np.float64) * n
     count += n
   return total / max(count, 1.0)

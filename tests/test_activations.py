@@ -21,7 +21,7 @@ def setup():
   params, config = toy.toy_model(seed=0)
   tok = toy_tokenizer(config.vocab_size)
   corpus = embedded_sample().subset(LANGS).head(9)
-  saes = toy.toy_saes(params, config, tok, corpus.sentences["en"], seed=0)
+  saes = toy.calibrated_random_saes(params, config, tok, corpus.sentences["en"], seed=0)
   return params, config, tok, saes, corpus.sentences
 
 
@@ -123,7 +123,7 @@ assert len(jax.devices()) == 8, jax.devices()
 params, config = toy.toy_model(seed=0)
 tok = toy_tokenizer(config.vocab_size)
 sents = embedded_sample().subset(("en", "ml")).head(10).sentences
-saes = toy.toy_saes(params, config, tok, sents["en"], seed=0)
+saes = toy.calibrated_random_saes(params, config, tok, sents["en"], seed=0)
 out = {}
 single = activations.corpus_stats(params, config, saes, tok, sents, batch_size=8, show_progress=False)
 out["single"] = {l: single.metric("activation", l).tolist() for l in sents}

@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xling_jax import checkpoints, model as model_lib
+from xling_jax import checkpoints, config as config_lib, model as model_lib
 from xling_jax.checkpoints import CheckpointError
-from tests.conftest import np_tree
 
 
 def _assert_same_params(a, b):
@@ -112,9 +111,9 @@ def test_wrong_tensor_shape_names_file_and_tensor(hf_copy, toy_config):
   assert path.name in msg and name in msg and str(expected) in msg
 
 
-def test_layer_count_disagreement(hf_copy, toy_config):
+def test_layer_count_disagreement(hf_copy):
   with pytest.raises(CheckpointError, match=r"4 layers.*n_layers=6"):
-    checkpoints.load_params(hf_copy, toy_config.replace(n_layers=6))
+    checkpoints.load_params(hf_copy, config_lib.toy(n_layers=6))
 
 
 def test_truncated_safetensors_file(hf_copy):
@@ -143,10 +142,125 @@ def test_non_gemma2_config_rejected(hf_copy):
     checkpoints.load_params(hf_copy)
 
 
-def test_kaggle_wrong_shape_names_tensor(tmp_path, toy_params, toy_config):
-  bad = np_tree(toy_params)
-  bad["layers"]["o"] = bad["layers"]["o"][:, :, :-1]
+def test_kaggle_wrong_shape_names_tensor(tmp_path, toy_config):
+  other = config_lib.toy(mlp_hidden=96)
   ckpt = tmp_path / "kaggle"
-  checkpoints.save_kaggle(ckpt, bad, toy_config.replace(d_model=toy_config.d_model))
-  with pytest.raises(CheckpointError, match=r"transformer/layer_0/attn/attn_vec_einsum"):
+  checkpoints.save_kaggle(ckpt, model_lib.init_params(other, jax.random.PRNGKey(1)), other)
+  with pytest.raises(CheckpointError, match=r"transformer/layer_0/mlp/gating_einsum.*\(2, 64, 96\)"
+                                            r".*expected \(2, 64, 128\)"):
     checkpoints.load_params(ckpt, toy_config)
+
+
+# --------------------------------------------------------------------------- Gemma 3
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+  config = config_lib.toy_gemma3()
+  return model_lib.init_params(config, jax.random.PRNGKey(2)), config
+
+
+def test_gemma3_kaggle_roundtrip_infers_the_config(tmp_path, gemma3):
+  params, config = gemma3
+  checkpoints.save_kaggle(tmp_path / "k", params, config)
+  loaded, inferred = checkpoints.load_params(tmp_path / "k")
+  _assert_same_params(loaded, params)
+  for field in ("family", "n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim",
+                "mlp_hidden", "vocab_size", "qk_norm", "kaggle_gating_transposed"):
+    assert getattr(inferred, field) == getattr(config, field), field
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_kaggle_tensors_follow_the_gemma_library_layout(tmp_path, family, toy_params, toy_config,
+                                                        gemma3):
+  """The gemma library's layout written out by hand (not through our table): q_einsum [N, D, H]
+  with q_proj[n*H + h, d] = q[n, d, h]; kv_einsum[0/1] = k/v; attn_vec_einsum [N, H, D] with
+  o_proj[d, n*H + h]; gating_einsum[0] the GELU branch, [2, D, F] for Gemma 2 2B-like configs and
+  [2, F, D] for Gemma 3; linear [F, D]; qk-norm scales under attn/_query_norm, _key_norm."""
+  from safetensors.numpy import load_file
+  params, config = (toy_params, toy_config) if family == "gemma2" else gemma3
+  checkpoints.save_hf(tmp_path / "hf", params, config)
+  checkpoints.save_kaggle(tmp_path / "k", params, config)
+  hf = load_file(str(tmp_path / "hf" / "model.safetensors"))
+  flat = checkpoints._flatten_kaggle(checkpoints._restore_orbax(tmp_path / "k"))
+  N, K, H, D = config.n_heads, config.n_kv_heads, config.head_dim, config.d_model
+  for i in (0, config.n_layers - 1):
+    k, p = f"transformer/layer_{i}/", f"model.layers.{i}."
+    q = flat[k + "attn/q_einsum/w"]
+    np.testing.assert_array_equal(hf[p + "self_attn.q_proj.weight"].reshape(N, H, D),
+                                  q.transpose(0, 2, 1))
+    kv = flat[k + "attn/kv_einsum/w"]
+    for j, name in enumerate(("k_proj", "v_proj")):
+      np.testing.assert_array_equal(hf[p + f"self_attn.{name}.weight"].reshape(K, H, D),
+                                    kv[j].transpose(0, 2, 1))
+    o = flat[k + "attn/attn_vec_einsum/w"]
+    np.testing.assert_array_equal(hf[p + "self_attn.o_proj.weight"],
+                                  o.reshape(N * H, D).T)
+    gating = flat[k + "mlp/gating_einsum/w"]
+    gate, up = (gating[0], gating[1]) if family == "gemma3" else (gating[0].T, gating[1].T)
+    np.testing.assert_array_equal(hf[p + "mlp.gate_proj.weight"], gate)
+    np.testing.assert_array_equal(hf[p + "mlp.up_proj.weight"], up)
+    np.testing.assert_array_equal(hf[p + "mlp.down_proj.weight"], flat[k + "mlp/linear/w"].T)
+    if family == "gemma3":
+      np.testing.assert_array_equal(hf[p + "self_attn.q_norm.weight"],
+                                    flat[k + "attn/_query_norm/scale"])
+      np.testing.assert_array_equal(hf[p + "self_attn.k_norm.weight"],
+                                    flat[k + "attn/_key_norm/scale"])
+
+
+def _as_multimodal(directory, prefix: str, with_language_model: bool = True):
+  """Rewrite a text-only HF Gemma 3 directory as a Gemma3ForConditionalGeneration one."""
+  from safetensors.numpy import load_file, save_file
+  text_cfg = json.loads((directory / "config.json").read_text())
+  tensors = load_file(str(directory / "model.safetensors"))
+  out = {"vision_tower.vision_model.post_layernorm.weight": np.ones(4, np.float32),
+         "multi_modal_projector.mm_soft_emb_norm.weight": np.ones(4, np.float32)}
+  if with_language_model:
+    out.update({prefix + n[len("model."):]: t for n, t in tensors.items()})
+  save_file(out, str(directory / "model.safetensors"))
+  (directory / "config.json").write_text(json.dumps({
+      "model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+      "text_config": text_cfg, "vision_config": {"hidden_size": 4}}))
+
+
+@pytest.mark.parametrize("prefix", ["language_model.model.", "model.language_model."])
+def test_multimodal_gemma3_loads_its_language_model(tmp_path, gemma3, prefix):
+  params, config = gemma3
+  checkpoints.save_hf(tmp_path, params, config)
+  _as_multimodal(tmp_path, prefix)
+  loaded, loaded_config = checkpoints.load_params(tmp_path)
+  assert loaded_config == config
+  _assert_same_params(loaded, params)
+
+
+def test_multimodal_checkpoint_without_language_model(tmp_path, gemma3):
+  params, config = gemma3
+  checkpoints.save_hf(tmp_path, params, config)
+  _as_multimodal(tmp_path, "", with_language_model=False)
+  with pytest.raises(CheckpointError, match=f"{tmp_path}: no language model"):
+    checkpoints.load_params(tmp_path)
+
+
+def test_gemma3_config_disagreeing_with_the_tensors(tmp_path, gemma3):
+  params, config = gemma3
+  checkpoints.save_hf(tmp_path, params, config)
+  cfg = json.loads((tmp_path / "config.json").read_text())
+  cfg["head_dim"] = 32
+  (tmp_path / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor model\.layers\.0\."
+                                            r"self_attn\.q_norm\.weight has shape \(16,\)"):
+    checkpoints.load_params(tmp_path)
+
+
+def test_invalid_config_json_names_the_file(hf_copy):
+  (hf_copy / "config.json").write_text("{not json")
+  with pytest.raises(CheckpointError, match=r"config\.json: not a readable JSON"):
+    checkpoints.load_params(hf_copy)
+
+
+def test_embedding_rows_must_match_the_config_vocab(hf_copy, toy_config):
+  cfg = json.loads((hf_copy / "config.json").read_text())
+  cfg["vocab_size"] = toy_config.vocab_size - 12
+  (hf_copy / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(CheckpointError, match=r"model\.embed_tokens\.weight .*vocab_size=500"):
+    checkpoints.load_params(hf_copy)

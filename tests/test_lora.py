@@ -35,7 +35,8 @@ def test_fresh_adapter_is_bit_identical(toy_params, toy_config):
   adapter = lora_lib.init_adapter(toy_config, lora_lib.LoraConfig(rank=4, alpha=8))
   assert all(float(jnp.abs(ab["a"]).max()) > 0 for ab in adapter["layers"].values())
   base = model_lib.jit_forward(toy_params, toy_config, tokens, mask)
-  with_lora = model_lib.jit_forward(toy_params, toy_config, tokens, mask, lora=adapter)
+  with_lora = model_lib.jit_forward(toy_params, toy_config, tokens, mask,
+                                       hook=lora_lib.project_hook(adapter))
   np.testing.assert_array_equal(np.asarray(with_lora.logits), np.asarray(base.logits))
   np.testing.assert_array_equal(np.asarray(with_lora.residuals), np.asarray(base.residuals))
 
@@ -48,16 +49,17 @@ def test_merge_equals_applying_the_adapter(toy_params, toy_config, modules, laye
   tokens, mask = _batch(toy_config.vocab_size)
   cfg = lora_lib.LoraConfig(rank=4, alpha=8, modules=modules, layers=layers)
   adapter = random_adapter(toy_config, cfg)
-  applied = model_lib.jit_forward(toy_params, toy_config, tokens, mask, lora=adapter)
-  merged = model_lib.jit_forward(lora_lib.merge(toy_params, adapter), toy_config, tokens, mask)
+  applied = model_lib.jit_forward(toy_params, toy_config, tokens, mask,
+                                       hook=lora_lib.project_hook(adapter))
+  merged = model_lib.jit_forward(lora_lib.merge(toy_params, adapter, toy_config), toy_config, tokens, mask)
   base = model_lib.jit_forward(toy_params, toy_config, tokens, mask)
   real = np.asarray(mask, bool)
   err = np.abs(np.asarray(merged.logits) - np.asarray(applied.logits))[real].max()
   change = np.abs(np.asarray(base.logits) - np.asarray(applied.logits))[real].max()
   assert change > 1e-2, "the random adapter should change the output"
   assert err < 1e-4 * change + 1e-6, (err, change)
-  merged_params = lora_lib.merge(toy_params, adapter)
-  for name in model_lib.LORA_MODULES:  # untouched weights stay bit-identical
+  merged_params = lora_lib.merge(toy_params, adapter, toy_config)
+  for name in lora_lib.LORA_MODULES:  # untouched weights stay bit-identical
     if name not in modules:
       np.testing.assert_array_equal(merged_params["layers"][name], toy_params["layers"][name])
 

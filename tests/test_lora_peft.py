@@ -48,7 +48,8 @@ def hf_logits(model, tokens, mask):
 
 def our_logits(params, config, tokens, mask, adapter):
   return np.asarray(model_lib.jit_forward(params, config, jnp.asarray(tokens), jnp.asarray(mask),
-                                          return_residuals=False, lora=adapter).logits)
+                                          return_residuals=False,
+                                          hook=lora_lib.project_hook(adapter)).logits)
 
 
 def rel_err(a, b):
@@ -126,7 +127,7 @@ def exported(tmp_path, toy_config):
     ({"fan_in_fan_out": True}, "fan_in_fan_out=True"),
     ({"peft_type": "IA3"}, "only 'LORA'"),
     ({"target_modules": ".*proj"}, "regex strings are not supported"),
-    ({"target_modules": ["q_proj", "lm_head"]}, r"\['lm_head'\] are not Gemma-2 linear layers"),
+    ({"target_modules": ["q_proj", "lm_head"]}, r"\['lm_head'\] are not Gemma linear layers"),
     ({"rank_pattern": {"q_proj": 4}}, "rank_pattern"),
     ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
 ])

@@ -122,11 +122,12 @@ def test_objective_terms_match_their_definitions(small_run):
   @jax.jit
   def expected(adapter, batch):
     tt, tm, rt, rm = batch
-    act = lambda t, m, lora: activations.layer_activations(params, cfg, saes, t, m, lora=lora,
-                                                          layers=(1,))
+    act = lambda t, m, adapter: activations.layer_activations(
+        params, cfg, saes, t, m, hook=lora_lib.project_hook(adapter), layers=(1,))
     a_en = act(rt, rm, None)
     align = jnp.mean(((act(tt, tm, adapter) - a_en) / a_en) ** 2)
-    logits = lambda t, m, lora: model_lib.forward(params, cfg, t, m, lora=lora).logits
+    logits = lambda t, m, adapter: model_lib.forward(params, cfg, t, m,
+                                                       hook=lora_lib.project_hook(adapter)).logits
     w = activations.stat_mask(rt, rm, cfg.bos_id)
     p_base = jax.nn.softmax(logits(rt, rm, None))
     kl = jnp.sum(p_base * (jnp.log(p_base) - jax.nn.log_softmax(logits(rt, rm, adapter))), -1)
@@ -269,7 +270,7 @@ def target(toy_params, toy_config):
   picks where one happens to be."""
   tokenizer = toy_tokenizer(toy_config.vocab_size)
   corpus = corpora.load_corpus("embedded")
-  saes = toy.toy_saes(toy_params, toy_config, tokenizer, corpus.sentences["en"][:16], seed=0)
+  saes = toy.calibrated_random_saes(toy_params, toy_config, tokenizer, corpus.sentences["en"][:16], seed=0)
   layers = tuple(range(toy_config.n_layers))
   act = {lang: train.corpus_activation(toy_params, toy_config, saes, layers, tokenizer,
                                        corpus.sentences[lang], batch_size=16)

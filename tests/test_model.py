@@ -1,5 +1,8 @@
-"""Model behaviour beyond HF parity: compilation per shape bucket, config presets, shape checks."""
+"""Model behaviour beyond HF parity: compilation per shape bucket, config presets at full size,
+shape checks, the projection hook."""
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +30,9 @@ def test_jit_compiles_once_per_shape_bucket(toy_params, toy_config):
 
 
 def test_sliding_window_changes_long_sequences_only(toy_params, toy_config):
-  wide = toy_config.replace(sliding_window=10_000)
+  wide = toy_config.replace(attention_kinds=tuple(
+      dataclasses.replace(k, window=10_000) if k.window else k
+      for k in toy_config.attention_kinds))
   short, long = _tokens(3, (1, toy_config.sliding_window)), _tokens(4, (1, 24))
   same = [np.asarray(model_lib.jit_forward(toy_params, c, short).residuals) for c in (toy_config, wide)]
   np.testing.assert_array_equal(*same)
@@ -37,15 +42,81 @@ def test_sliding_window_changes_long_sequences_only(toy_params, toy_config):
                                 diff[1][0, :, :toy_config.sliding_window])
 
 
-def test_gemma2_2b_preset_matches_design_table():
+def test_gemma2_2b_preset_matches_the_released_model():
   c = config_lib.gemma2_2b()
   assert (c.n_layers, c.d_model, c.mlp_hidden, c.n_heads, c.n_kv_heads, c.head_dim) == (
       26, 2304, 9216, 8, 4, 256)
   assert (c.vocab_size, c.sliding_window, c.attn_logit_softcap, c.final_logit_softcap) == (
       256000, 4096, 50.0, 30.0)
-  assert c.query_pre_attn_scalar ** -0.5 == 1 / 16 and c.embed_scale == 48.0
+  assert c.query_pre_attn_scalar ** -0.5 == 1 / 16 and not c.qk_norm
   assert [c.is_local_layer(i) for i in range(4)] == [True, False, True, False]
-  assert config_lib.Gemma2Config.from_hf_dict(c.to_hf_dict()) == c
+  assert {k.rope_base for k in c.attention_kinds} == {10000.0}
+  assert config_lib.ModelConfig.from_hf_dict(c.to_hf_dict()) == c
+
+
+def test_gemma3_presets_match_the_released_models():
+  c = config_lib.gemma3_270m()
+  assert (c.n_layers, c.d_model, c.mlp_hidden, c.n_heads, c.n_kv_heads, c.head_dim) == (
+      18, 640, 2048, 4, 1, 256)
+  assert [i for i in range(18) if not c.is_local_layer(i)] == [5, 11, 17]
+  assert (c.vocab_size, c.sliding_window, c.attn_logit_softcap, c.final_logit_softcap) == (
+      262144, 512, None, None)
+  assert c.qk_norm and c.layer_kind(5).rope_base == 1e6 and c.layer_kind(0).rope_base == 1e4
+  big = config_lib.gemma3_4b()
+  assert big.layer_kind(5).rope_scale == 8.0 and big.layer_kind(0).rope_scale == 1.0
+  assert (big.vocab_size, big.sliding_window) == (262208, 1024)
+  assert config_lib.gemma3_27b().query_pre_attn_scalar == 168
+  assert config_lib.gemma2_27b().query_pre_attn_scalar == 144
+  assert config_lib.gemma2_9b().kaggle_gating_transposed
+  assert not config_lib.gemma2_2b().kaggle_gating_transposed
+  for c in (config_lib.gemma3_270m(), big):
+    assert config_lib.ModelConfig.from_hf_dict(c.to_hf_dict()) == c
+
+
+@pytest.mark.parametrize("name", sorted(config_lib.PRESETS))
+def test_every_preset_runs_at_full_size_under_eval_shape(name):
+  """Shapes of the whole forward pass at the released size, without allocating a weight."""
+  config = config_lib.preset(name, param_dtype="bfloat16", compute_dtype="bfloat16")
+  params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.bfloat16),
+                        model_lib.param_shapes(config), is_leaf=lambda s: isinstance(s, tuple))
+  tokens = jax.ShapeDtypeStruct((2, 32), jnp.int32)
+  out = jax.eval_shape(lambda p, t: model_lib.forward(p, config, t), params, tokens)
+  assert out.logits.shape == (2, 32, config.vocab_size)
+  assert out.residuals.shape == (config.n_layers, 2, 32, config.d_model)
+
+
+def test_hf_config_of_a_multimodal_gemma3_is_its_text_model():
+  text = config_lib.gemma3_4b().to_hf_dict()
+  multimodal = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+                "text_config": {k: v for k, v in text.items() if k != "model_type"},
+                "vision_config": {"hidden_size": 1152}}
+  assert config_lib.ModelConfig.from_hf_dict(multimodal) == config_lib.gemma3_4b()
+  with pytest.raises(ValueError, match="text_config"):
+    config_lib.ModelConfig.from_hf_dict({"model_type": "gemma3", "vision_config": {}})
+
+
+def test_legacy_gemma3_rope_keys_give_the_same_config():
+  """Older config.json files name rope_theta / rope_local_base_freq / rope_scaling and a
+  sliding_window_pattern instead of rope_parameters and layer_types."""
+  c = config_lib.gemma3_4b()
+  hf = {k: v for k, v in c.to_hf_dict().items() if k not in ("rope_parameters", "layer_types")}
+  hf.update(sliding_window_pattern=6, rope_scaling={"rope_type": "linear", "factor": 8.0})
+  assert config_lib.ModelConfig.from_hf_dict(hf) == c
+
+
+def test_projection_hook_sees_every_linear_module_and_changes_the_output(toy_params, toy_config):
+  seen = []
+
+  def apply(module, x, y, xs_l, consts):
+    seen.append((module, x.shape[-1], y.shape[-1]))
+    return y + consts * xs_l if module == "down" else y
+
+  tokens = _tokens(6, (1, 8))
+  hook = model_lib.ProjectHook(apply=apply, xs=jnp.ones((toy_config.n_layers,)), consts=0.5)
+  out = model_lib.forward(toy_params, toy_config, tokens, hook=hook)
+  assert sorted({m for m, _, _ in seen}) == sorted(["q", "k", "v", "o", "gate", "up", "down"])
+  base = model_lib.forward(toy_params, toy_config, tokens)
+  assert not np.allclose(np.asarray(out.residuals[0]), np.asarray(base.residuals[0]))
 
 
 def test_check_params_lists_every_mismatch(toy_params, toy_config):

@@ -1,11 +1,13 @@
-"""Parity with HF transformers' Gemma2ForCausalLM: residuals of every layer and logits."""
+"""Parity with HF transformers' Gemma2ForCausalLM and Gemma3ForCausalLM (random weights, float32):
+the raw output of every layer and the logits, through our HF writer and reader."""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-import jax.numpy as jnp
 
-from xling_jax import checkpoints, model as model_lib
+from xling_jax import checkpoints, config as config_lib, model as model_lib
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -32,11 +34,29 @@ def _batch(vocab, seq=20, seed=1):
   return tokens, mask
 
 
-@pytest.fixture(scope="module")
-def hf_model(toy_hf_dir):
-  m = transformers.Gemma2ForCausalLM.from_pretrained(
-      toy_hf_dir, torch_dtype=torch.float32, attn_implementation="eager")
-  return m.eval()
+# Gemma 3 variants: the toy's GQA (4 heads over 2 kv heads, linear RoPE x8 on the global
+# layer, query scalar 24 != head_dim 16) and an MQA one with unscaled RoPE and 2 global layers.
+FAMILIES = {
+    "gemma2": config_lib.toy(),
+    "gemma3_gqa": config_lib.toy_gemma3(),
+    "gemma3_mqa": config_lib.toy_gemma3(
+        n_heads=2, n_kv_heads=1, n_layers=13, query_pre_attn_scalar=16,
+        attention_kinds=(config_lib.AttentionKind(8, 10000.0),
+                         config_lib.AttentionKind(None, 1e6))),
+}
+HF_CLASSES = {"gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_case(request, tmp_path_factory):
+  """(params, config, HF directory written by save_hf, HF model loaded from it)."""
+  config = FAMILIES[request.param]
+  params = model_lib.init_params(config, jax.random.PRNGKey(7))
+  path = tmp_path_factory.mktemp(f"hf_{request.param}")
+  checkpoints.save_hf(path, params, config, max_shard_bytes=64 * 1024)
+  cls = getattr(transformers, HF_CLASSES[config.family])
+  hf = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+  return params, config, path, hf
 
 
 def _hf_run(hf_model, tokens, mask):
@@ -54,14 +74,17 @@ def _hf_run(hf_model, tokens, mask):
   return res.logits.numpy(), np.stack([o.numpy() for o in outputs])
 
 
-def test_sharded_hf_checkpoint_is_really_sharded(toy_hf_dir):
-  assert (toy_hf_dir / "model.safetensors.index.json").exists()
-  assert len(list(toy_hf_dir.glob("model-*-of-*.safetensors"))) > 1
+def test_sharded_hf_checkpoint_is_really_sharded(family_case):
+  _, _, path, _ = family_case
+  assert (path / "model.safetensors.index.json").exists()
+  assert len(list(path.glob("model-*-of-*.safetensors"))) > 1
 
 
-def test_residuals_and_logits_match_hf_every_layer(toy_hf_dir, hf_model, toy_config):
-  params, config = checkpoints.load_params(toy_hf_dir)
-  assert config == toy_config
+def test_residuals_and_logits_match_hf_every_layer(family_case):
+  saved, saved_config, path, hf_model = family_case
+  params, config = checkpoints.load_params(path)
+  assert config == saved_config
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), params, saved))
   tokens, mask = _batch(config.vocab_size, seq=20)
   assert tokens.shape[1] > 2 * config.sliding_window  # local attention really drops keys
   hf_logits, hf_resid = _hf_run(hf_model, tokens, mask)
@@ -75,8 +98,9 @@ def test_residuals_and_logits_match_hf_every_layer(toy_hf_dir, hf_model, toy_con
   assert _rel_err(ours_logits[real], hf_logits[real]) < 1e-4
 
 
-def test_last_layer_residual_is_raw_not_final_normed(toy_hf_dir, hf_model):
-  params, config = checkpoints.load_params(toy_hf_dir)
+def test_last_layer_residual_is_raw_not_final_normed(family_case):
+  _, _, path, hf_model = family_case
+  params, config = checkpoints.load_params(path)
   tokens, mask = _batch(config.vocab_size, seq=12)
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
   with torch.no_grad():

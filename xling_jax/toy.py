@@ -1,7 +1,8 @@
-"""The toy setup the CLIs fall back to with no downloads: random Gemma-2 weights from a seed,
-the toy tokenizer, and random JumpReLU SAEs calibrated to the toy model's residual scale.
+"""The toy setup the CLIs fall back to with no downloads: random Gemma 2 weights from a seed,
+the toy tokenizer, and random JumpReLU SAEs calibrated to the model's residual scale (for any
+model: `--sae_dir=random`).
 
-Numbers from this setup describe a randomly initialised toy model, not Gemma-2-2B.
+Numbers from this setup describe a randomly initialised toy model, not a released Gemma.
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import numpy as np
 from sae import jumprelu
 from xling_jax import config as config_lib, model as model_lib
 
-TOY_NOTE = ("TOY RUN: a randomly initialised Gemma-2 ({layers} layers, d_model {d_model}), a toy "
+TOY_NOTE = ("TOY RUN: a randomly initialised Gemma 2 ({layers} layers, d_model {d_model}), a toy "
             "tokenizer and random SAEs. The numbers exercise the pipeline; they say nothing about "
-            "Gemma-2-2B.")
+            "a released Gemma.")
 
 
 def toy_note(config) -> str:
@@ -23,13 +24,13 @@ TOY_SAE_WIDTH = 256
 
 
 def toy_model(seed: int = 0, **overrides):
-  """(params, config) of the toy Gemma-2 with weights from `seed`."""
+  """(params, config) of the toy Gemma 2 with weights from `seed`."""
   config = config_lib.toy(**overrides)
   return model_lib.init_params(config, jax.random.PRNGKey(seed)), config
 
 
-def toy_saes(params, config, tokenizer, calibration_texts, *, width: int = TOY_SAE_WIDTH,
-             seed: int = 0) -> jumprelu.JumpReLUParams:
+def calibrated_random_saes(params, config, tokenizer, calibration_texts, *,
+                           width: int = TOY_SAE_WIDTH, seed: int = 0) -> jumprelu.JumpReLUParams:
   """One random JumpReLU SAE per layer, stacked, each scaled to its layer's residual std on
   `calibration_texts` so that a realistic 5-20% of features fire (as Gemma Scope's do)."""
   enc = tokenizer.encode_batch(list(calibration_texts), add_bos=True, bucket=16)
