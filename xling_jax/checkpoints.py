@@ -266,6 +266,9 @@ def _read_params(source, fmt: str, config: ModelConfig, dtype, sharding,
         tensor = tensor[:expected[0]]
       else:
         tensor = source.get(name, expected)
+      if not np.isfinite(np.asarray(tensor, np.float32)).all():
+        raise CheckpointError(f"{source.path}: tensor {name} holds NaN or infinite values; "
+                              "the checkpoint is corrupt")
       tensor = layout.from_stored(p, fmt, tensor, config)
       # llama.cpp stores Gemma's RMSNorm scales as 1 + w.
       return tensor - 1.0 if fmt == "gguf" and p.norm else tensor

@@ -1,4 +1,5 @@
-"""Gemma's tokenizer: a SentencePiece `tokenizer.model` or an HF `tokenizer.json`, with explicit BOS rules.
+"""Gemma's tokenizer: a SentencePiece `tokenizer.model`, an HF `tokenizer.json` or the vocabulary of a
+GGUF checkpoint, with explicit BOS rules.
 
 BOS policy (Gemma convention):
   * `encode_batch` prepends BOS by default (`add_bos=True`): Gemma Scope SAEs were trained on
@@ -95,10 +96,11 @@ def _check_text(text: Any, where: str) -> str:
 class _SpmBackend:
   kind = "sentencepiece"
 
-  def __init__(self, path: Path):
+  def __init__(self, path: Path, model_proto: bytes | None = None):
     import sentencepiece as spm
     try:
-      self.sp = spm.SentencePieceProcessor(model_file=str(path))
+      self.sp = (spm.SentencePieceProcessor(model_file=str(path)) if model_proto is None
+                 else spm.SentencePieceProcessor(model_proto=model_proto))
     except (RuntimeError, OSError) as e:
       raise TokenizerError(f"{path}: not a readable SentencePiece model ({e})") from None
     if self.sp.get_piece_size() == 0:
@@ -172,6 +174,15 @@ class _HfBackend:
     return self.tok.decode([i for i in ids if i not in self._control], skip_special_tokens=False)
 
 
+def _gguf_model_proto(path: Path) -> bytes:
+  from xling_jax.errors import CheckpointError
+  from xling_jax.gguf_file import GGUFFile
+  try:
+    return GGUFFile(path).tokenizer_model_proto()
+  except CheckpointError as e:
+    raise TokenizerError(str(e)) from None
+
+
 class Tokenizer:
   """Gemma tokenizer over SentencePiece (`tokenizer.model`) or HF `tokenizers` (`tokenizer.json`).
 
@@ -185,7 +196,8 @@ class Tokenizer:
   # ---- loading -------------------------------------------------------------------------------
   @classmethod
   def load(cls, path: str | Path) -> "Tokenizer":
-    """Load a SentencePiece `.model`, an HF `tokenizer.json`, or a directory holding either.
+    """Load a SentencePiece `.model`, an HF `tokenizer.json`, a directory holding either, or a
+    `.gguf` checkpoint (its vocabulary as a SentencePiece model, see `gguf_file`).
 
     In a directory `tokenizer.model` is preferred over `tokenizer.json` (it is Gemma's reference).
     A file with another name is sniffed: JSON (first byte `{`) goes to `tokenizers`, anything else
@@ -202,6 +214,8 @@ class Tokenizer:
       raise FileNotFoundError(
           f"{path}: no such tokenizer file (expected a SentencePiece {SPM_FILE}, an HF {HF_FILE}, "
           "or a directory holding one)")
+    if path.suffix == ".gguf":
+      return cls(_SpmBackend(path, _gguf_model_proto(path)), path)
     if path.suffix == ".json":
       is_json = True
     elif path.suffix == ".model":

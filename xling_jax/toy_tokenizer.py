@@ -155,8 +155,8 @@ def build_toy_tokenizer(sentences: Sequence[str], vocab_size: int, out_path: str
 
 
 def cache_dir() -> Path:
-  """Where toy tokenizers are cached: $XLING_JAX_CACHE/toy_tokenizer, else <tmp>/xling_jax/toy_tokenizer."""
-  root = os.environ.get("XLING_JAX_CACHE")
+  """Where toy tokenizers are cached: $XLING_CACHE_DIR/toy_tokenizer, else <tmp>/xling_jax/toy_tokenizer."""
+  root = os.environ.get("XLING_CACHE_DIR")
   base = Path(root) if root else Path(tempfile.gettempdir()) / "xling_jax"
   return base / "toy_tokenizer"
 
