@@ -29,10 +29,9 @@ import numpy as np
 
 from xling_jax import layout
 from xling_jax.config import ModelConfig
+from xling_jax.kernels import attention as attention_seam
 
 Params = dict[str, Any]
-# Large finite negative: a fully masked row (a padding query) yields a uniform softmax, not NaN.
-_MASK_VALUE = -2.3819763e38
 
 
 @flax.struct.dataclass
@@ -165,12 +164,9 @@ def attention_mask_for(attention_mask: jax.Array, positions: jax.Array, window: 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
               logit_softcap: float | None) -> jax.Array:
   """Grouped-query attention. q [B, T, K, G, H] (already scaled), k, v [B, S, K, H],
-  mask [B, 1, 1, T, S] -> [B, T, K, G, H]. Scores and softmax in float32."""
-  logits = jnp.einsum("btkgh,bskh->bkgts", q, k).astype(jnp.float32)
-  logits = softcap(logits, logit_softcap)
-  logits = jnp.where(mask, logits, _MASK_VALUE)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bkgts,bskh->btkgh", probs, v)
+  mask [B, 1, 1, T, S] -> [B, T, K, G, H]. Scores and softmax in float32. Plain JAX or a fused
+  kernel, as the kernel seam chooses (`xling_jax.kernels.select`)."""
+  return attention_seam.attention(q, k, v, mask, logit_softcap)
 
 
 def block(config: ModelConfig, layer: Params, x: jax.Array, rope: tuple[jax.Array, jax.Array],
