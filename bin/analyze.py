@@ -10,37 +10,34 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from absl import app, flags
 
 from bin import common
+from xling_jax.languages import LOW_RESOURCE
 
 FLAGS = flags.FLAGS
 common.define_platform_flags()
 common.define_model_flags()
 common.define_sae_flags()
+common.define_langs_flag()
+common.define_corpus_flags(max_len=None)
+common.define_batch_flag(16, "sentences, padded with empty rows")
+common.define_output_flags("analysis_out")
 flags.adopt_module_key_flags(common)  # --help lists the shared flags too
-flags.DEFINE_list("langs", ["en", "zh", "ru", "es", "it", "id", "ca", "mr", "ml", "hi"],
-                  "Languages (ISO 639-1), comma-separated. The reference language must be among them.")
-flags.DEFINE_string("ref_lang", "en", "Reference language the gaps are measured against.")
-flags.DEFINE_string("corpus", "embedded",
-                    "Parallel corpus: 'embedded' (shipped sample), a directory of {lang}.txt files "
-                    "(line i = same sentence in every language), or hf:<dataset_id>[:split].")
-flags.DEFINE_integer("max_sentences", None, "Use only the first N parallel sentences.")
-flags.DEFINE_integer("batch_size", 16, "Sentences per device batch (padded with empty rows).")
-flags.DEFINE_integer("bucket", 64, "Pad sequence lengths to a multiple of this (few compiles).")
-flags.DEFINE_integer("max_len", None, "Truncate longer sentences (reported). Default: model max.")
+flags.DEFINE_string("ref_lang", "en", "Reference language the gaps are measured against; one of "
+                    "--langs.")
 flags.DEFINE_string("bands", None,
                     "Layer bands NAME:FIRST-LAST,...; default early:0-8,middle:9-17,deep:18-25 "
                     "for 26 layers, thirds otherwise.")
-flags.DEFINE_list("low_resource", ["id", "ca", "mr", "ml", "hi"],
-                  "The group whose band max/mean the summary reports.")
+flags.DEFINE_list("low_resource", list(LOW_RESOURCE),
+                  "The low-resource group whose band max/mean the summary reports (those of "
+                  "--langs that are in it).")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for confidence intervals (0 = off).",
                      lower_bound=0)
 flags.DEFINE_integer("top_k", 20, "Top features per language and layer in stats.json.",
                      lower_bound=1)
-flags.DEFINE_string("out", "analysis_out", "Output directory.")
-flags.DEFINE_bool("progress", True, "Show progress (sentences/s, ETA) on stderr.")
 
 
 def _versions() -> dict:
@@ -58,22 +55,39 @@ def _dtypes(config) -> dict:
   return {"param_dtype": config.param_dtype, "compute_dtype": config.compute_dtype}
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  devices = common.setup_platform()
-  start = time.perf_counter()
-
-  from xling_jax import activations, corpora, disparity, report, toy
-  from xling_jax import config as config_lib
+def check_flags() -> tuple[tuple[str, ...], dict | None, Path]:
+  """(languages, bands or None for the model's default, --out), checked before anything loads."""
+  from xling_jax import disparity
   from xling_jax.languages import validate_languages
-
   langs = validate_languages(FLAGS.langs)
   if FLAGS.ref_lang not in langs:
     raise app.UsageError(f"--ref_lang={FLAGS.ref_lang} must be one of --langs ({','.join(langs)})")
+  validate_languages(FLAGS.low_resource)
+  try:
+    bands = disparity.parse_bands(FLAGS.bands) if FLAGS.bands else None
+  except ValueError as e:
+    raise app.UsageError(f"--bands={FLAGS.bands}: {e}") from None
+  return langs, bands, common.check_out()
+
+
+def main(argv):
+  langs, bands, out = check_flags()
+  devices = common.setup_platform()
+  start = time.perf_counter()
+
+  from xling_jax import activations, batching, corpora, disparity, report, toy
+  from xling_jax import config as config_lib
+
   corpus = corpora.load_corpus(FLAGS.corpus, langs, FLAGS.max_sentences)
   setup = common.load_model()
   config = setup.config
+  bands = bands or disparity.default_bands(config.n_layers)
+  if max(hi for _, hi in bands.values()) >= config.n_layers:
+    raise app.UsageError(f"--bands reach past the model's last layer ({config.n_layers - 1})")
+  batch_size = batching.batch_rows(FLAGS.batch_size, corpus.n_sentences, setup.mesh)
+  if batch_size < FLAGS.batch_size:
+    print(f"--batch_size={FLAGS.batch_size} is more than the corpus's {corpus.n_sentences} "
+          f"sentences: batches of {batch_size}", file=sys.stderr)
   saes, sae_source = common.load_saes(setup, range(config.n_layers),
                                       corpus.sentences[langs[0]][:16])
 
@@ -84,12 +98,8 @@ def main(argv):
         f"{len(langs)} languages); SAEs: {sae_source}", file=sys.stderr)
 
   stats = activations.corpus_stats(
-      setup.params, config, saes, setup.tokenizer, corpus.sentences, batch_size=FLAGS.batch_size,
+      setup.params, config, saes, setup.tokenizer, corpus.sentences, batch_size=batch_size,
       bucket=FLAGS.bucket, max_len=FLAGS.max_len, mesh=setup.mesh, show_progress=FLAGS.progress)
-  bands = disparity.parse_bands(FLAGS.bands) if FLAGS.bands else disparity.default_bands(
-      config.n_layers)
-  if max(hi for _, hi in bands.values()) >= config.n_layers:
-    raise app.UsageError(f"--bands reach past the model's last layer ({config.n_layers - 1})")
   values = {lang: stats.metric("activation", lang) for lang in langs}
   gaps = disparity.gap_pct(values, FLAGS.ref_lang)
   group = [lang for lang in FLAGS.low_resource if lang in langs and lang != FLAGS.ref_lang]
@@ -104,19 +114,15 @@ def main(argv):
                  and FLAGS.sae_width == "16k" else None)
   top = disparity.top_features(stats, k=min(FLAGS.top_k, saes.d_sae), ref=FLAGS.ref_lang,
                                neuronpedia=neuronpedia)
-  run_config = {flag: FLAGS[flag].value for flag in (
-      "platform", "config", "checkpoint", "tokenizer", "dtype", "mesh", "param_sharding", "seed",
-      "sae_dir", "sae_width", "sae_l0", "langs", "ref_lang", "corpus", "max_sentences",
-      "batch_size", "bucket", "max_len", "bands", "low_resource", "bootstrap", "top_k")}
   provenance = dict(setup.provenance, saes=sae_source, corpus=corpus.source, devices=devices,
                     versions=_versions(), toy=setup.is_toy,
                     seconds=round(time.perf_counter() - start, 2))
   record = report.build_stats_json(stats, gaps=gaps, ref=FLAGS.ref_lang, bands=bands,
-                                   band_summary=summary, ci=ci, top=top, config=run_config,
-                                   provenance=provenance)
-  title = ("TOY model: SAE activation gap vs " if setup.is_toy else "SAE activation gap vs ") + \
-      f"{FLAGS.ref_lang} ({corpus.name})"
-  paths = report.write_report(FLAGS.out, record, title=title, notes=notes)
+                                   band_summary=summary, group=group, ci=ci, top=top,
+                                   config=common.resolved_flags(), provenance=provenance)
+  for warning in report.warnings(record):
+    print(warning, file=sys.stderr)
+  paths = report.write_report(out, record, corpus=corpus.name, toy=setup.is_toy, notes=notes)
   print(paths["markdown"].read_text(encoding="utf-8"))
   print("wrote " + ", ".join(str(p) for p in paths.values()))
   print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)

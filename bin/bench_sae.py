@@ -11,21 +11,23 @@ Weights are random (`jumprelu.random_params`); only shapes matter for speed. Gem
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from bin import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("d_in", 2304, "Residual width d (Gemma-2-2B: 2304).")
-flags.DEFINE_integer("d_sae", 16384, "SAE width W (Gemma Scope 16k: 16384).")
-flags.DEFINE_integer("tokens", 256, "Tokens per call (batch x sequence, flattened).")
-flags.DEFINE_integer("layers", 2, "Layers in the stacked encode (Gemma-2-2B: 26).")
+flags.DEFINE_integer("d_in", 2304, "Residual width d (Gemma-2-2B: 2304).", lower_bound=1)
+flags.DEFINE_integer("d_sae", 16384, "SAE width W (Gemma Scope 16k: 16384).", lower_bound=1)
+flags.DEFINE_integer("tokens", 256, "Tokens per call (batch x sequence, flattened).",
+                     lower_bound=1)
+flags.DEFINE_integer("layers", 2, "Layers in the stacked encode (Gemma-2-2B: 26).", lower_bound=1)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Weights and inputs dtype.")
-flags.DEFINE_integer("warmup", 2, "Untimed calls before timing (the first compiles).")
-flags.DEFINE_integer("repeats", 7, "Timed calls; the median is reported.")
+flags.DEFINE_integer("warmup", 2, "Untimed calls before timing (the first compiles).",
+                     lower_bound=1)
+flags.DEFINE_integer("repeats", 7, "Timed calls; the median is reported.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed for the random weights and inputs.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 
@@ -87,15 +89,15 @@ def format_table(r: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from xling_jax import io
+  if FLAGS.json:
+    io.check_output_file(FLAGS.json, "--json")
   result = run(FLAGS.d_in, FLAGS.d_sae, FLAGS.tokens, FLAGS.layers, FLAGS.dtype, FLAGS.warmup,
                FLAGS.repeats, FLAGS.seed)
   print(format_table(result))
   if FLAGS.json:
-    Path(FLAGS.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(FLAGS.json).write_text(json.dumps(result, indent=2) + "\n")
+    io.write_json(FLAGS.json, result)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -1,9 +1,17 @@
-"""Flags and set-up shared by the command-line tools: platform, model, tokenizer, mesh."""
+"""Flags and set-up shared by the command-line tools: platform, model, tokenizer, mesh, SAEs,
+corpus, batches, output; and `run`, which turns user errors into one line and exit code 2."""
 from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
 
 from absl import flags
 
+from xling_jax import languages
+
 FLAGS = flags.FLAGS
+USAGE_EXIT = 2  # usage and input errors, as argparse and most Unix tools
 
 
 def define_platform_flags() -> None:
@@ -38,6 +46,8 @@ def define_model_flags() -> None:
   flags.DEFINE_string("mesh", None,
                       "Device mesh as DATA,MODEL (e.g. 8,1 or 2,4). Default: every device on the "
                       "data axis.")
+  flags.register_validator("mesh", lambda v: v is None or _mesh_shape(v) is not None,
+                           "expected DATA,MODEL: two positive integers, e.g. 8,1 or 2,4")
   flags.DEFINE_enum("param_sharding", "replicated", ["replicated", "fsdp", "tensor"],
                     "How parameters are laid out over the mesh's model axis.")
   flags.DEFINE_integer("seed", 0, "Seed for the toy model/SAE weights and any sampling.")
@@ -58,6 +68,90 @@ def define_sae_flags() -> None:
                       "table, or an integer), or a Gemma Scope 2 bucket (small, medium, big).")
 
 
+def define_langs_flag() -> None:
+  flags.DEFINE_list("langs", list(languages.STUDY_LANGUAGES),
+                    "Languages, comma-separated codes (ISO 639: en, fr, zh-Hans...). Default: "
+                    "the study's ten; any other language works where the data has it.")
+
+
+def define_corpus_flags(max_len: int | None) -> None:
+  """The parallel corpus and how its sentences are cut (`max_len`: the default) and padded."""
+  flags.DEFINE_string("corpus", "embedded",
+                      "Parallel corpus: 'embedded' (a small sample shipped in the package), a "
+                      "directory of {lang}.txt files (UTF-8, line i = the same sentence in every "
+                      "language), or hf:<dataset_id>[:split] (FLORES+ layout, hub or local).")
+  flags.DEFINE_integer("max_sentences", None, "Use only the first N parallel sentences.",
+                       lower_bound=1)
+  flags.DEFINE_integer("max_len", max_len,
+                       "Cut longer sentences to this many tokens (the cut ones are counted)."
+                       + ("" if max_len else " Default: the model's max_seq_len."),
+                       lower_bound=2)
+  flags.DEFINE_integer("bucket", 64,
+                       "Pad sequence lengths to a multiple of this (fewer compiled shapes).",
+                       lower_bound=1)
+
+
+def define_batch_flag(default: int, rows: str) -> None:
+  """--batch_size; `rows` says what one row of a batch is."""
+  flags.DEFINE_integer("batch_size", default,
+                       f"Rows per batch ({rows}). Rounded up to a multiple of the mesh's data "
+                       "axis; capped at the number of rows the data has.", lower_bound=1)
+
+
+def define_output_flags(default_out: str, progress: bool = True) -> None:
+  """--out (checked before any work) and, for tools with long loops, --progress."""
+  flags.DEFINE_string("out", default_out,
+                      "Output directory; checked before anything is loaded, and each result "
+                      "file is replaced only once it is complete.")
+  if progress:
+    flags.DEFINE_bool("progress", True, "Show progress (items/s, ETA) on stderr.")
+
+
+def check_out() -> Path:
+  """--out as a Path, after checking it can be written (fails before any work)."""
+  from xling_jax import io
+  return io.check_output_dir(FLAGS.out, "--out")
+
+
+def resolved_flags() -> dict:
+  """Every flag of the running tool, its own and the shared ones defined here, with the value
+  it ran with: a run's provenance, complete by construction (no hand-kept list to drift)."""
+  by_module = FLAGS.flags_by_module_dict()
+  # absl files the flags of the __main__ module under the script's path.
+  chosen = [f for module in (sys.argv[0], __name__) for f in by_module.get(module, [])]
+  return {f.name: f.value for f in sorted(chosen, key=lambda f: f.name)}
+
+
+def local_or_hub(spec: str, flag: str) -> str:
+  """`spec` itself when it exists locally (with ~ expanded), or when it is a reachable hub id;
+  otherwise a missing-path error: a mistyped local path is never tried on the hub."""
+  from xling_jax import hub
+  local = Path(spec).expanduser()
+  if local.exists():
+    return str(local)
+  if not hub.is_hub_id(spec):
+    raise FileNotFoundError(f"{flag}={spec}: no such file or directory (a hub id is owner/name, "
+                            "e.g. google/gemma-scope-2b-pt-res)")
+  hub.check_reachable(spec, f"{flag}={spec} (no such local path)")
+  return spec
+
+
+def check_finite_saes(saes, layers, label: str) -> None:
+  """NaN/inf SAE weights make NaN pre-activations, which JumpReLU turns into silent zeros;
+  `label` names their source in the error."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from xling_jax.errors import NonFiniteError
+  finite_per_layer = jax.jit(lambda x: jnp.isfinite(x).reshape(x.shape[0], -1).all(-1))
+  ok = np.all([np.asarray(finite_per_layer(leaf)) for leaf in jax.tree.leaves(saes)], axis=0)
+  if not ok.all():
+    bad = [layers[i] for i in np.nonzero(~ok)[0]]
+    raise NonFiniteError(f"{label}: the SAEs of layer(s) {bad} hold NaN/inf weights; "
+                         "re-download or re-train them")
+
+
 def load_saes(setup, layers, calibration_texts):
   """(SAEs stacked over `layers`, a description) from the SAE flags; random SAEs are scaled to
   the residuals of `calibration_texts`."""
@@ -75,11 +169,14 @@ def load_saes(setup, layers, calibration_texts):
     saes = jax.tree.map(lambda x: x[np.asarray(layers)], every)
     return saes, f"random SAEs (width {saes.d_sae}, seed {FLAGS.seed})"
   if FLAGS.sae_dir is None:
-    raise flags.UsageError("--checkpoint needs --sae_dir (SAEs for the model's layers, or "
-                           "'random')")
+    from absl import app
+    raise app.UsageError("--checkpoint needs --sae_dir (SAEs for the model's layers, or "
+                         "'random')")
   l0 = int(FLAGS.sae_l0) if FLAGS.sae_l0.isdigit() else FLAGS.sae_l0
-  saes = gemma_scope.load_layers(FLAGS.sae_dir, layers, width=FLAGS.sae_width, l0=l0,
-                                 d_in=setup.config.d_model, dtype="float32")
+  saes = gemma_scope.load_layers(local_or_hub(FLAGS.sae_dir, "--sae_dir"), layers,
+                                 width=FLAGS.sae_width, l0=l0, d_in=setup.config.d_model,
+                                 dtype="float32")
+  check_finite_saes(saes, layers, f"--sae_dir={FLAGS.sae_dir}")
   return saes, f"{FLAGS.sae_dir} (width {FLAGS.sae_width}, l0 {FLAGS.sae_l0})"
 
 
@@ -95,30 +192,81 @@ def _compute_dtype() -> str:
   return "float32" if FLAGS.platform == "cpu" else "bfloat16"
 
 
+def _mesh_shape(spec: str) -> tuple[int, int] | None:
+  parts = spec.split(",")
+  if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    return None
+  return int(parts[0]), int(parts[1])
+
+
 def load_model():
   """`xling_jax.model_setup.load_model` with the model flags above."""
   from xling_jax.model_setup import load_model as load
-  mesh_shape = tuple(int(v) for v in FLAGS.mesh.split(",")) if FLAGS.mesh else None
+  mesh_shape = _mesh_shape(FLAGS.mesh) if FLAGS.mesh else None
   return load(FLAGS.checkpoint, config=FLAGS.config, tokenizer=FLAGS.tokenizer,
               dtype=_compute_dtype(), mesh_shape=mesh_shape,
               param_sharding=FLAGS.param_sharding, seed=FLAGS.seed)
 
 
-def run(main) -> None:
-  """absl's app.run, with bad user input (missing files, wrong shapes, unknown languages...)
-  reported as one clear line instead of a traceback; XLING_TRACEBACK=1 shows the traceback."""
-  import os
-  import sys
+_HELP_ARGS = {"--help": "short", "-help": "short", "--helpshort": "short", "-helpshort": "short",
+              "-h": "short", "-?": "short", "--helpfull": "full", "-helpfull": "full"}
+# What a user can cause: bad values, missing or unreadable files, damaged data or weights,
+# non-finite numbers, no network, a missing optional package.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError)
 
+
+def fail(message: str) -> None:
+  """One line `error: ...` on stderr, exit code 2."""
+  print("error: " + " ".join(str(message).split()), file=sys.stderr)
+  sys.exit(USAGE_EXIT)
+
+
+def help_text(program: str, full: bool = False, flag_values=FLAGS) -> str:
+  """The tool's docstring and its flags (all of them with `full`)."""
+  doc = (sys.modules["__main__"].__doc__ or f"USAGE: {program} [flags]\n").rstrip()
+  listing = flag_values.get_help() if full else flag_values.main_module_help()
+  more = "" if full else "\n\n--helpfull lists the flags of every module."
+  return f"{doc}\n\nflags:\n{listing}{more}"
+
+
+def parse_flags(argv: list[str], flag_values=FLAGS) -> list[str]:
+  """absl's flag parsing, except that --help/-h/--helpfull print help and exit 0, and a bad flag
+  (unknown, missing value, not a number, out of bounds) is one line and exit 2."""
+  for arg in argv[1:]:
+    if arg == "--":
+      break
+    if arg in _HELP_ARGS:
+      try:
+        print(help_text(os.path.basename(argv[0]), _HELP_ARGS[arg] == "full", flag_values),
+              flush=True)
+      except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+      sys.exit(0)
+  try:
+    return flag_values(argv)
+  except flags.Error as e:
+    fail(f"{e} (--help lists the flags)")
+
+
+def run(main, positional: tuple[str, ...] = ()) -> None:
+  """absl's app.run for a tool: usage errors and errors a user can cause (USER_ERRORS) are one
+  line `error: ...` on stderr with exit code 2, never the whole --help nor a traceback
+  (XLING_TRACEBACK=1 shows the traceback); --help exits 0. `positional` names the arguments
+  `main(argv)` takes after the program name (none by default)."""
   from absl import app
 
   def guarded(argv):
+    from absl import logging
+    if not FLAGS["verbosity"].present:  # INFO lines of datasets, orbax (every save) are noise
+      logging.set_verbosity(logging.WARNING)
+    if len(argv) - 1 != len(positional):
+      expected = " ".join(positional) or "no arguments besides --flags"
+      fail(f"expected {expected}, got {argv[1:]} (--help lists the flags)")
     try:
       return main(argv)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except (app.UsageError, *USER_ERRORS) as e:
       if os.environ.get("XLING_TRACEBACK"):
         raise
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      fail(str(e))
 
-  app.run(guarded)
+  app.run(guarded, flags_parser=parse_flags)

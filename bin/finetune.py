@@ -1,4 +1,5 @@
-"""python -m bin.finetune: activation-aware LoRA (DESIGN.md s.5) with a before/after report.
+"""python -m bin.finetune: activation-aware LoRA (objective: lora/objectives.py) with a before/after
+report.
 
 Trains a LoRA adapter that lifts --target_lang's SAE activation at the objective layers toward
 the frozen model's --ref_lang activation while keeping --ref_lang unchanged, then reports, on a
@@ -18,13 +19,12 @@ per logged step), report.json and report.md. --resume continues from the latest 
 """
 from __future__ import annotations
 
-import json
-import subprocess
+import dataclasses
+import os
 import sys
 import time
-from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from bin import common
 
@@ -32,23 +32,25 @@ FLAGS = flags.FLAGS
 common.define_platform_flags()
 common.define_model_flags()
 common.define_sae_flags()
+common.define_corpus_flags(max_len=128)
+common.define_batch_flag(8, "parallel lines per step, each seen in both languages")
+common.define_output_flags("finetune_out", progress=False)
 flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 flags.DEFINE_string("target_lang", "ml", "Language whose activation the adapter lifts.")
 flags.DEFINE_string("ref_lang", "en", "Reference language: the alignment target, kept unchanged.")
 flags.DEFINE_string("layers", "all", "Blocks that get LoRA: 'all' or comma-separated indices.")
-flags.DEFINE_integer("rank", 8, "LoRA rank r.")
+flags.DEFINE_integer("rank", 8, "LoRA rank r.", lower_bound=1)
 flags.DEFINE_float("alpha", 16.0, "LoRA alpha; the update is scaled by alpha / r (as PEFT).")
 flags.DEFINE_list("modules", ["q", "k", "v", "o", "gate", "up", "down"],
                   "Adapted weights: any of q, k, v, o, gate, up, down.")
-flags.DEFINE_integer("steps", 300, "Optimiser steps.")
+flags.DEFINE_integer("steps", 300, "Optimiser steps.", lower_bound=1)
 flags.DEFINE_float("lr", 1e-3, "Peak learning rate (linear warmup, cosine decay to lr/10).")
 flags.DEFINE_integer("warmup_steps", None, "Linear warmup steps. Default: min(20, steps // 10).")
 flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay.")
 flags.DEFINE_float("clip_norm", 1.0, "Clip gradients to this global norm.")
-flags.DEFINE_integer("batch_size", 8, "Parallel lines per step (each seen in both languages).")
 flags.DEFINE_list("weights", ["1", "1", "0"],
-                  "Objective weights align,retain,lm (DESIGN.md s.5). A zero weight drops the "
-                  "term.")
+                  "Objective weights align,retain,lm (defined in lora/objectives.py). A zero "
+                  "weight drops the term.")
 flags.DEFINE_enum("retain", "residual", ["residual", "kl"],
                   "Retain term: relative squared distance of reference-language residuals, or "
                   "KL of next-token distributions, between adapted and frozen model.")
@@ -58,15 +60,8 @@ flags.DEFINE_string("objective_layers", None,
 flags.DEFINE_string("report_layers", None,
                     "Layers whose before/after activation is reported: comma-separated or "
                     "'all'. Default: the objective layers. SAEs are loaded for these and S.")
-flags.DEFINE_string("corpus", "embedded",
-                    "Parallel corpus: 'embedded', a directory of {lang}.txt files, or "
-                    "hf:<dataset_id>[:split].")
-flags.DEFINE_integer("max_sentences", None, "Use only the first N parallel lines.")
 flags.DEFINE_float("eval_fraction", 0.2,
                    "Fraction of lines held out for the before/after report (never trained on).")
-flags.DEFINE_integer("max_len", 128, "Cut longer sentences to this many tokens.")
-flags.DEFINE_integer("bucket", 64, "Pad sequence lengths to a multiple of this (few compiles).")
-flags.DEFINE_string("out", "finetune_out", "Output directory.")
 flags.DEFINE_bool("resume", False,
                   "Continue from the latest checkpoint in --out/checkpoints (same settings "
                   "required). Without it an existing checkpoint directory is an error.")
@@ -75,14 +70,19 @@ flags.DEFINE_enum("remat", "none", ["none", "full", "dots"],
                   "keep every intermediate (fastest, most memory); full: recompute each block "
                   "(least memory, about a third more compute); dots: keep the weight matmul "
                   "outputs, recompute norms/attention/GELU (most of the saving, cheaper).")
-flags.DEFINE_integer("save_every", 100, "Checkpoint every N steps (and at the end).")
-flags.DEFINE_integer("log_every", 10, "Print and log the loss terms every N steps.")
+flags.DEFINE_integer("save_every", 100, "Checkpoint every N steps (and at the end).",
+                     lower_bound=1)
+flags.DEFINE_integer("log_every", 10, "Print and log the loss terms every N steps.",
+                     lower_bound=1)
 flags.DEFINE_list("eval_tasks", [],
-                  "Benchmarks scored before and after with bin.evaluate (arc, mmlu, hellaswag) "
-                  "on the target and reference languages; needs --eval_data_dir.")
+                  "Benchmarks scored before and after training, as bin.evaluate scores them "
+                  "(arc, mmlu, hellaswag), on the target and reference languages; needs "
+                  "--eval_data_dir. Results in --out/eval_before and --out/eval_after.")
 flags.DEFINE_string("eval_data_dir", None,
-                    "Benchmark items laid out like shared/data/benchmarks (for --eval_tasks).")
-flags.DEFINE_integer("eval_limit", None, "Score only the first N items per task and language.")
+                    "Benchmark items for --eval_tasks: a folder holding arc_challenge/, mmlu/, "
+                    "mmlu_dev/, hellaswag/ with {lang}.jsonl files (as bin.evaluate --data_dir).")
+flags.DEFINE_integer("eval_limit", None, "Score only the first N items per task and language.",
+                     lower_bound=1)
 flags.DEFINE_string("base_model_name", None,
                     "base_model_name_or_path written to adapter_config.json. Default: "
                     "--checkpoint, or 'xling-jax-toy' for the toy model.")
@@ -120,75 +120,76 @@ def _weights() -> tuple[float, float, float]:
   return weights
 
 
-def _pct(new, old):
-  """Percent change per layer; None where the old value is 0 (no defined change)."""
-  return [100.0 * (n - o) / o if o else None for n, o in zip(new, old)]
-
-
-def run_benchmarks(out: Path, adapter_dir: Path | None, langs: list[str]) -> dict:
-  """Scores of bin.evaluate (a subprocess: its flags are its own) for the same model."""
-  cmd = [sys.executable, "-m", "bin.evaluate", f"--platform={FLAGS.platform}",
-         f"--tasks={','.join(FLAGS.eval_tasks)}", f"--langs={','.join(langs)}",
-         f"--data_dir={FLAGS.eval_data_dir}", f"--seed={FLAGS.seed}", f"--dtype={FLAGS.dtype}",
-         f"--out={out}", "--noprogress"]
-  passed = {"config": FLAGS.config, "checkpoint": FLAGS.checkpoint, "tokenizer": FLAGS.tokenizer,
-            "limit": FLAGS.eval_limit, "lora": adapter_dir}
-  cmd += [f"--{flag}={value}" for flag, value in passed.items() if value is not None]
-  # Its Markdown goes to stderr: stdout carries this tool's own report.
-  subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1], stdout=sys.stderr)
-  return json.loads((out / "scores.json").read_text())
-
-
-def markdown(report: dict, notes: list[str]) -> str:
-  t, r = report["target_lang"], report["ref_lang"]
-  lines = [f"# {'TOY model: ' if report['toy'] else ''}activation-aware LoRA, {t} -> {r}", ""]
-  lines += [f"> {n}" for n in notes] + ([""] if notes else [])
-  lines += [f"Held-out lines: {report['heldout_lines']}; objective layers "
-            f"{report['objective_layers']}; {report['steps']} steps.", "",
-            f"| layer | {t} before | {t} after | {t} gain % | {r} before | {r} after | "
-            f"{r} retention % |", "|---|---|---|---|---|---|---|"]
-  for i, layer in enumerate(report["layers"]):
-    lines.append(
-        f"| {layer} | {report['before'][t][i]:.4g} | {report['after'][t][i]:.4g} | "
-        f"{report['gain_pct'][t][i]:+.2f} | {report['before'][r][i]:.4g} | "
-        f"{report['after'][r][i]:.4g} | {report['retention_pct'][r][i]:.2f} |")
-  bench = report.get("benchmarks")
-  if bench:
-    lines += ["", "| task | lang | metric | before | after |", "|---|---|---|---|---|"]
-    for task, by_lang in bench["after"].items():
-      for lang, scores in by_lang.items():
-        for metric in ("acc", "acc_norm"):
-          before = bench["before"].get(task, {}).get(lang, {}).get(metric)
-          after = scores.get(metric)
-          if before is not None and after is not None:
-            lines.append(f"| {task} | {lang} | {metric} | {before:.4f} | {after:.4f} |")
-  return "\n".join(lines) + "\n"
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.eval_tasks and not FLAGS.eval_data_dir:
+def eval_config(langs):
+  """The --eval_* flags as an EvalConfig for `langs` (None without --eval_tasks)."""
+  if not FLAGS.eval_tasks:
+    return None
+  if not FLAGS.eval_data_dir:
     raise app.UsageError("--eval_tasks needs --eval_data_dir (benchmark items on disk)")
+  if not os.path.isdir(FLAGS.eval_data_dir):
+    raise FileNotFoundError(f"--eval_data_dir={FLAGS.eval_data_dir}: no such directory")
+  from xling_jax import evaluation
+  return evaluation.EvalConfig(tasks=FLAGS.eval_tasks, langs=langs, data_dir=FLAGS.eval_data_dir,
+                               limit=FLAGS.eval_limit)
+
+
+def score_benchmarks(setup, config, prompts, out, adapter_dir) -> dict:
+  """bin.evaluate's scores, in process on the loaded model (through the saved adapter when
+  `adapter_dir` is given); its files go to `out`."""
+  from xling_jax import evaluation
+  result = evaluation.evaluate(setup, config, adapter=adapter_dir, prompts=prompts)
+  flags_used = dict(dataclasses.asdict(config),
+                    lora=None if adapter_dir is None else str(adapter_dir))
+  run = {"flags": flags_used, "toy": setup.is_toy, "provenance": setup.provenance}
+  title = f"{'TOY model: ' if setup.is_toy else ''}benchmark scores " + \
+      ("after LoRA" if adapter_dir else "before LoRA")
+  evaluation.write_outputs(out, result, run, evaluation.markdown(result, title))
+  return result.scores
+
+
+def check_flags():
+  """(target, ref, weights, --out, the eval config or None, its prompts or None), checked and
+  read before anything is loaded."""
   from xling_jax.languages import validate_languages
+  if FLAGS.target_lang == FLAGS.ref_lang:
+    raise app.UsageError(f"--target_lang={FLAGS.target_lang} is also --ref_lang: the adapter "
+                         "lifts one language toward another")
   target, ref = validate_languages([FLAGS.target_lang, FLAGS.ref_lang])
-  w_align, w_retain, w_lm = _weights()
-  devices = common.setup_platform()
-  start = time.perf_counter()
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-
-  import jax
-  import numpy as np
-
-  from lora import objectives, peft_io, train
-  from lora.lora import LoraConfig
-  from xling_jax import corpora, toy
-
-  out = Path(FLAGS.out)
+  weights = _weights()
+  out = common.check_out()
   checkpoint_dir = out / "checkpoints"
   if checkpoint_dir.exists() and any(checkpoint_dir.iterdir()) and not FLAGS.resume:
     raise app.UsageError(f"{checkpoint_dir} already holds checkpoints: pass --resume to continue "
                          "that run, or choose another --out")
+  bench = eval_config((target, ref))
+  prompts = None
+  if bench is not None:
+    from xling_jax import evaluation
+    prompts = evaluation.collect_prompts(bench)
+  return target, ref, weights, out, bench, prompts
+
+
+def main(argv):
+  target, ref, (w_align, w_retain, w_lm), out, bench, bench_prompts = check_flags()
+  devices = common.setup_platform()
+  start = time.perf_counter()
+
+  import jax
+  import numpy as np
+
+  from lora import objectives, peft_io, report as report_lib, train
+  from lora.lora import LoraConfig
+  from xling_jax import corpora, io, toy
+
+  train_config = train.TrainConfig(
+      steps=FLAGS.steps, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
+      warmup_steps=(min(20, FLAGS.steps // 10) if FLAGS.warmup_steps is None
+                    else FLAGS.warmup_steps),
+      weight_decay=FLAGS.weight_decay, clip_norm=FLAGS.clip_norm, eval_fraction=FLAGS.eval_fraction,
+      max_len=FLAGS.max_len, bucket=FLAGS.bucket, seed=FLAGS.seed, save_every=FLAGS.save_every,
+      log_every=FLAGS.log_every)
+  checkpoint_dir = out / "checkpoints"
+  corpus = corpora.load_corpus(FLAGS.corpus, (target, ref), FLAGS.max_sentences)
   setup = common.load_model()
   config = setup.config
   L = config.n_layers
@@ -200,15 +201,7 @@ def main(argv):
                            layers=lora_layers, seed=FLAGS.seed)
   objective = objectives.ObjectiveConfig(layers=objective_layers, w_align=w_align,
                                          w_retain=w_retain, w_lm=w_lm, retain=FLAGS.retain)
-  train_config = train.TrainConfig(
-      steps=FLAGS.steps, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
-      warmup_steps=(min(20, FLAGS.steps // 10) if FLAGS.warmup_steps is None
-                    else FLAGS.warmup_steps),
-      weight_decay=FLAGS.weight_decay, clip_norm=FLAGS.clip_norm, eval_fraction=FLAGS.eval_fraction,
-      max_len=FLAGS.max_len, bucket=FLAGS.bucket, seed=FLAGS.seed, save_every=FLAGS.save_every,
-      log_every=FLAGS.log_every)
 
-  corpus = corpora.load_corpus(FLAGS.corpus, (target, ref), FLAGS.max_sentences)
   train_split, heldout = train.split_parallel(corpus.sentences[target], corpus.sentences[ref],
                                               train_config.eval_fraction, train_config.seed)
   sae_layers = tuple(sorted(set(objective_layers) | set(report_layers)))
@@ -231,14 +224,14 @@ def main(argv):
 
   texts = {target: heldout.target, ref: heldout.ref}
   before = {lang: activation(t, None) for lang, t in texts.items()}
-  try:
-    result = train.train(
-        setup.params, config, select(objective_layers),
-        train.BatchStream(train_split, setup.tokenizer, train_config), lora_config, objective,
-        train_config, checkpoint_dir, resume=FLAGS.resume, log_path=out / train.LOG_NAME,
-        echo=lambda line: print(line, flush=True), remat=FLAGS.remat, mesh=setup.mesh)
-  except train.NonFiniteLossError as e:
-    raise SystemExit(f"error: {e}") from None
+  scores_before = (None if bench is None else
+                   score_benchmarks(setup, bench, bench_prompts, out / "eval_before", None))
+  log_path = out / train.LOG_NAME
+  result = train.train(
+      setup.params, config, select(objective_layers),
+      train.BatchStream(train_split, setup.tokenizer, train_config), lora_config, objective,
+      train_config, checkpoint_dir, resume=FLAGS.resume, log_path=log_path,
+      echo=lambda line: print(line, flush=True), remat=FLAGS.remat, mesh=setup.mesh)
   after = {lang: activation(t, result.adapter) for lang, t in texts.items()}
   base_name = FLAGS.base_model_name or FLAGS.checkpoint or "xling-jax-toy"
   peft_dir = peft_io.save_peft(out / "peft", result.adapter, lora_config, config,
@@ -247,29 +240,23 @@ def main(argv):
   report = {
       "target_lang": target, "ref_lang": ref, "layers": list(report_layers),
       "before": before, "after": after,
-      "gain_pct": {lang: _pct(after[lang], before[lang]) for lang in texts},
-      "retention_pct": {lang: [100.0 * a / b if b else None
-                               for a, b in zip(after[lang], before[lang])] for lang in texts},
+      "gain_pct": {lang: report_lib.gain_pct(after[lang], before[lang]) for lang in texts},
+      "retention_pct": {lang: report_lib.retention_pct(after[lang], before[lang])
+                        for lang in texts},
       "objective_layers": list(objective_layers), "steps": result.step,
-      "final_terms": result.last_metrics, "train_lines": len(train_split),
-      "heldout_lines": len(heldout), "toy": setup.is_toy, "notes": notes,
-      "saes": sae_source, "corpus": corpus.source, "devices": devices,
-      "provenance": setup.provenance,
-      "flags": {f: FLAGS[f].value for f in (
-          "target_lang", "ref_lang", "layers", "rank", "alpha", "modules", "steps", "lr",
-          "warmup_steps", "weight_decay", "clip_norm", "batch_size", "weights", "retain",
-          "objective_layers", "report_layers", "corpus", "max_sentences", "eval_fraction",
-          "max_len", "bucket", "checkpoint", "tokenizer", "config", "sae_dir", "seed",
-          "eval_tasks")},
+      "final_terms": report_lib.final_terms(log_path, result.step),
+      "train_lines": len(train_split), "heldout_lines": len(heldout), "toy": setup.is_toy,
+      "notes": notes, "saes": sae_source, "corpus": corpus.source, "devices": devices,
+      "provenance": setup.provenance, "flags": common.resolved_flags(),
   }
-  if FLAGS.eval_tasks:
+  if bench is not None:
     report["benchmarks"] = {
-        "before": run_benchmarks(out / "eval_before", None, [target, ref]),
-        "after": run_benchmarks(out / "eval_after", peft_dir, [target, ref])}
+        "before": scores_before,
+        "after": score_benchmarks(setup, bench, bench_prompts, out / "eval_after", peft_dir)}
   report["seconds"] = round(time.perf_counter() - start, 2)
-  md = markdown(report, notes)
-  (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-  (out / "report.md").write_text(md, encoding="utf-8")
+  md = report_lib.markdown(report, notes)
+  io.write_json(out / "report.json", report)
+  io.write_text(out / "report.md", md)
   print(md)
   print(f"wrote {peft_dir}/, {checkpoint_dir}/, {out}/report.json, {out}/report.md")
   print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)

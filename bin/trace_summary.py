@@ -1,7 +1,7 @@
 """Summarise a `bin.bench --profile_dir` trace: per bench row, device busy time and the kernels
 that take it.
 
-    python -m bin.trace_summary PROFILE_DIR [--top 12]
+    python -m bin.trace_summary PROFILE_DIR [--top=12]
 
 Reads the Chrome-format `*.trace.json.gz` that jax.profiler writes. Each row's window is the
 host-side TraceAnnotation named after the row; device events (processes named `/device:...`)
@@ -10,7 +10,6 @@ GEMMs) are totalled separately, which is what the FLOP-limit fraction is about.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import gzip
@@ -18,7 +17,13 @@ import json
 import os
 import re
 
+from absl import flags
+
+from bin import common
 from bin.bench import ROWS
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("top", 12, "Kernels listed per row.", lower_bound=1)
 _GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|cublas|triton_gemm|dot|wgmma|hmma", re.I)
 
 
@@ -47,17 +52,14 @@ def summarise(trace_path: str, top: int) -> str:
   return "\n".join(lines) if lines else "no row windows found in the trace"
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("profile_dir")
-  parser.add_argument("--top", type=int, default=12, help="kernels listed per row")
-  args = parser.parse_args()
-  paths = sorted(glob.glob(os.path.join(args.profile_dir, "**", "*.trace.json.gz"),
-                           recursive=True))
+def main(argv):
+  profile_dir = argv[1]
+  paths = sorted(glob.glob(os.path.join(profile_dir, "**", "*.trace.json.gz"), recursive=True))
   if not paths:
-    raise SystemExit(f"no *.trace.json.gz under {args.profile_dir}")
-  print(summarise(paths[-1], args.top))
+    raise FileNotFoundError(f"PROFILE_DIR {profile_dir}: no *.trace.json.gz under it (a "
+                            "bin.bench --profile_dir folder)")
+  print(summarise(paths[-1], FLAGS.top))
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main, positional=("PROFILE_DIR",))

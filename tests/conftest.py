@@ -6,6 +6,9 @@ from pathlib import Path
 
 # Tests compare against float32 references; keep XLA deterministic and on CPU.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Most of the suite's time is XLA compiling small programs; LLVM's optimisation passes are most
+# of that, and they change speed, not results (the CLIs the tests start inherit the setting).
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import jax
 import numpy as np

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from sae import jumprelu
-from xling_jax import activations, disparity, model as model_lib, toy
+from xling_jax import activations, model as model_lib, toy
 from xling_jax.activations import METRICS
 from xling_jax.toy_tokenizer import toy_tokenizer
 
 from tests.conftest import run_on_fake_devices
+from tests.helpers import synthetic_stats
 
 LANGS = ("en", "hi", "zh")
 
@@ -59,6 +60,7 @@ def _numpy_reference(params, config, tok, saes, sentences):
   }, feature_counts, int(n)
 
 
+@pytest.mark.slow
 def test_streaming_stats_equal_numpy_loops(setup):
   params, config, tok, saes, sentences = setup
   stats = activations.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
@@ -74,8 +76,9 @@ def test_streaming_stats_equal_numpy_loops(setup):
     assert 0.02 < ref["l0"].mean() / saes.d_sae < 0.4  # a realistic fraction fires
 
 
-@pytest.mark.parametrize("batch_size,bucket,fused", [(1, 64, True), (7, None, True),
-                                                     (32, 64, True), (7, 64, False)])
+@pytest.mark.parametrize("batch_size,bucket,fused", [
+    (1, 64, True), pytest.param(7, None, True, marks=pytest.mark.slow),  # a compile per length
+    (32, 64, True), (7, 64, False)])
 def test_batch_size_bucketing_and_fusion_do_not_change_numbers(setup, batch_size, bucket, fused):
   params, config, tok, saes, sentences = setup
   base = activations.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
@@ -111,6 +114,35 @@ def test_empty_corpus_is_an_error(setup):
     activations.language_sums(params, config, saes, tok, [])
 
 
+def test_weighted_metrics_count_a_sentence_as_often_as_it_is_repeated():
+  """The one implementation of the six formulas: weights = bootstrap multiplicities equal the
+  metric of the corpus with each sentence repeated that many times (weights 1 = the corpus)."""
+  stats = synthetic_stats(9, langs=("hi",))
+  sums = stats.per_language["hi"]
+  counts = np.random.default_rng(0).multinomial(len(sums.n_tokens),
+                                                np.full(len(sums.n_tokens), 1 / len(sums.n_tokens)))
+  repeat = lambda a: np.repeat(a, counts, axis=0)
+  repeated = activations.LanguageSums({k: repeat(v) for k, v in sums.rows.items()},
+                                      repeat(sums.n_tokens), sums.feature_counts)
+  for name in METRICS:
+    np.testing.assert_allclose(activations.weighted_metric(sums, name, counts[None])[0],
+                               activations.CorpusStats(("hi",), stats.layers,
+                                                       {"hi": repeated}).metric(name, "hi"),
+                               rtol=1e-12, err_msg=name)
+  with pytest.raises(ValueError, match="unknown metric 'gap'"):
+    stats.metric("gap", "hi")
+
+
+def test_non_finite_residuals_are_an_error_not_a_report(setup):
+  """NaN weights in one block: NaN residuals from there on, never statistics of 0.0 / n/a."""
+  params, config, tok, saes, sentences = setup
+  broken = jax.tree.map(lambda x: x, params)
+  broken["layers"]["up"] = params["layers"]["up"].at[2].set(np.nan)
+  with pytest.raises(FloatingPointError, match=r"'en': .*NaN/inf at layer\(s\) \[2, 3\]"):
+    activations.corpus_stats(broken, config, saes, tok, {"en": sentences["en"][:2]},
+                             show_progress=False)
+
+
 _MESH_SCRIPT = r"""
 import json, sys
 import jax
@@ -139,6 +171,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_mesh_of_8_fake_devices_matches_one_device():
   out = run_on_fake_devices(_MESH_SCRIPT)
   assert "model" in out["tensor_spec"] and "model" in out["fsdp_spec"]
@@ -146,52 +179,3 @@ def test_mesh_of_8_fake_devices_matches_one_device():
     for lang in out["single"]:
       np.testing.assert_allclose(out[mode][lang], out["single"][lang], rtol=1e-5, err_msg=mode)
       assert out[mode + "_counts"][lang] == out["single_counts"][lang]
-
-
-# --------------------------------------------------------------------------- disparity
-
-
-def test_gap_and_band_summary_definitions():
-  values = {"en": np.array([10.0, 20.0, 40.0]), "hi": np.array([5.0, 20.0, 50.0]),
-            "ml": np.array([8.0, 10.0, 40.0])}
-  gaps = disparity.gap_pct(values, "en")
-  np.testing.assert_allclose(gaps["hi"], [50.0, 0.0, -25.0])
-  np.testing.assert_allclose(gaps["ml"], [20.0, 50.0, 0.0])
-  summary = disparity.band_summary({k: v for k, v in gaps.items() if k != "en"},
-                                   {"early": (0, 1), "deep": (2, 2)}, ["hi", "ml"])
-  assert summary["early"]["per_language"]["hi"] == {"mean": 25.0, "max": 50.0}
-  assert summary["early"]["group_max"] == 50.0
-  assert summary["early"]["group_mean"] == pytest.approx((25.0 + 35.0) / 2)
-  assert summary["deep"]["group_max"] == 0.0
-
-
-def test_bands_parsing_and_defaults():
-  assert disparity.default_bands(26) == {"early": (0, 8), "middle": (9, 17), "deep": (18, 25)}
-  assert disparity.default_bands(4) == {"early": (0, 1), "middle": (2, 2), "deep": (3, 3)}
-  assert disparity.parse_bands("a:0-3,b:4-5") == {"a": (0, 3), "b": (4, 5)}
-  with pytest.raises(ValueError, match="NAME:FIRST-LAST"):
-    disparity.parse_bands("early0-8")
-
-
-def test_bootstrap_brackets_the_estimate_and_is_paired(setup):
-  params, config, tok, saes, sentences = setup
-  same = {"en": sentences["en"], "hi": sentences["hi"], "copy": sentences["en"]}
-  stats = activations.corpus_stats(params, config, saes, tok, same, show_progress=False)
-  ci = disparity.bootstrap(stats, ref="en", bands={"all": (0, 3)}, group=["hi"], n_resamples=200)
-  point = disparity.gap_pct({l: stats.metric("activation", l) for l in same}, "en")
-  for layer in range(config.n_layers):
-    assert ci.gap["hi"]["lo"][layer] <= point["hi"][layer] <= ci.gap["hi"]["hi"][layer]
-  # Paired resampling: a language identical to the reference has a zero-width gap interval.
-  np.testing.assert_allclose(ci.gap["copy"]["lo"], 0.0, atol=1e-9)
-  np.testing.assert_allclose(ci.gap["copy"]["hi"], 0.0, atol=1e-9)
-
-
-def test_top_features_and_overlap(setup):
-  params, config, tok, saes, sentences = setup
-  stats = activations.corpus_stats(params, config, saes, tok, sentences, show_progress=False)
-  top = disparity.top_features(stats, k=5, neuronpedia="gemmascope-res-16k")
-  assert top["en"][0]["overlap_with_ref"] == 1.0
-  rates = disparity.firing_rates(stats, "hi")
-  first = top["hi"][2]
-  assert first["rates"][0] == pytest.approx(rates[2].max())
-  assert first["neuronpedia"][0] == f"gemma-2-2b/2-gemmascope-res-16k/{first['features'][0]}"

@@ -32,8 +32,8 @@ def test_platform_tpu_without_tpu_is_a_clear_message_not_a_traceback():
 
 def test_unknown_language_is_a_clear_error():
   proc = _run("--langs=en,xx")
-  assert proc.returncode != 0
-  assert "error:" in proc.stderr and "'xx'" in proc.stderr and "Traceback" not in proc.stderr
+  assert proc.returncode == 2
+  assert "error: corpus embedded has no 'xx'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_help_explains_every_flag():
@@ -44,6 +44,7 @@ def test_help_explains_every_flag():
     assert flag in proc.stdout, flag
 
 
+@pytest.mark.slow
 def test_end_to_end_on_hf_checkpoint_gemma_scope_tree_and_flores(tmp_path, toy_hf_dir, toy_config):
   flores = shared_data_or_skip("parallel", "flores200_sib200")
   tok_path = build_toy_tokenizer(default_sentences(), toy_config.vocab_size, tmp_path / "tok.model")
@@ -91,6 +92,7 @@ def test_end_to_end_on_hf_checkpoint_gemma_scope_tree_and_flores(tmp_path, toy_h
   assert md.splitlines()[0] in proc.stdout  # the summary table is printed
 
 
+@pytest.mark.slow
 def test_reference_language_alone_writes_everything_but_the_heatmap(tmp_path):
   out = tmp_path / "en_only"
   proc = _run("--langs=en", "--max_sentences=4", "--bootstrap=0", f"--out={out}",
@@ -98,3 +100,30 @@ def test_reference_language_alone_writes_everything_but_the_heatmap(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert json.loads((out / "stats.json").read_text())["languages"] == ["en"]
   assert (out / "layers.png").exists() and not (out / "heatmap.png").exists()
+
+
+@pytest.mark.slow
+def test_any_language_with_a_file_and_the_whole_configuration_recorded(tmp_path):
+  """fr is no study language but the corpus has fr.txt; one sentence with --bootstrap warns
+  that the intervals are degenerate; a batch larger than the corpus is capped and said so;
+  stats.json records every flag the run used."""
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  (corpus / "en.txt").write_text("The cat sleeps on the warm stone.\n")
+  (corpus / "fr.txt").write_text("Le chat dort sur la pierre chaude.\n")
+  out = tmp_path / "out"
+  proc = _run(f"--corpus={corpus}", "--langs=en,fr", "--low_resource=fr", "--bootstrap=20",
+              "--batch_size=512", f"--out={out}", "--noprogress")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "intervals are degenerate" in proc.stderr
+  assert "--batch_size=512 is more than the corpus's 1 sentences: batches of 1" in proc.stderr
+  record = json.loads((out / "stats.json").read_text())
+  assert record["languages"] == ["en", "fr"] and record["low_resource_group"] == ["fr"]
+  assert record["config"]["langs"] == ["en", "fr"] and record["config"]["batch_size"] == 512
+  assert set(record["config"]) >= {
+      "platform", "config", "checkpoint", "tokenizer", "dtype", "mesh", "param_sharding", "seed",
+      "sae_dir", "sae_width", "sae_l0", "langs", "ref_lang", "corpus", "max_sentences",
+      "batch_size", "bucket", "max_len", "bands", "low_resource", "bootstrap", "top_k", "out",
+      "progress"}
+  md = (out / "report.md").read_text()
+  assert "the low-resource group: fr." in md and "intervals are degenerate" in md

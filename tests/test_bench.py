@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_bench_toy_writes_every_row_with_ratios(tmp_path):
   pytest.importorskip("torch")
   out = tmp_path / "bench.json"
@@ -50,6 +51,7 @@ def test_out_of_memory_row_becomes_a_note_other_errors_propagate():
     bench._rate_or_note(bug, 1, 100, (FakeOOM,))
 
 
+@pytest.mark.slow
 def test_profile_dir_trace_is_summarised_per_row(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "bin.bench", "--config=toy", "--batch=2", "--seq=32", "--repeats=1",

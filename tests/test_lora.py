@@ -1,12 +1,12 @@
 """LoRA adapters: a fresh adapter is an exact no-op, merging equals applying, configs validate."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lora import lora as lora_lib
+from tests.helpers import random_adapter
 from xling_jax import model as model_lib
 
 
@@ -18,16 +18,6 @@ def _batch(vocab, seq=20, seed=1):
   mask[1, 13:] = 0  # right padding
   tokens = np.where(mask == 1, tokens, 0)
   return jnp.asarray(tokens), jnp.asarray(mask)
-
-
-def random_adapter(config, lora_config, seed=3, b_std=0.05):
-  """An adapter with nonzero B on its active layers (a trained one, in effect)."""
-  adapter = lora_lib.init_adapter(config, lora_config, jax.random.PRNGKey(seed))
-  mask = jnp.asarray(lora_lib.layer_mask(config, lora_config))[:, None, None]
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(adapter["layers"]))
-  for key, ab in zip(keys, adapter["layers"].values()):
-    ab["b"] = jax.random.normal(key, ab["b"].shape) * b_std * mask
-  return adapter
 
 
 def test_fresh_adapter_is_bit_identical(toy_params, toy_config):

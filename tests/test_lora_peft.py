@@ -5,67 +5,18 @@ from __future__ import annotations
 
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
 
 from lora import lora as lora_lib
 from lora import peft_io
-from tests.test_lora import random_adapter
-from xling_jax import model as model_lib
+from tests.helpers import (assert_peft_matches_ours, hf_base, hf_logits, our_logits,
+                           peft_batch, random_adapter, rel_err)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
-
-
-def batch(vocab, seq=20, seed=5):
-  """Rows: full length (longer than the toy window), right padded, left padded."""
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(4, vocab, size=(3, seq))
-  mask = np.ones((3, seq), np.int32)
-  mask[1, 12:] = 0
-  mask[2, :5] = 0
-  tokens = np.where(mask == 1, tokens, 0)
-  for row in range(3):
-    tokens[row, np.argmax(mask[row])] = 2
-  return tokens, mask
-
-
-def hf_base(hf_dir):
-  return transformers.Gemma2ForCausalLM.from_pretrained(
-      hf_dir, attn_implementation="eager", torch_dtype=torch.float32).eval()
-
-
-def hf_logits(model, tokens, mask):
-  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-  with torch.no_grad():
-    out = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
-                position_ids=torch.tensor(positions))
-  return out.logits.numpy()
-
-
-def our_logits(params, config, tokens, mask, adapter):
-  return np.asarray(model_lib.jit_forward(params, config, jnp.asarray(tokens), jnp.asarray(mask),
-                                          return_residuals=False,
-                                          hook=lora_lib.project_hook(adapter)).logits)
-
-
-def rel_err(a, b):
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
-
-
-def assert_peft_matches_ours(hf_dir, peft_dir, params, config, adapter):
-  """PEFT's logits with `peft_dir` loaded equal ours with `adapter` to 1e-4 (real tokens)."""
-  tokens, mask = batch(config.vocab_size)
-  model = peft.PeftModel.from_pretrained(hf_base(hf_dir), peft_dir).eval()
-  theirs = hf_logits(model, tokens, mask)
-  ours = our_logits(params, config, tokens, mask, adapter)
-  base = our_logits(params, config, tokens, mask, None)
-  real = mask.astype(bool)
-  assert rel_err(base[real], ours[real]) > 1e-3, "the adapter should change the logits"
-  assert rel_err(ours[real], theirs[real]) < 1e-4
 
 
 @pytest.mark.parametrize("modules,layers", [
@@ -101,7 +52,7 @@ def test_adapter_made_by_peft_imports_with_peft_logits(tmp_path, toy_hf_dir, toy
                                 task_type="CAUSAL_LM")
   model = peft.get_peft_model(hf_base(toy_hf_dir), peft_config).eval()
   model.save_pretrained(tmp_path / "made_by_peft")
-  tokens, mask = batch(toy_config.vocab_size, seed=7)
+  tokens, mask = peft_batch(toy_config.vocab_size, seed=7)
   theirs = hf_logits(model, tokens, mask)
   adapter, cfg = peft_io.load_peft_with_config(tmp_path / "made_by_peft", toy_config)
   assert cfg.modules == ("q", "k", "o", "up", "down") and cfg.layers == (1, 3)

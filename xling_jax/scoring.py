@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xling_jax import model as model_lib
+from xling_jax import batching, model as model_lib
 from xling_jax.config import ModelConfig
 from xling_jax.prompts import Prompt
 
@@ -183,17 +183,10 @@ def score(params, config: ModelConfig, items: Sequence[EncodedItem], *, batch_si
           on_batch: Callable[[int], None] | None = None) -> ScoreResult:
   """Per-choice log-likelihoods of every item; items longer than `max_len` (default: the config's
   max_seq_len) are skipped and listed in `too_long`. `on_batch(n)` is called after each batch.
-  With a `mesh`, each batch's rows are split over its `data` axis (the batch size is rounded up
-  to a multiple of that axis; the extra rows are padding)."""
+  With a `mesh`, each batch's rows are split over its `data` axis. `batching.batch_rows` caps
+  the batch at the number of items and rounds it up to a multiple of that axis (the extra rows
+  are padding)."""
   max_len = config.max_seq_len if max_len is None else max_len
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  place = np.asarray
-  if mesh is not None:
-    from xling_jax import sharding as sharding_lib
-    n_data = mesh.shape[sharding_lib.DATA]
-    batch_size = -(-batch_size // n_data) * n_data
-    place = functools.partial(jax.device_put, device=sharding_lib.batch_sharding(mesh))
   too_long = [i for i, it in enumerate(items) if it.max_input_len > max_len]
   skipped = set(too_long)
   for i, it in enumerate(items):
@@ -204,10 +197,19 @@ def score(params, config: ModelConfig, items: Sequence[EncodedItem], *, batch_si
   # Longest first, so each batch holds similar lengths and the first batch meets the largest shapes.
   order = sorted((i for i in range(len(items)) if i not in skipped),
                  key=lambda i: -items[i].packed_len)
+  batch_size = batching.batch_rows(batch_size, len(order), mesh)
+  place = batching.placer(mesh)
   out: list[list[float] | None] = [None] * len(items)
 
-  def collect(idx, batch, logp):
-    logp = np.asarray(logp, dtype=np.float64)
+  def dispatch(idx):
+    batch = pack([items[i] for i in idx], batch_size)
+    arrays = [place(a) for a in (batch.tokens, batch.mask, batch.positions, batch.segments,
+                                 batch.gather, batch.targets)]
+    return batch, packed_logprobs(params, config, *arrays, hook)
+
+  def collect(idx, result):
+    batch, logp = result
+    logp = np.asarray(batching.fetch(logp), dtype=np.float64)
     for row, i in enumerate(idx):
       real = batch.choice[row] >= 0
       out[i] = np.bincount(batch.choice[row][real], weights=logp[row][real],
@@ -215,18 +217,8 @@ def score(params, config: ModelConfig, items: Sequence[EncodedItem], *, batch_si
     if on_batch is not None:
       on_batch(len(idx))
 
-  pending = None  # JAX dispatches asynchronously: pack batch k+1 while batch k runs
-  for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
-    batch = pack([items[i] for i in idx], batch_size)
-    arrays = [place(a) for a in (batch.tokens, batch.mask, batch.positions, batch.segments,
-                                 batch.gather, batch.targets)]
-    logp = packed_logprobs(params, config, *arrays, hook)
-    if pending is not None:
-      collect(*pending)
-    pending = (idx, batch, logp)
-  if pending is not None:
-    collect(*pending)
+  batching.pipelined((order[i:i + batch_size] for i in range(0, len(order), batch_size)),
+                     dispatch, collect)
   return ScoreResult(out, too_long)
 
 

@@ -1,0 +1,60 @@
+"""The before/after report of an activation-aware LoRA run: the paper's two headline numbers per
+layer (the target's gain %, the reference's retention %), the last loss terms, and Markdown."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+_NOT_TERMS = ("step", "lr", "steps_per_s")
+
+
+def gain_pct(after: Sequence[float], before: Sequence[float]) -> list[float | None]:
+  """Percent change per layer; None where the old value is 0 (no defined change)."""
+  return [100.0 * (a - b) / b if b else None for a, b in zip(after, before)]
+
+
+def retention_pct(after: Sequence[float], before: Sequence[float]) -> list[float | None]:
+  """After as a percentage of before, per layer (100 = unchanged)."""
+  return [100.0 * a / b if b else None for a, b in zip(after, before)]
+
+
+def final_terms(log_path: str | Path, step: int) -> dict[str, float]:
+  """The loss terms and gradient norm logged at `step`. The training log always holds the last
+  step and is rewound with the checkpoints, so this is the same for a run that went straight
+  through and for one killed after its final checkpoint and resumed (whose loop runs no step)."""
+  path = Path(log_path)
+  lines = path.read_text().splitlines() if path.exists() else []
+  for line in reversed(lines):
+    record = json.loads(line)
+    if record.get("step") == step:
+      return {k: v for k, v in record.items() if k not in _NOT_TERMS}
+  raise FileNotFoundError(f"{path}: no logged step {step}, so the final loss terms are unknown "
+                          "(was the training log deleted?)")
+
+
+def markdown(report: Mapping, notes: Sequence[str] = ()) -> str:
+  t, r = report["target_lang"], report["ref_lang"]
+  lines = [f"# {'TOY model: ' if report['toy'] else ''}activation-aware LoRA, {t} -> {r}", ""]
+  lines += [f"> {n}" for n in notes] + ([""] if notes else [])
+  lines += [f"Held-out lines: {report['heldout_lines']}; objective layers "
+            f"{report['objective_layers']}; {report['steps']} steps.", "",
+            f"| layer | {t} before | {t} after | {t} gain % | {r} before | {r} after | "
+            f"{r} retention % |", "|---|---|---|---|---|---|---|"]
+  fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+  for i, layer in enumerate(report["layers"]):
+    lines.append(
+        f"| {layer} | {report['before'][t][i]:.4g} | {report['after'][t][i]:.4g} | "
+        f"{fmt(report['gain_pct'][t][i], '+.2f')} | {report['before'][r][i]:.4g} | "
+        f"{report['after'][r][i]:.4g} | {fmt(report['retention_pct'][r][i], '.2f')} |")
+  bench = report.get("benchmarks")
+  if bench:
+    lines += ["", "| task | lang | metric | before | after |", "|---|---|---|---|---|"]
+    for task, by_lang in bench["after"].items():
+      for lang, scores in by_lang.items():
+        for metric in ("acc", "acc_norm"):
+          before = bench["before"].get(task, {}).get(lang, {}).get(metric)
+          after = scores.get(metric)
+          if before is not None and after is not None:
+            lines.append(f"| {task} | {lang} | {metric} | {before:.4f} | {after:.4f} |")
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,146 @@
+"""Every command-line tool, on bad input: one line `error: ...` naming the flag or file, exit
+code 2, no help dump, no traceback, nothing overwritten; --help exits 0. These few are
+subprocesses because the exit code and stderr are the behaviour; they fail before any model
+loads, so each takes seconds."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from bin import common
+from tests.conftest import REPO
+
+TOOLS = ("bin.analyze", "bin.evaluate", "bin.finetune", "bin.bench_sae", "bin.trace_summary")
+
+
+def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-m", tool, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str) -> str:
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+  assert "--help" not in proc.stdout and "Traceback" not in proc.stderr
+  for text in expected:
+    assert text in lines[0], lines[0]
+  return lines[0]
+
+
+@pytest.mark.parametrize("tool,args,expected", [
+    ("bin.analyze", ["--batch_size=-3"], ["--batch_size=-3", "not a positive integer"]),
+    ("bin.analyze", ["--batch_size=0"], ["--batch_size=0"]),
+    ("bin.evaluate", ["--limit=abc"], ["--limit=abc", "invalid literal"]),
+    ("bin.finetune", ["--no_such_flag"], ["no_such_flag"]),
+    ("bin.finetune", ["stray"], ["expected no arguments", "stray"]),
+    ("bin.bench_sae", ["--repeats=0"], ["--repeats=0"]),
+    ("bin.trace_summary", [], ["expected PROFILE_DIR"]),
+])
+def test_flag_errors_are_one_line_and_exit_2(tool, args, expected):
+  assert_one_line_error(run_tool(tool, *args), *expected)
+
+
+def test_help_exits_0_for_every_tool():
+  for tool in TOOLS:
+    proc = run_tool(tool, "--help")
+    assert proc.returncode == 0, (tool, proc.stderr[-2000:])
+    assert "flags:" in proc.stdout and "Traceback" not in proc.stderr, tool
+  assert run_tool("bin.evaluate", "-h").returncode == 0
+
+
+def test_bad_out_fails_before_any_work(tmp_path):
+  (tmp_path / "file").write_text("mine")
+  assert_one_line_error(run_tool("bin.analyze", f"--out={tmp_path / 'file'}"),
+                        f"--out={tmp_path / 'file'}", "not a directory")
+  assert_one_line_error(run_tool("bin.finetune", f"--out={tmp_path / 'file' / 'sub'}"),
+                        "--out=", "is a file")
+  assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_evaluate_without_data_exits_2_and_keeps_the_previous_results(tmp_path):
+  arc = tmp_path / "data" / "benchmarks" / "arc_challenge"
+  arc.mkdir(parents=True)
+  arc.joinpath("en.jsonl").write_text(json.dumps(
+      {"id": "a", "question": "q", "choices": ["x", "y"], "answer": 1}) + "\n")
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "scores.json").write_text('{"arc": "previous"}')
+  proc = run_tool("bin.evaluate", f"--data_dir={tmp_path / 'data'}", f"--out={out}")
+  assert_one_line_error(proc, "looked for", "arc_challenge", "did you mean")
+  assert (out / "scores.json").read_text() == '{"arc": "previous"}'
+  arc.joinpath("en.jsonl").write_text(json.dumps(
+      {"id": "a", "question": "q", "choices": ["x", "y"], "answer": 5}) + "\n")
+  proc = run_tool("bin.evaluate", f"--data_dir={tmp_path / 'data' / 'benchmarks'}",
+                  "--tasks=arc", "--langs=en", f"--out={out}")
+  assert_one_line_error(proc, "en.jsonl:1: answer index 5 is out of range for 2 choices")
+
+
+def test_mistyped_local_paths_are_missing_paths_not_hub_ids(tmp_path):
+  (tmp_path / "out").mkdir()
+  for args, flag in ((["--checkpoint=out/gemma"], "out/gemma"),
+                     (["--checkpoint=./gemma-2-2b"], "./gemma-2-2b"),
+                     (["--sae_dir=out/saes"], "--sae_dir=out/saes")):
+    proc = subprocess.run([sys.executable, "-m", "bin.analyze", *args, "--noprogress"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO)))
+    assert_one_line_error(proc, flag, "no such file or directory")
+
+
+# ---- the parser itself, in process ------------------------------------------------------------
+
+@pytest.fixture
+def tool_flags():
+  values = flags.FlagValues()
+  flags.DEFINE_integer("batch_size", 8, "Rows per batch.", lower_bound=1, flag_values=values)
+  return values
+
+
+def test_parse_flags_help_and_errors(tool_flags, capsys):
+  assert common.parse_flags(["tool", "--batch_size=3", "rest"], tool_flags) == ["tool", "rest"]
+  assert tool_flags.batch_size == 3
+  for help_arg in ("--help", "-h", "--helpfull"):
+    with pytest.raises(SystemExit) as exit_:
+      common.parse_flags(["tool", help_arg], tool_flags)
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "flags:" in out
+  assert "--batch_size" in out  # --helpfull lists every module's flags
+  with pytest.raises(SystemExit) as exit_:
+    common.parse_flags(["tool", "--batch_size=-1"], tool_flags)
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and err.count("\n") == 1
+  assert err.startswith("error: flag --batch_size=-1: -1 is not a positive integer")
+
+
+def test_saes_path_is_local_or_a_reachable_hub_id(tmp_path, monkeypatch):
+  import huggingface_hub
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "out").mkdir()
+  assert common.local_or_hub("out", "--sae_dir") == "out"
+  for spec in ("out/saes", "./saes", "~/no-such-xling-saes"):
+    with pytest.raises(FileNotFoundError, match=f"--sae_dir={spec}: no such file or directory"):
+      common.local_or_hub(spec, "--sae_dir")
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda *a, **k: None)
+  assert common.local_or_hub("google/gemma-scope-2b-pt-res", "--sae_dir") == \
+      "google/gemma-scope-2b-pt-res"
+
+
+def test_non_finite_sae_weights_are_an_error():
+  import jax
+  import numpy as np
+
+  from sae import jumprelu
+  from xling_jax.errors import NonFiniteError
+  saes = jumprelu.random_params(jax.random.PRNGKey(0), 8, 16, n_layers=3)
+  common.check_finite_saes(saes, (4, 5, 6), "--sae_dir=x")
+  broken = dataclasses.replace(saes, W_enc=saes.W_enc.at[1, 2, 3].set(np.nan))
+  with pytest.raises(NonFiniteError, match=r"--sae_dir=x: the SAEs of layer\(s\) \[5\] hold NaN"):
+    common.check_finite_saes(broken, (4, 5, 6), "--sae_dir=x")

@@ -1,0 +1,67 @@
+"""Disparity versus the reference language: gaps, bands, paired bootstrap, top features."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import synthetic_stats
+from xling_jax import disparity
+from xling_jax.activations import METRICS, CorpusStats
+
+
+def test_gap_and_band_summary_definitions():
+  values = {"en": np.array([10.0, 20.0, 40.0]), "hi": np.array([5.0, 20.0, 50.0]),
+            "ml": np.array([8.0, 10.0, 40.0])}
+  gaps = disparity.gap_pct(values, "en")
+  np.testing.assert_allclose(gaps["hi"], [50.0, 0.0, -25.0])
+  np.testing.assert_allclose(gaps["ml"], [20.0, 50.0, 0.0])
+  summary = disparity.band_summary({k: v for k, v in gaps.items() if k != "en"},
+                                   {"early": (0, 1), "deep": (2, 2)}, ["hi", "ml"])
+  assert summary["early"]["per_language"]["hi"] == {"mean": 25.0, "max": 50.0}
+  assert summary["early"]["group_max"] == 50.0
+  assert summary["early"]["group_mean"] == pytest.approx((25.0 + 35.0) / 2)
+  assert summary["deep"]["group_max"] == 0.0
+
+
+def test_bands_parsing_and_defaults():
+  assert disparity.default_bands(26) == {"early": (0, 8), "middle": (9, 17), "deep": (18, 25)}
+  assert disparity.default_bands(4) == {"early": (0, 1), "middle": (2, 2), "deep": (3, 3)}
+  assert disparity.parse_bands("a:0-3,b:4-5") == {"a": (0, 3), "b": (4, 5)}
+  with pytest.raises(ValueError, match="NAME:FIRST-LAST"):
+    disparity.parse_bands("early0-8")
+
+
+def test_bootstrap_brackets_the_estimate_and_is_paired():
+  base = synthetic_stats(9, langs=("en", "hi"))
+  same = {**base.per_language, "copy": base.per_language["en"]}
+  stats = CorpusStats(("en", "hi", "copy"), base.layers, same)
+  ci = disparity.bootstrap(stats, ref="en", bands={"all": (0, 3)}, group=["hi"], n_resamples=200)
+  point = disparity.gap_pct({l: stats.metric("activation", l) for l in same}, "en")
+  for layer in stats.layers:
+    assert ci.gap["hi"]["lo"][layer] <= point["hi"][layer] <= ci.gap["hi"]["hi"][layer]
+  # Paired resampling: a language identical to the reference has a zero-width gap interval.
+  np.testing.assert_allclose(ci.gap["copy"]["lo"], 0.0, atol=1e-9)
+  np.testing.assert_allclose(ci.gap["copy"]["hi"], 0.0, atol=1e-9)
+
+
+def test_top_features_and_overlap():
+  stats = synthetic_stats(9)
+  top = disparity.top_features(stats, k=5, neuronpedia="gemmascope-res-16k")
+  assert top["en"][0]["overlap_with_ref"] == 1.0
+  rates = disparity.firing_rates(stats, "hi")
+  first = top["hi"][2]
+  assert first["rates"][0] == pytest.approx(rates[2].max())
+  assert first["neuronpedia"][0] == f"gemma-2-2b/2-gemmascope-res-16k/{first['features'][0]}"
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_every_metric_bootstraps_through_the_one_weighted_formula(metric):
+  base = synthetic_stats(7, langs=("en", "hi"))
+  stats = CorpusStats(("en", "hi", "copy"), base.layers,
+                      {**base.per_language, "copy": base.per_language["en"]})
+  ci = disparity.bootstrap(stats, metric=metric, ref="en", bands={"all": (0, 3)}, group=["hi"],
+                           n_resamples=50)
+  assert ci.metric["copy"] == ci.metric["en"]
+  lo, hi = np.array(ci.metric["hi"]["lo"]), np.array(ci.metric["hi"]["hi"])
+  assert np.isfinite(lo).all() and (lo <= hi).all()
+  np.testing.assert_allclose(ci.gap["copy"]["hi"], 0.0, atol=1e-9)
