@@ -163,7 +163,7 @@ def load_saes(setup, layers, calibration_texts):
   layers = tuple(layers)
   random_saes = FLAGS.sae_dir == "random" or (FLAGS.sae_dir is None and setup.is_toy)
   if random_saes:
-    width = toy.TOY_SAE_WIDTH if FLAGS.sae_dir is None else gemma_scope._width_size(FLAGS.sae_width)
+    width = toy.TOY_SAE_WIDTH if FLAGS.sae_dir is None else gemma_scope.width_size(FLAGS.sae_width)
     every = toy.calibrated_random_saes(setup.params, setup.config, setup.tokenizer,
                                        calibration_texts, width=width, seed=FLAGS.seed)
     saes = jax.tree.map(lambda x: x[np.asarray(layers)], every)

@@ -5,13 +5,24 @@ Sources, all read into `sae.jumprelu.JumpReLUParams`:
     `allow_pickle=False`);
   * an SAELens directory, `cfg.json` + `sae_weights.safetensors` (architecture "jumprelu",
     `metadata.hook_name` "blocks.{i}.hook_resid_post");
-  * for the stacked all-layer form, a local mirror of the HF repo layout
-    `layer_{i}/width_{w}/average_l0_{n}/params.npz`, a directory holding one SAELens directory
-    per layer, or the hub id `google/gemma-scope-2b-pt-res` (downloaded through
+  * a Gemma Scope 2 directory, `params.safetensors` (float32, lowercase keys w_enc [d, W],
+    w_dec [W, d], b_enc, b_dec, threshold) + an optional `config.json` (architecture
+    "jump_relu", width, l0, hf_hook_point_in/out "model.layers.{i}.output", ...);
+  * for the stacked all-layer form, a local mirror of the Gemma Scope 1 HF repo layout
+    `layer_{i}/width_{w}/average_l0_{n}/params.npz`, of the Gemma Scope 2 one
+    `[resid_post/]layer_{i}_width_{w}_l0_{small|medium|big|n}/params.safetensors` (what our
+    trainer writes too), a directory holding one SAELens directory per layer, or a hub id,
+    `google/gemma-scope-2b-pt-res` or `google/gemma-scope-2-{size}-{pt|it}` (downloaded through
     `huggingface_hub`, which is imported only then).
 
+Widths are named as Gemma Scope names them: 16k = 2^14, 65k = 2^16, 262k = 2^18, 1m = 2^20 (and
+32k, 131k, 524k); any other width by its number of features ("4096").
+
 `l0="canonical"` resolves through `canonical_l0.json` (the SAELens "canonical" release: per width
-and layer, the L0 closest to 100), kept as data next to this module.
+and layer, the L0 closest to 100), kept as data next to this module. Gemma Scope 2 labels each
+SAE by a target-L0 bucket (`small`, `medium`, `big`) or an integer: `l0` names one, an int also
+matches a bucket whose config.json has that l0, and "canonical" there means the layer's only SAE
+of that width.
 
 Memory: `load_layers` streams. It preallocates the stacked arrays on the device (with the
 requested sharding) and writes each layer into them in place (a jitted update whose stacked input
@@ -26,7 +37,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +51,9 @@ REPO_ID = "google/gemma-scope-2b-pt-res"
 NPZ_NAME = "params.npz"
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
+GS2_PARAMS = "params.safetensors"
+GS2_CONFIG = "config.json"
+GS2_SITE = "resid_post"  # the only Gemma Scope 2 site read here: residual-stream SAEs
 # The cfg.json schema we write is SAELens 6's (metadata block); older versions read it through
 # SAELens's own pre-6 conversion, so claiming 6.0.0 keeps SAELens from re-converting it.
 SAELENS_FORMAT_VERSION = "6.0.0"
@@ -47,7 +61,13 @@ CANONICAL_L0_FILE = Path(__file__).with_name("canonical_l0.json")
 
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_GS2_HUB_ID = re.compile(r"gemma-scope-2-")
 _WIDTH = re.compile(r"^(\d+)([km]?)$")
+_GS1_LAYER = re.compile(r"^layer_\d+$")
+# Variants with a suffix (_seed_1, _affine) are other SAEs and are not matched.
+_GS2_DIR = re.compile(r"^layer_(\d+)_width_(\d+[km]?)_l0_([a-z0-9]+)$")
+# Gemma Scope's width names: the feature count in thousands, rounded down (2^20 is "1m").
+_NAMED_WIDTHS = {f"{(1 << p) // 1000}k": 1 << p for p in range(14, 20)} | {"1m": 1 << 20}
 
 Sharding = Any  # jax.sharding.Sharding, or a JumpReLUParams of them (one per leaf)
 
@@ -131,7 +151,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
   if not path.is_file():
-    raise SAENotFoundError(f"{path}: missing (an SAELens directory needs {SAELENS_WEIGHTS})")
+    raise SAENotFoundError(f"{path}: missing (an SAELens directory needs {SAELENS_WEIGHTS}, a "
+                           f"Gemma Scope 2 one {GS2_PARAMS})")
   with safe_open(path, framework="np") as f:
     return {_key(k): f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
 
@@ -162,9 +183,37 @@ def _check_arrays(arrays: Mapping[str, np.ndarray], source: Path, *, d_in: int |
                          f"{d_in}")
 
 
+def read_gemma_scope2_config(directory: str | os.PathLike) -> dict | None:
+  """`directory/config.json` of a Gemma Scope 2 SAE, checked (None when absent: it is optional,
+  as in SAELens's loader)."""
+  path = Path(directory) / GS2_CONFIG
+  if not path.is_file():
+    return None
+  try:
+    cfg = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise SAEFormatError(f"{path}: not valid JSON ({e})") from e
+  if cfg.get("architecture") != "jump_relu":
+    raise SAEFormatError(f"{path}: architecture {cfg.get('architecture')!r}, expected "
+                         "'jump_relu'")
+  if cfg.get("affine_connection"):
+    raise SAEFormatError(f"{path}: a transcoder with an affine skip connection, not a "
+                         "residual-stream SAE")
+  return cfg
+
+
 def _read_checked(source: Path, d_in: int | None) -> dict[str, np.ndarray]:
-  """Host arrays of one SAE (npz file or SAELens directory), checked, in Gemma Scope's
-  convention (an SAELens `apply_b_dec_to_input` is folded into b_enc)."""
+  """Host arrays of one SAE (npz file, Gemma Scope 2 params.safetensors or SAELens directory),
+  checked, in Gemma Scope's convention (an SAELens `apply_b_dec_to_input` is folded into
+  b_enc; Gemma Scope 2 never subtracts b_dec)."""
+  if source.name == GS2_PARAMS:
+    width = (read_gemma_scope2_config(source.parent) or {}).get("width")
+    arrays = _read_safetensors(source)
+    _check_arrays(arrays, source, d_in=d_in)
+    if width is not None and arrays["W_enc"].shape[1] != width:
+      raise SAEFormatError(f"{source}: {arrays['W_enc'].shape[1]} features but {GS2_CONFIG} "
+                           f"says width={width}")
+    return arrays
   if source.is_dir():
     cfg = read_saelens_cfg(source)
     if d_in is not None and cfg.d_in != d_in:
@@ -191,8 +240,11 @@ def _source(path: Path) -> Path:
       return path
     if (path / NPZ_NAME).is_file():
       return path / NPZ_NAME
+    if (path / GS2_PARAMS).is_file():
+      return path / GS2_PARAMS
     raise SAENotFoundError(f"{path}: holds neither {SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens) "
-                           f"nor {NPZ_NAME} (Gemma Scope); it has {_names(path)}")
+                           f"nor {NPZ_NAME} (Gemma Scope) nor {GS2_PARAMS} (Gemma Scope 2); it "
+                           f"has {_names(path)}")
   if path.is_file():
     return path
   raise SAENotFoundError(f"{path}: no such file or directory")
@@ -204,7 +256,8 @@ def _leaf_sharding(sharding: Sharding, name: str):
 
 def load(path: str | os.PathLike, dtype=jnp.float32, sharding: Sharding = None,
          d_in: int | None = None) -> JumpReLUParams:
-  """One SAE from a `params.npz` file, a folder holding one, or an SAELens directory.
+  """One SAE from a `params.npz` file, a folder holding one, a Gemma Scope 2 folder
+  (`params.safetensors` + `config.json`) or an SAELens directory.
 
   Leaves are cast to `dtype` on the host, then placed with `sharding` (one Sharding for every
   leaf, a JumpReLUParams of them, or None for the default device). `d_in` is the model's
@@ -227,19 +280,22 @@ def canonical_l0() -> dict[str, dict[int, int]]:
 
 
 def _width_name(width: str | int) -> str:
-  """"16k" / "width_16k" / 16384 -> "16k" (the folder suffix)."""
+  """"16k" / "width_16k" / 16384 -> "16k", 65536 -> "65k", 4096 -> "4096" (the folder part)."""
   if isinstance(width, int):
-    if width % (1 << 20) == 0:
-      return f"{width >> 20}m"
-    return f"{width >> 10}k" if width % 1024 == 0 else str(width)
+    names = {size: name for name, size in _NAMED_WIDTHS.items()}
+    return names.get(width, str(width))
   return width.removeprefix("width_")
 
 
-def _width_size(width: str | int) -> int:
-  """"16k" -> 16384, "1m" -> 1048576, 256 -> 256."""
+def width_size(width: str | int) -> int:
+  """"16k" -> 16384, "65k" -> 65536, "1m" -> 1048576, "4096" / 4096 -> 4096; another "Nk" is
+  N * 1024."""
   if isinstance(width, int):
     return width
-  match = _WIDTH.match(_width_name(width))
+  name = _width_name(width)
+  if name in _NAMED_WIDTHS:
+    return _NAMED_WIDTHS[name]
+  match = _WIDTH.match(name)
   if not match:
     raise ValueError(f"width {width!r}: expected e.g. '16k', '65k', '1m' or an integer")
   return int(match.group(1)) << {"": 0, "k": 10, "m": 20}[match.group(2)]
@@ -302,7 +358,7 @@ def _resolve_saelens(root: Path, found: dict[int, list[SAELensConfig]], layer: i
   if layer not in found:
     raise SAENotFoundError(f"{root}: no SAELens directory with hook blocks.{layer}."
                            f"hook_resid_post; layers present: {sorted(found)}")
-  size = _width_size(width)
+  size = width_size(width)
   matches = [c for c in found[layer] if c.d_sae == size]
   if len(matches) != 1:
     present = [f"{c.path.name} (d_sae {c.d_sae})" for c in found[layer]]
@@ -312,14 +368,103 @@ def _resolve_saelens(root: Path, found: dict[int, list[SAELensConfig]], layer: i
   return matches[0].path
 
 
+@dataclasses.dataclass(frozen=True)
+class _GS2Entry:
+  """One `layer_{i}_width_{w}_l0_{label}` folder."""
+  path: Path
+  layer: int
+  width: int
+  label: str
+
+  def config_l0(self) -> int | None:
+    cfg = read_gemma_scope2_config(self.path)
+    return None if cfg is None else cfg.get("l0")
+
+
+def gemma_scope2_name(layer: int, width: str | int, l0: int | str) -> str:
+  """The Gemma Scope 2 folder name, e.g. `layer_12_width_16k_l0_medium`."""
+  return f"layer_{int(layer)}_width_{_width_name(width)}_l0_{l0}"
+
+
+def _gs2_root(path: Path) -> Path | None:
+  """The folder holding Gemma Scope 2 SAE folders: `path/resid_post` or `path` itself."""
+  for candidate in (path / GS2_SITE, path):
+    if candidate.is_dir() and any(_GS2_DIR.match(p.name) for p in candidate.iterdir()):
+      return candidate
+  return None
+
+
+def _gs2_entries(root: Path) -> dict[int, list[_GS2Entry]]:
+  found: dict[int, list[_GS2Entry]] = {}
+  for name in _names(root):
+    match = _GS2_DIR.match(name)
+    if match and (root / name).is_dir():
+      layer, width, label = match.groups()
+      found.setdefault(int(layer), []).append(
+          _GS2Entry(root / name, int(layer), width_size(width), label))
+  return found
+
+
+def _gs2_l0(l0, layer: int) -> int | str:
+  if isinstance(l0, Mapping):
+    if layer not in l0:
+      raise ValueError(f"l0 mapping has no entry for layer {layer} (it has {sorted(l0)})")
+    l0 = l0[layer]
+  if isinstance(l0, bool) or not isinstance(l0, (int, str)):
+    raise ValueError(f"l0={l0!r}: expected small, medium, big, an int, 'canonical' or a "
+                     "{layer: l0} mapping")
+  return l0
+
+
+def _resolve_gs2(root: Path, found: dict[int, list[_GS2Entry]], layer: int, width: str | int,
+                 l0) -> Path:
+  if layer not in found:
+    raise SAENotFoundError(f"{root}: no Gemma Scope 2 SAE for layer {layer}; layers present: "
+                           f"{sorted(found)}")
+  size = width_size(width)
+  candidates = [e for e in found[layer] if e.width == size]
+  if not candidates:
+    widths = sorted({e.width for e in found[layer]})
+    raise SAENotFoundError(f"{root}: no layer-{layer} SAE of width {_width_name(size)}; layer "
+                           f"{layer} has widths {[_width_name(w) for w in widths]}")
+  want = _gs2_l0(l0, layer)
+  labels = [e.label for e in candidates]
+  if want == "canonical":
+    if len(candidates) != 1:
+      raise SAENotFoundError(f"{root}: l0='canonical' takes a layer's only SAE of a width, but "
+                             f"layer {layer} width {_width_name(size)} has l0 {labels}; choose "
+                             "one (small, medium, big or an int)")
+    matches = candidates
+  else:
+    matches = [e for e in candidates if e.label == str(want)]
+    if not matches and isinstance(want, int):  # a bucket folder whose config.json says l0=want
+      matches = [e for e in candidates if e.config_l0() == want]
+  if len(matches) != 1:
+    problem = "no" if not matches else "several"
+    raise SAENotFoundError(f"{root}: {problem} {gemma_scope2_name(layer, size, want)} "
+                           f"(l0={l0!r}); layer {layer} width {_width_name(size)} has l0 "
+                           f"{labels}")
+  return matches[0].path / GS2_PARAMS
+
+
+def _hub_filename(repo_id: str, layer: int, width: str | int, l0) -> str:
+  if not _GS2_HUB_ID.search(repo_id):
+    return (f"layer_{layer}/width_{_width_name(width)}/average_l0_{_l0_for(l0, width, layer)}/"
+            f"{NPZ_NAME}")
+  want = _gs2_l0(l0, layer)
+  if want == "canonical":
+    raise ValueError(f"{repo_id}: Gemma Scope 2 has no canonical L0 table; pass l0=small, "
+                     "medium, big or an int")
+  return f"{GS2_SITE}/{gemma_scope2_name(layer, width, want)}/{GS2_PARAMS}"
+
+
 def _hub_download(repo_id: str, layer: int, width: str | int, l0) -> Path:
   try:
     from huggingface_hub import hf_hub_download
   except ImportError as e:
     raise ImportError(f"{repo_id!r} is not a local path, and downloading it needs "
                       "huggingface_hub (pip install huggingface_hub)") from e
-  filename = (f"layer_{layer}/width_{_width_name(width)}/average_l0_{_l0_for(l0, width, layer)}/"
-              f"{NPZ_NAME}")
+  filename = _hub_filename(repo_id, layer, width, l0)
   try:
     return Path(hf_hub_download(repo_id=repo_id, filename=filename))
   except Exception as e:  # offline, unknown repo or file: say what was tried, keep the cause
@@ -331,10 +476,13 @@ def resolve_layers(root: str | os.PathLike, layers: Iterable[int], width: str | 
                    l0: int | str | Mapping[int, int] = "canonical") -> list[Path]:
   """The file or SAELens directory to read for each layer, in order.
 
-  `root`: a mirror of the HF layout (`layer_{i}/width_{w}/average_l0_{n}/params.npz`), a folder
-  of SAELens directories (matched by hook name and d_sae = width; they carry no L0, so `l0` is
-  unused there), or a hub id such as `google/gemma-scope-2b-pt-res` when no such path exists
-  (files are downloaded into the HF cache). `l0`: an int, "canonical", or {layer: l0}.
+  `root`: a mirror of the Gemma Scope 1 HF layout (`layer_{i}/width_{w}/average_l0_{n}/
+  params.npz`), of the Gemma Scope 2 one (`[resid_post/]layer_{i}_width_{w}_l0_{l0}/
+  params.safetensors`), a folder of SAELens directories (matched by hook name and d_sae = width;
+  they carry no L0, so `l0` is unused there), or a hub id such as `google/gemma-scope-2b-pt-res`
+  or `google/gemma-scope-2-270m-pt` when no such path exists (files are downloaded into the HF
+  cache). `l0`: an int, "canonical", a Gemma Scope 2 bucket (small, medium, big), or
+  {layer: l0}.
   """
   layers = [int(i) for i in layers]
   path = Path(root)
@@ -342,13 +490,19 @@ def resolve_layers(root: str | os.PathLike, layers: Iterable[int], width: str | 
     if _HUB_ID.match(str(root)):
       return [_hub_download(str(root), i, width, l0) for i in layers]
     raise SAENotFoundError(f"{root}: no such directory (nor a hub id like {REPO_ID!r})")
-  if _names(path, "layer_"):
+  if any(_GS1_LAYER.match(name) for name in _names(path, "layer_")):
     return [_resolve_hf_layout(path, i, width, l0) for i in layers]
+  gs2 = _gs2_root(path)
+  if gs2 is not None:
+    found = _gs2_entries(gs2)
+    return [_resolve_gs2(gs2, found, i, width, l0) for i in layers]
   found = _saelens_dirs(path)
   if found:
     return [_resolve_saelens(path, found, i, width) for i in layers]
-  raise SAENotFoundError(f"{root}: neither the HF layout (layer_{{i}}/width_{{w}}/average_l0_"
-                         f"{{n}}/{NPZ_NAME}) nor SAELens directories (*/{SAELENS_CFG} with hook "
+  raise SAENotFoundError(f"{root}: neither the Gemma Scope layout (layer_{{i}}/width_{{w}}/"
+                         f"average_l0_{{n}}/{NPZ_NAME}), nor the Gemma Scope 2 one "
+                         f"({GS2_SITE}/layer_{{i}}_width_{{w}}_l0_{{l0}}/{GS2_PARAMS}), nor "
+                         f"SAELens directories (*/{SAELENS_CFG} with hook "
                          f"blocks.{{i}}.hook_resid_post); it has {_names(path)}")
 
 
@@ -473,3 +627,44 @@ def save_layers_tree(root: str | os.PathLike, stacked: JumpReLUParams, width: st
   return [save_params_npz(Path(root) / f"layer_{i}" / f"width_{_width_name(width)}" /
                           f"average_l0_{_l0_for(l0s, width, i)}" / NPZ_NAME, p)
           for i, p in _per_layer(stacked, layers)]
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+  """write(tmp) then rename: a kill mid-write leaves the old file (or none), never half of one."""
+  tmp = path.with_name(path.name + ".tmp")
+  write(tmp)
+  os.replace(tmp, path)
+
+
+def save_gemma_scope2(directory: str | os.PathLike, params: JumpReLUParams, layer: int, l0: int,
+                      model_name: str = "unknown") -> Path:
+  """Write one SAE as a Gemma Scope 2 folder: `params.safetensors` (float32, lowercase keys
+  w_enc, w_dec, b_enc, b_dec, threshold) and `config.json` (the released files' keys; `l0` is
+  the SAE's target or measured L0). Each file is written atomically."""
+  _single(params, "save_gemma_scope2")
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  arrays = {k.lower(): np.ascontiguousarray(getattr(params, k), np.float32) for k in PARAM_NAMES}
+  _atomic_write(directory / GS2_PARAMS, lambda tmp: save_file(arrays, tmp))
+  hook = f"model.layers.{int(layer)}.output"
+  cfg = {"model_name": model_name, "architecture": "jump_relu", "hf_hook_point_in": hook,
+         "hf_hook_point_out": hook, "width": params.d_sae, "l0": int(l0),
+         "affine_connection": False, "type": "sae"}
+  _atomic_write(directory / GS2_CONFIG,
+                lambda tmp: tmp.write_text(json.dumps(cfg, indent=2) + "\n"))
+  return directory
+
+
+def save_gemma_scope2_layers(root: str | os.PathLike, stacked: JumpReLUParams,
+                             layers: Iterable[int] | None = None,
+                             l0s: int | Mapping[int, int] = 100,
+                             model_name: str = "unknown") -> list[Path]:
+  """A stack in the Gemma Scope 2 layout, `root/resid_post/layer_{i}_width_{w}_l0_{n}/` (what
+  `load_layers(root, ...)` reads back): w = the SAEs' width, n = l0s (one int or {layer: int}).
+  Bucket-named folders (`l0_medium`) are `save_gemma_scope2` into a `gemma_scope2_name`."""
+  out = []
+  for i, p in _per_layer(stacked, layers):
+    l0 = int(l0s[i] if isinstance(l0s, Mapping) else l0s)
+    out.append(save_gemma_scope2(Path(root) / GS2_SITE / gemma_scope2_name(i, p.d_sae, l0), p, i,
+                                 l0, model_name))
+  return out

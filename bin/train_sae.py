@@ -1,0 +1,150 @@
+"""python -m bin.train_sae: train JumpReLU SAEs (Gemma Scope recipe) for several layers at once.
+
+Activations come from the model's residual stream (`resid_post` of --layers, one forward pass for
+all of them, BOS and padding excluded) over a parallel corpus, through a shuffling buffer; or
+from --activations=FILE.npy, a [N, d] float array of your own (one layer). With no model flags
+it trains on the toy model and says so. For Gemma 3 270M on NTREX:
+
+  python -m bin.train_sae --checkpoint=gemma3-270m --corpus=/data/ntrex --layers=0,3,6,9,12,17 \\
+      --width=4096 --steps=20000 --target_l0=60 --epochs=4 --out=out/saes_270m
+
+Writes to --out the Gemma Scope 2 layout, resid_post/layer_{L}_width_{W}_l0_{l0}/
+(params.safetensors + config.json; `bin.analyze --sae_dir=OUT` reads it), reports/layer_{L}.json
+and .png (FVU, L0, dead/dense fractions, curves), train_log.jsonl, checkpoints/ (orbax) and,
+with --saelens, SAELens directories under saelens/. --resume continues the latest checkpoint.
+Settings, data size and --out are all checked before any compute.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from bin import common
+
+FLAGS = flags.FLAGS
+common.define_platform_flags()
+common.define_model_flags()
+flags.adopt_module_key_flags(common)  # --help lists the shared flags too
+flags.DEFINE_list("layers", None, "Model layers to train an SAE for (resid_post), e.g. 0,6,12.")
+flags.DEFINE_string("width", "4096", "SAE width: an integer or 16k, 65k, 262k, 1m.")
+flags.DEFINE_integer("steps", 10_000, "Training steps.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 4096, "Tokens per training step (per layer).", lower_bound=1)
+flags.DEFINE_enum("sparsity", None, ["step", "quadratic", "tanh"],
+                  "Sparsity penalty: step (L0, Gemma Scope), quadratic (around --target_l0, "
+                  "Gemma Scope 2) or tanh. Default: quadratic with --target_l0, else step.")
+flags.DEFINE_float("target_l0", None, "Target active features per token (quadratic mode).")
+flags.DEFINE_float("l0_coefficient", None,
+                   "Sparsity coefficient after warm-up. Default per mode (sae/train/config.py).")
+flags.DEFINE_float("lr", 7e-5, "Peak learning rate (DeepMind's 7e-5; warm-up, then decay).")
+flags.DEFINE_string("activations", None,
+                    "A .npy [N, d] float array to train on instead of model activations (one "
+                    "layer: --layers names it).")
+flags.DEFINE_string("corpus", "embedded",
+                    "Parallel corpus: 'embedded', a directory of {lang}.txt files or "
+                    "hf:<dataset_id>[:split], as bin.analyze's --corpus.")
+flags.DEFINE_list("langs", ["en", "zh", "ru", "es", "it", "id", "ca", "mr", "ml", "hi"],
+                  "Languages of the corpus to train on, comma-separated.")
+flags.DEFINE_integer("max_sentences", None, "Use only the first N parallel sentences.",
+                     lower_bound=1)
+flags.DEFINE_integer("max_len", 128, "Cut longer sentences to this many tokens.", lower_bound=2)
+flags.DEFINE_integer("bucket", 16,
+                     "Pad sentence lengths to a multiple of this (fewer compiled shapes against "
+                     "less padding).", lower_bound=1)
+flags.DEFINE_integer("epochs", 1, "Passes over the data allowed (each in a fresh order).",
+                     lower_bound=1)
+flags.DEFINE_integer("buffer_tokens", 1 << 17,
+                     "Shuffling buffer: tokens harvested and shuffled together (host memory: "
+                     "buffer_tokens x layers x d x 4 bytes).", lower_bound=1)
+flags.DEFINE_integer("sentences_per_forward", 16, "Sentences per harvesting forward pass.",
+                     lower_bound=1)
+flags.DEFINE_string("out", None, "Output directory (required).")
+flags.DEFINE_bool("resume", False,
+                  "Continue from the latest checkpoint in --out (same settings required). "
+                  "Without it, an --out holding checkpoints is an error.")
+flags.DEFINE_integer("save_every", 1000, "Checkpoint every N steps (and at the end).",
+                     lower_bound=1)
+flags.DEFINE_integer("log_every", 100, "Log and print means every N steps.", lower_bound=1)
+flags.DEFINE_integer("eval_batches", 4,
+                     "Batches after the training data on which the final report is measured.",
+                     lower_bound=0)
+flags.DEFINE_bool("saelens", False, "Also write SAELens directories (saelens/...).")
+flags.DEFINE_bool("progress", True, "Show progress (tokens/s, ETA) on stderr.")
+
+
+def _layers() -> tuple[int, ...]:
+  if not FLAGS.layers:
+    raise app.UsageError("--layers is required (e.g. --layers=0,6,12)")
+  try:
+    return tuple(int(v) for v in FLAGS.layers)
+  except ValueError:
+    raise app.UsageError(f"--layers={','.join(FLAGS.layers)}: expected integers") from None
+
+
+def _train_config():
+  from sae import gemma_scope
+  from sae.train.config import SAETrainConfig
+  sparsity = FLAGS.sparsity or ("quadratic" if FLAGS.target_l0 is not None else "step")
+  return SAETrainConfig(
+      width=gemma_scope.width_size(FLAGS.width), steps=FLAGS.steps,
+      batch_size=FLAGS.batch_size, sparsity=sparsity, target_l0=FLAGS.target_l0,
+      l0_coefficient=FLAGS.l0_coefficient, lr=FLAGS.lr, save_every=FLAGS.save_every,
+      log_every=FLAGS.log_every, eval_batches=FLAGS.eval_batches, seed=FLAGS.seed)
+
+
+def _source(config, layers):
+  """(activation source, model name for config.json, notes to print)."""
+  from sae.train import harvest, sources
+  if FLAGS.activations:
+    if FLAGS.checkpoint:
+      raise app.UsageError("--activations trains on the file's activations; drop --checkpoint")
+    if len(layers) != 1:
+      raise app.UsageError(f"--activations holds one layer's activations; --layers names it "
+                           f"(got {len(layers)} layers)")
+    source = sources.NpyActivations(FLAGS.activations, config.batch_size, layer=layers[0],
+                                    seed=config.seed, epochs=FLAGS.epochs)
+    return source, "unknown", []
+  from xling_jax import corpora, toy
+  corpus = corpora.load_corpus(FLAGS.corpus, FLAGS.langs, FLAGS.max_sentences)
+  setup = common.load_model()
+  rows = harvest.tokenize(corpus.sentences, setup.tokenizer, FLAGS.max_len)
+  model = str(setup.provenance.get("model", FLAGS.checkpoint))
+  source = harvest.HarvestSource(
+      setup.params, setup.config, rows, layers, config.batch_size,
+      name=f"{corpus.name} ({len(corpus.languages)} languages)", model=model,
+      buffer_tokens=FLAGS.buffer_tokens, sentences_per_forward=FLAGS.sentences_per_forward,
+      bucket=FLAGS.bucket, seed=config.seed, epochs=FLAGS.epochs)
+  notes = [toy.toy_note(setup.config)] if setup.is_toy else []
+  return source, FLAGS.checkpoint or model, notes
+
+
+def main(argv):
+  del argv
+  if not FLAGS.out:
+    raise app.UsageError("--out is required")
+  layers = _layers()
+  config = _train_config()
+  devices = common.setup_platform()
+
+  from sae.train import loop
+
+  source, model_name, notes = _source(config, layers)
+  loop.validate(source, config, FLAGS.out, resume=FLAGS.resume)  # before anything is printed
+  for note in notes:
+    print(note, file=sys.stderr)
+  described = source.describe()
+  print(f"devices: {devices}; data: {described['name']} ({source.n_tokens:,} tokens"
+        f"{f' x {source.epochs} epochs' if source.epochs > 1 else ''}); layers "
+        f"{list(layers)}; width {config.width}; {config.sparsity} sparsity"
+        + (f" (target L0 {config.target_l0:g})" if config.target_l0 is not None else ""),
+        file=sys.stderr)
+  result = loop.train(source, config, FLAGS.out, resume=FLAGS.resume, model_name=model_name,
+                      saelens=FLAGS.saelens, progress=FLAGS.progress)
+  print(f"{'layer':>5}  {'FVU':>7}  {'L0':>7}  {'dead':>6}  {'dense':>6}  SAE")
+  for layer, final, path in zip(result.layers, result.final, result.sae_dirs):
+    print(f"{layer:>5}  {final['fvu']:7.4f}  {final['l0']:7.2f}  {final['dead_fraction']:6.3f}  "
+          f"{final['dense_fraction']:6.3f}  {path}")
+
+
+if __name__ == "__main__":
+  common.run(main)
