@@ -404,7 +404,8 @@ def main(argv):
   result = {
       "device": devices,
       "machine": f"{platform_lib.machine()} {platform_lib.processor() or ''}".strip(),
-      "config": FLAGS.config, "checkpoint": FLAGS.checkpoint, "family": config.family,
+      "config": None if FLAGS.checkpoint else FLAGS.config, "checkpoint": FLAGS.checkpoint,
+      "family": config.family,
       "batch": batch, "seq": seq, "sae_width": width, "dtype": dtype, **load,
       "rows": rows,
       "peak_matmul_flop_s": peak,
