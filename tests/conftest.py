@@ -50,6 +50,18 @@ def toy_hf_dir(tmp_path_factory, toy_params, toy_config):
   return path
 
 
+@pytest.fixture
+def offline_network(monkeypatch):
+  """The hub unreachable, as on a machine without network (HF_HUB_OFFLINE unset)."""
+  import huggingface_hub
+
+  def no_network(*args, **kwargs):
+    raise ConnectionError("[Errno -2] Name or service not known")
+
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", no_network)
+
+
 def np_tree(tree):
   return jax.tree.map(np.asarray, tree)
 

@@ -253,14 +253,7 @@ def test_hf_dataset_load_failure_names_the_config(tmp_path):
     corpora.load_hf_dataset(tmp_path / "no_data", ["fr"])
 
 
-def test_hf_dataset_offline_is_one_quick_error(monkeypatch):
-  import huggingface_hub
-
-  def no_network(*args, **kwargs):
-    raise ConnectionError("[Errno -2] Name or service not known")
-
-  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-  monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", no_network)
+def test_hf_dataset_offline_is_one_quick_error(offline_network):
   with pytest.raises(ValueError, match=r"corpus hf:openlanguagedata/flores_plus \(no such local "
                                        r"path\): the Hugging Face hub cannot be reached"):
     corpora.load_corpus("hf:openlanguagedata/flores_plus", ["en"])

@@ -62,14 +62,7 @@ def test_no_data_for_any_task_names_what_was_looked_for(tmp_path):
                                                      data_dir=empty))
 
 
-def test_hub_source_offline_is_one_quick_error(monkeypatch):
-  import huggingface_hub
-
-  def no_network(*args, **kwargs):
-    raise ConnectionError("[Errno -2] Name or service not known")
-
-  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-  monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", no_network)
+def test_hub_source_offline_is_one_quick_error(offline_network):
   with pytest.raises(ValueError, match=r"--source=hf: the Hugging Face hub cannot be reached "
                                        r"\(ConnectionError: .*HF_HUB_OFFLINE=1"):
     evaluation.collect_prompts(evaluation.EvalConfig(source="hf", tasks=("arc",)))

@@ -6,18 +6,6 @@ import pytest
 from xling_jax import checkpoints, hub
 
 
-@pytest.fixture
-def offline_network(monkeypatch):
-  """The hub unreachable, as on a machine without network (HF_HUB_OFFLINE unset)."""
-  import huggingface_hub
-
-  def no_network(*args, **kwargs):
-    raise ConnectionError("[Errno -2] Name or service not known")
-
-  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-  monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", no_network)
-
-
 def test_hub_ids_and_local_looking_paths(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   (tmp_path / "out").mkdir()
