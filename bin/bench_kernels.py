@@ -38,7 +38,8 @@ flags.DEFINE_integer("sae_width", 16384, "SAE width W.", lower_bound=128)
 flags.DEFINE_integer("sae_tokens", 32 * 256, "Tokens per sae_stats call (one batch row each "
                      "256 tokens).", lower_bound=256)
 flags.DEFINE_enum("fused", "auto", ["auto", "pallas_triton", "pallas_mosaic"],
-                  "Fused implementation to time (auto: the platform's; on CPU a named one runs "
+                  "Fused implementation to time (auto: the one written for the platform, validated "
+                  "or not; on CPU a named one runs "
                   "in Pallas's interpreter, a smoke test of this program, not a benchmark).")
 flags.DEFINE_bool("grad", True, "Also time attention forward + backward.")
 flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "Inputs and weights dtype.")
@@ -203,9 +204,9 @@ def main(argv):
   import jax
 
   from xling_jax.kernels import select
-  fused = select.resolve("attention", FLAGS.fused, lambda name: True)
-  if fused == "reference":
-    raise ValueError(f"no fused kernel is the default on {devices}: run on one GPU or TPU "
+  fused = select.fused_for(jax.default_backend()) if FLAGS.fused == "auto" else FLAGS.fused
+  if fused is None:
+    raise ValueError(f"no fused kernel is written for {devices}: run on a GPU or TPU "
                      "(--platform), or name one with --fused")
   timing = dict(warmup=FLAGS.warmup, repeats=FLAGS.repeats)
   rows = []

@@ -233,7 +233,9 @@ def main(argv):
       train_config, checkpoint_dir, resume=FLAGS.resume, log_path=log_path,
       echo=lambda line: print(line, flush=True), remat=FLAGS.remat, mesh=setup.mesh)
   after = {lang: activation(t, result.adapter) for lang, t in texts.items()}
-  base_name = FLAGS.base_model_name or FLAGS.checkpoint or "xling-jax-toy"
+  from xling_jax.weights_package import HUB_IDS
+  base_name = (FLAGS.base_model_name or HUB_IDS.get(FLAGS.checkpoint, FLAGS.checkpoint)
+               or "xling-jax-toy")
   peft_dir = peft_io.save_peft(out / "peft", result.adapter, lora_config, config,
                                base_model_name_or_path=str(base_name))
 

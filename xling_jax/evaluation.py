@@ -250,7 +250,7 @@ def write_outputs(out: str | os.PathLike, result: EvalResult, run: dict[str, Any
   so a failure leaves the previous results as they were. Returns the paths."""
   out = Path(out)
   run = {**run, "no_data": result.missing, "too_long": result.too_long,
-         "notes": list(result.notes)}
+         "notes": [*run.get("notes", []), *result.notes]}
   rendered = {
       "scores.json": io.json_text(result.scores),
       "scores.csv": scores_csv(result.scores),

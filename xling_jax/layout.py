@@ -21,9 +21,6 @@ import numpy as np
 
 from xling_jax.config import ModelConfig
 
-FORMATS = ("hf", "kaggle", "gguf")
-
-
 @dataclasses.dataclass(frozen=True)
 class Stored:
   """Where a weight lives in one format: the tensor `name` (with `{i}` for the layer), its

@@ -13,13 +13,16 @@ import numpy as np
 from sae import jumprelu
 from xling_jax import config as config_lib, model as model_lib
 
-TOY_NOTE = ("TOY RUN: a randomly initialised Gemma 2 ({layers} layers, d_model {d_model}), a toy "
+TOY_NOTE = ("TOY RUN: a randomly initialised {family} ({layers} layers, d_model {d_model}), a toy "
             "tokenizer and random SAEs. The numbers exercise the pipeline; they say nothing about "
             "a released Gemma.")
 
 
 def toy_note(config) -> str:
-  return TOY_NOTE.format(layers=config.n_layers, d_model=config.d_model)
+  family = {"gemma2": "Gemma 2", "gemma3": "Gemma 3"}[config.family]
+  return TOY_NOTE.format(family=family, layers=config.n_layers, d_model=config.d_model)
+
+
 TOY_SAE_WIDTH = 256
 
 

@@ -155,10 +155,11 @@ def build_toy_tokenizer(sentences: Sequence[str], vocab_size: int, out_path: str
 
 
 def cache_dir() -> Path:
-  """Where toy tokenizers are cached: $XLING_CACHE_DIR/toy_tokenizer, else <tmp>/xling_jax/toy_tokenizer."""
-  root = os.environ.get("XLING_CACHE_DIR")
-  base = Path(root) if root else Path(tempfile.gettempdir()) / "xling_jax"
-  return base / "toy_tokenizer"
+  """Where toy tokenizers are cached: toy_tokenizer/ in the user cache (`weights_package.cache_dir`:
+  $XLING_CACHE_DIR, else ~/.cache/xling-jax). Not a folder named like the package in the
+  temporary directory: Python would import it as `xling_jax` for tools started from there."""
+  from xling_jax.weights_package import cache_dir as user_cache
+  return user_cache() / "toy_tokenizer"
 
 
 def toy_tokenizer(vocab_size: int = 512, sentences: Sequence[str] | None = None) -> Tokenizer:

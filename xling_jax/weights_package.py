@@ -20,6 +20,10 @@ PACKAGES = {
 }
 
 
+# spec -> the hub id of the model the package converts (what PEFT's base_model_name_or_path names)
+HUB_IDS = {"gemma3-270m": "google/gemma-3-270m"}
+
+
 def cache_dir() -> Path:
   """$XLING_CACHE_DIR, else $XDG_CACHE_HOME/xling-jax, else ~/.cache/xling-jax."""
   if os.environ.get("XLING_CACHE_DIR"):

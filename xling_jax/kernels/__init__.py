@@ -4,6 +4,6 @@
     sae_stats   JumpReLU encode + per-row sums, without writing the [tokens, W] pre-activations
 
 Each takes `impl=None` (the process-wide choice in `select`: environment XLING_ATTENTION /
-XLING_SAE_STATS, or `select.set_impl`; "auto" = fused on a single GPU or TPU, reference
-elsewhere). The model and the statistics call these seams, never a kernel directly.
+XLING_SAE_STATS, or `select.set_impl`; "auto" = the reference until a backend's fused kernels
+are validated on hardware, `select.VALIDATED`). The model and the statistics call these seams, never a kernel directly.
 """

@@ -74,6 +74,11 @@ def resolve(kernel: str, impl: str | None, supports: Callable[[str], bool]) -> s
   return fused
 
 
+def fused_for(backend: str) -> str | None:
+  """The fused implementation written for `backend` (None: none), validated or not."""
+  return _FUSED.get(backend)
+
+
 def interpret() -> bool:
   """Whether a fused kernel must run in Pallas's interpreter: Pallas compiles for GPUs and TPUs
   only, so a fused choice on CPU (the tests') is interpreted."""
