@@ -17,12 +17,12 @@ width 4096, 4096 tokens per batch.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from bin import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("d_in", 640, "Residual width d (Gemma 3 270M: 640).")
@@ -144,15 +144,16 @@ def format_table(r: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
+  from xling_jax import io
+  if FLAGS.json:
+    io.check_output_file(FLAGS.json, "--json")
   result = run(FLAGS.d_in, FLAGS.width, FLAGS.batch_size, FLAGS.layers, FLAGS.warmup,
                FLAGS.repeats, FLAGS.seed)
   print(format_table(result))
   if FLAGS.json:
-    Path(FLAGS.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(FLAGS.json).write_text(json.dumps(result, indent=2) + "\n")
+    io.write_json(FLAGS.json, result)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -16,7 +16,8 @@ from absl import flags
 from bin import common
 from tests.conftest import REPO
 
-TOOLS = ("bin.analyze", "bin.evaluate", "bin.finetune", "bin.bench_sae", "bin.trace_summary")
+TOOLS = ("bin.analyze", "bin.evaluate", "bin.finetune", "bin.train_sae", "bin.bench",
+         "bin.bench_sae", "bin.bench_sae_train", "bin.bench_kernels", "bin.trace_summary")
 
 
 def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess:
