@@ -63,3 +63,17 @@ def test_profile_dir_trace_is_summarised_per_row(tmp_path):
                            capture_output=True, text=True, timeout=120)
   assert summary.returncode == 0, summary.stderr
   assert "## residuals: wall" in summary.stdout and "## scoring: wall" in summary.stdout
+
+
+@pytest.mark.slow
+def test_sae_training_bench_times_both_trainers(tmp_path):
+  pytest.importorskip("sae_lens")
+  out = tmp_path / "sae_train.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "bin.bench_sae_train", "--d_in=32", "--width=64", "--batch_size=64",
+       "--repeats=1", "--warmup=1", f"--json={out}"], env=dict(os.environ, PYTHONPATH=str(REPO)),
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result["speedup"] > 0 and (result["d_in"], result["width"]) == (32, 64)
+  assert "ours / SAELens" in proc.stdout
