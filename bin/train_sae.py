@@ -122,6 +122,7 @@ def main(argv):
   del argv
   if not FLAGS.out:
     raise app.UsageError("--out is required")
+  common.check_out()
   layers = _layers()
   config = _train_config()
   devices = common.setup_platform()
