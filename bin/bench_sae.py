@@ -89,14 +89,10 @@ def format_table(r: dict) -> str:
 
 
 def main(argv):
-  from xling_jax import io
-  if FLAGS.json:
-    io.check_output_file(FLAGS.json, "--json")
-  result = run(FLAGS.d_in, FLAGS.d_sae, FLAGS.tokens, FLAGS.layers, FLAGS.dtype, FLAGS.warmup,
-               FLAGS.repeats, FLAGS.seed)
-  print(format_table(result))
-  if FLAGS.json:
-    io.write_json(FLAGS.json, result)
+  del argv
+  measure = lambda: run(FLAGS.d_in, FLAGS.d_sae, FLAGS.tokens, FLAGS.layers, FLAGS.dtype,
+                        FLAGS.warmup, FLAGS.repeats, FLAGS.seed)
+  common.report_benchmark(measure, format_table, FLAGS.json)
 
 
 if __name__ == "__main__":

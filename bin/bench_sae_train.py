@@ -145,14 +145,9 @@ def format_table(r: dict) -> str:
 
 def main(argv):
   del argv
-  from xling_jax import io
-  if FLAGS.json:
-    io.check_output_file(FLAGS.json, "--json")
-  result = run(FLAGS.d_in, FLAGS.width, FLAGS.batch_size, FLAGS.layers, FLAGS.warmup,
-               FLAGS.repeats, FLAGS.seed)
-  print(format_table(result))
-  if FLAGS.json:
-    io.write_json(FLAGS.json, result)
+  measure = lambda: run(FLAGS.d_in, FLAGS.width, FLAGS.batch_size, FLAGS.layers,
+                        FLAGS.warmup, FLAGS.repeats, FLAGS.seed)
+  common.report_benchmark(measure, format_table, FLAGS.json)
 
 
 if __name__ == "__main__":

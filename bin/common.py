@@ -113,6 +113,18 @@ def check_out() -> Path:
   return io.check_output_dir(FLAGS.out, "--out")
 
 
+def report_benchmark(measure, format_table, json_path: str | None) -> None:
+  """The micro-benchmarks' main: check --json is writable first, measure, print the table,
+  write the result to --json atomically."""
+  from xling_jax import io
+  if json_path:
+    io.check_output_file(json_path, "--json")
+  result = measure()
+  print(format_table(result))
+  if json_path:
+    io.write_json(json_path, result)
+
+
 def resolved_flags() -> dict:
   """Every flag of the running tool, its own and the shared ones defined here, with the value
   it ran with: a run's provenance, complete by construction (no hand-kept list to drift)."""
