@@ -36,6 +36,9 @@ flags.DEFINE_list("low_resource", list(LOW_RESOURCE),
                   "--langs that are in it).")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for confidence intervals (0 = off).",
                      lower_bound=0)
+flags.DEFINE_string("layers", "all",
+                    "Layers to analyse (those the SAEs cover): 'all' or comma-separated, e.g. "
+                    "0,4,8,11,14,17 for SAEs trained on six layers.")
 flags.DEFINE_integer("top_k", 20, "Top features per language and layer in stats.json.",
                      lower_bound=1)
 
@@ -84,12 +87,14 @@ def main(argv):
   bands = bands or disparity.default_bands(config.n_layers)
   if max(hi for _, hi in bands.values()) >= config.n_layers:
     raise app.UsageError(f"--bands reach past the model's last layer ({config.n_layers - 1})")
+  layers = tuple(sorted(set(common.parse_layers(FLAGS.layers, config.n_layers, "layers"))))
+  if not disparity.band_columns(layers, bands):
+    raise app.UsageError(f"--layers={FLAGS.layers}: none of them lies in a band of --bands")
   batch_size = batching.batch_rows(FLAGS.batch_size, corpus.n_sentences, setup.mesh)
   if batch_size < FLAGS.batch_size:
     print(f"--batch_size={FLAGS.batch_size} is more than the corpus's {corpus.n_sentences} "
           f"sentences: batches of {batch_size}", file=sys.stderr)
-  saes, sae_source = common.load_saes(setup, range(config.n_layers),
-                                      corpus.sentences[langs[0]][:16])
+  saes, sae_source = common.load_saes(setup, layers, corpus.sentences[langs[0]][:16])
 
   notes = [toy.toy_note(config)] if setup.is_toy else []
   for n in notes:
@@ -99,12 +104,13 @@ def main(argv):
 
   stats = activations.corpus_stats(
       setup.params, config, saes, setup.tokenizer, corpus.sentences, batch_size=batch_size,
-      bucket=FLAGS.bucket, max_len=FLAGS.max_len, mesh=setup.mesh, show_progress=FLAGS.progress)
+      bucket=FLAGS.bucket, max_len=FLAGS.max_len, mesh=setup.mesh, show_progress=FLAGS.progress,
+      layers=layers)
   values = {lang: stats.metric("activation", lang) for lang in langs}
   gaps = disparity.gap_pct(values, FLAGS.ref_lang)
   group = [lang for lang in FLAGS.low_resource if lang in langs and lang != FLAGS.ref_lang]
   summary = disparity.band_summary({l: g for l, g in gaps.items() if l != FLAGS.ref_lang}, bands,
-                                   group)
+                                   group, layers)
   ci = None
   if FLAGS.bootstrap > 0:
     ci = disparity.bootstrap(stats, ref=FLAGS.ref_lang, bands=bands, group=group,

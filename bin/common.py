@@ -134,6 +134,23 @@ def resolved_flags() -> dict:
   return {f.name: f.value for f in sorted(chosen, key=lambda f: f.name)}
 
 
+def parse_layers(spec: str | None, n_layers: int, what: str) -> tuple[int, ...] | None:
+  """'all' -> every layer; '3,5' -> (3, 5); None -> None. `what` names the flag."""
+  from absl import app
+  if spec is None:
+    return None
+  if spec.strip() == "all":
+    return tuple(range(n_layers))
+  try:
+    layers = tuple(int(v) for v in spec.split(",") if v.strip())
+  except ValueError:
+    raise app.UsageError(f"--{what}={spec!r}: expected 'all' or comma-separated integers")
+  bad = [l for l in layers if not 0 <= l < n_layers]
+  if not layers or bad:
+    raise app.UsageError(f"--{what}={spec!r}: layers must lie in 0..{n_layers - 1}")
+  return layers
+
+
 def local_or_hub(spec: str, flag: str) -> str:
   """`spec` itself when it exists locally (with ~ expanded), or when it is a reachable hub id;
   otherwise a missing-path error: a mistyped local path is never tried on the hub."""

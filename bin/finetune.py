@@ -88,27 +88,6 @@ flags.DEFINE_string("base_model_name", None,
                     "--checkpoint, or 'xling-jax-toy' for the toy model.")
 
 
-def parse_layers(spec: str | None, n_layers: int, what: str) -> tuple[int, ...] | None:
-  """'all' -> every layer; '3,5' -> (3, 5); None -> None."""
-  if spec is None:
-    return None
-  if spec.strip() == "all":
-    return tuple(range(n_layers))
-  try:
-    layers = tuple(int(v) for v in spec.split(",") if v.strip())
-  except ValueError:
-    raise app.UsageError(f"--{what}={spec!r}: expected 'all' or comma-separated integers")
-  bad = [l for l in layers if not 0 <= l < n_layers]
-  if not layers or bad:
-    raise app.UsageError(f"--{what}={spec!r}: layers must lie in 0..{n_layers - 1}")
-  return layers
-
-
-def default_objective_layer(n_layers: int) -> int:
-  """Layer 20 of Gemma-2-2B's 26, at the same relative depth elsewhere."""
-  return round(20 * (n_layers - 1) / 25)
-
-
 def _weights() -> tuple[float, float, float]:
   try:
     weights = tuple(float(w) for w in FLAGS.weights)
@@ -193,10 +172,12 @@ def main(argv):
   setup = common.load_model()
   config = setup.config
   L = config.n_layers
-  objective_layers = (parse_layers(FLAGS.objective_layers, L, "objective_layers")
-                      or (default_objective_layer(L),))
-  report_layers = parse_layers(FLAGS.report_layers, L, "report_layers") or objective_layers
-  lora_layers = None if FLAGS.layers == "all" else parse_layers(FLAGS.layers, L, "layers")
+  objective_layers = (common.parse_layers(FLAGS.objective_layers, L, "objective_layers")
+                      or (objectives.default_objective_layer(L),))
+  report_layers = (common.parse_layers(FLAGS.report_layers, L, "report_layers")
+                   or objective_layers)
+  lora_layers = (None if FLAGS.layers == "all"
+                 else common.parse_layers(FLAGS.layers, L, "layers"))
   lora_config = LoraConfig(rank=FLAGS.rank, alpha=FLAGS.alpha, modules=tuple(FLAGS.modules),
                            layers=lora_layers, seed=FLAGS.seed)
   objective = objectives.ObjectiveConfig(layers=objective_layers, w_align=w_align,

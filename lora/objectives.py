@@ -35,6 +35,11 @@ from xling_jax.config import ModelConfig
 RETAIN_KINDS = ("residual", "kl")
 
 
+
+def default_objective_layer(n_layers: int) -> int:
+  """Layer 20 of Gemma-2-2B's 26 (the paper's), at the same relative depth elsewhere."""
+  return round(20 * (n_layers - 1) / 25)
+
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
   """Weights of the three terms, the objective layers S and the kind of retain term.

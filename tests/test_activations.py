@@ -179,3 +179,25 @@ def test_mesh_of_8_fake_devices_matches_one_device():
     for lang in out["single"]:
       np.testing.assert_allclose(out[mode][lang], out["single"][lang], rtol=1e-5, err_msg=mode)
       assert out[mode + "_counts"][lang] == out["single_counts"][lang]
+
+
+def test_a_subset_of_layers_equals_those_layers_of_the_full_analysis(setup):
+  """SAEs for some layers only (as bin.train_sae makes them): each analysed layer's sums equal
+  the every-layer run's at that layer."""
+  params, config, tok, saes, sentences = setup
+  sentences = {lang: sentences[lang][:6] for lang in ("en", "hi")}
+  full = activations.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
+                                  show_progress=False)
+  layers = (1, 3)
+  subset = jax.tree.map(lambda x: x[np.asarray(layers)], saes)
+  part = activations.corpus_stats(params, config, subset, tok, sentences, batch_size=4,
+                                  show_progress=False, layers=layers)
+  assert part.layers == layers
+  for lang in sentences:
+    np.testing.assert_allclose(part.per_language[lang].feature_counts,
+                               full.per_language[lang].feature_counts[list(layers)])
+    for name in activations.METRICS:
+      np.testing.assert_allclose(part.metric(name, lang), full.metric(name, lang)[list(layers)],
+                                 rtol=1e-5)
+  with pytest.raises(ValueError, match="increasing layers"):
+    activations.corpus_stats(params, config, subset, tok, sentences, layers=(3, 1))

@@ -65,3 +65,16 @@ def test_every_metric_bootstraps_through_the_one_weighted_formula(metric):
   lo, hi = np.array(ci.metric["hi"]["lo"]), np.array(ci.metric["hi"]["hi"])
   assert np.isfinite(lo).all() and (lo <= hi).all()
   np.testing.assert_allclose(ci.gap["copy"]["hi"], 0.0, atol=1e-9)
+
+
+def test_bands_over_a_subset_of_layers_use_the_analysed_layers_only():
+  gaps = {"hi": np.array([10.0, 30.0, 50.0])}  # at layers 0, 4, 17
+  layers = (0, 4, 17)
+  bands = {"early": (0, 5), "middle": (6, 11), "deep": (12, 17)}
+  assert {b: c.tolist() for b, c in disparity.band_columns(layers, bands).items()} == {
+      "early": [0, 1], "deep": [2]}
+  summary = disparity.band_summary(gaps, bands, ["hi"], layers)
+  assert set(summary) == {"early", "deep"}  # no analysed layer in 'middle'
+  assert summary["early"]["per_language"]["hi"] == {"mean": 20.0, "max": 30.0}
+  assert summary["early"]["analysed_layers"] == [0, 4]
+  assert summary["deep"]["group_max"] == 50.0

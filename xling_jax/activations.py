@@ -52,24 +52,30 @@ def layer_row_sums(resid: jax.Array, sae_params, weights: jax.Array) -> dict[str
   }
 
 
-@partial(jax.jit, static_argnames=("config", "fused"))
+@partial(jax.jit, static_argnames=("config", "fused", "layers"))
 def batch_stats(params, config: ModelConfig, saes, tokens: jax.Array, mask: jax.Array,
-                hook=None, *, fused: bool = True) -> dict[str, jax.Array]:
-  """Statistics of one batch for every layer: row sums [L, B] and feature_counts [L, W], plus
-  n_tokens [B]. `saes` is a stacked JumpReLU pytree with one SAE per model layer.
+                hook=None, *, fused: bool = True,
+                layers: tuple[int, ...] | None = None) -> dict[str, jax.Array]:
+  """Statistics of one batch for each of `layers` (default every model layer): row sums [n, B]
+  and feature_counts [n, W], plus n_tokens [B]. `saes` is a stacked JumpReLU pytree with one
+  SAE per analysed layer, in `layers` order.
 
-  fused=True encodes inside the layer scan; fused=False materialises the residuals
-  [L, B, T, D] first (same numbers; it exists to check the fused path).
+  With every layer and fused=True the SAEs encode inside the layer scan; otherwise the
+  residuals [L, B, T, D] exist first and the analysed layers' are encoded (same numbers:
+  fused=False exists to check the fused path; a subset of layers, for SAEs trained on a few
+  layers, costs that batch's residuals in memory).
   """
   weights = stat_mask(tokens, mask, config.bos_id)
-  x = model_lib.embed(params, config, tokens)
-  if fused:
+  if fused and layers in (None, tuple(range(config.n_layers))):
+    x = model_lib.embed(params, config, tokens)
     _, out = model_lib.scan_blocks(
         params, config, x, mask, hook=hook,
         observe=lambda resid, sae_l: layer_row_sums(resid, sae_l, weights), observe_xs=saes)
   else:
     residuals = model_lib.forward(params, config, tokens, mask, return_logits=False,
                                   hook=hook).residuals
+    if layers is not None:
+      residuals = residuals[jnp.asarray(layers)]
     out = jax.vmap(layer_row_sums, in_axes=(0, 0, None))(residuals, saes, weights)
   out["n_tokens"] = weights.sum(-1)
   return out
@@ -152,11 +158,14 @@ def weighted_metric(sums: LanguageSums, name: str, weights: np.ndarray) -> np.nd
   raise ValueError(f"unknown metric {name!r}; choose one of {METRICS}")
 
 
-def check_finite(sums: LanguageSums, lang: str) -> None:
+def check_finite(sums: LanguageSums, lang: str, layers: Sequence[int] | None = None) -> None:
   """NaN/inf statistics mean NaN/inf residuals or SAE codes: an error, never a report of them
-  (NaN compares false, so codes would silently count as inactive)."""
+  (NaN compares false, so codes would silently count as inactive). `layers` names the sums'
+  columns (default 0, 1, ...)."""
   bad = sorted({int(l) for key in ROW_SUMS for l in np.nonzero(~np.isfinite(sums.rows[key]))[1]}
                | {int(l) for l in np.nonzero(~np.isfinite(sums.feature_counts).all(-1))[0]})
+  if layers is not None:
+    bad = [layers[i] for i in bad]
   if bad:
     raise errors.NonFiniteError(
         f"{lang!r}: the residuals or SAE codes hold NaN/inf at layer(s) {bad[:10]}: the "
@@ -166,7 +175,7 @@ def check_finite(sums: LanguageSums, lang: str) -> None:
 def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Sequence[str], *,
                   batch_size: int = 16, bucket: int | None = 64, max_len: int | None = None,
                   hook=None, mesh=None, progress: Progress | None = None,
-                  fused: bool = True) -> LanguageSums:
+                  fused: bool = True, layers: tuple[int, ...] | None = None) -> LanguageSums:
   """Stream one language's sentences through `batch_stats`.
 
   Sentences are sorted by length so batches pad little, each batch is padded with empty rows to
@@ -195,7 +204,7 @@ def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Seque
     mask = np.asarray(enc.mask).copy()
     mask[len(idx):] = 0  # filler rows contribute nothing
     return batch_stats(params, config, saes, place(np.asarray(enc.tokens)), place(mask), hook,
-                       fused=fused)
+                       fused=fused, layers=layers)
 
   def collect(idx, out):
     nonlocal feature_counts
@@ -220,8 +229,14 @@ def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Seque
 def corpus_stats(params, config: ModelConfig, saes, tokenizer,
                  texts_by_lang: Mapping[str, Sequence[str]], *, batch_size: int = 16,
                  bucket: int | None = 64, max_len: int | None = None, hook=None, mesh=None,
-                 show_progress: bool = True, fused: bool = True) -> CorpusStats:
-  """Statistics for every language of a corpus (`{lang: sentences}`), every model layer."""
+                 show_progress: bool = True, fused: bool = True,
+                 layers: Sequence[int] | None = None) -> CorpusStats:
+  """Statistics for every language of a corpus (`{lang: sentences}`) at `layers` (default every
+  model layer; `saes` stacked over them in that order)."""
+  layers = tuple(range(config.n_layers)) if layers is None else tuple(int(l) for l in layers)
+  bad = [l for l in layers if not 0 <= l < config.n_layers]
+  if bad or not layers or list(layers) != sorted(set(layers)):
+    raise ValueError(f"layers {list(layers)}: expected increasing layers of 0..{config.n_layers - 1}")
   per_language = {}
   total = sum(len(v) for v in texts_by_lang.values())
   progress = Progress(total, "analysing", enabled=show_progress)
@@ -229,7 +244,6 @@ def corpus_stats(params, config: ModelConfig, saes, tokenizer,
     progress.label = f"analysing [{lang}]"
     per_language[lang] = language_sums(
         params, config, saes, tokenizer, sentences, batch_size=batch_size, bucket=bucket,
-        max_len=max_len, hook=hook, mesh=mesh, progress=progress, fused=fused)
-    check_finite(per_language[lang], lang)
-  return CorpusStats(languages=tuple(texts_by_lang), layers=tuple(range(config.n_layers)),
-                     per_language=per_language)
+        max_len=max_len, hook=hook, mesh=mesh, progress=progress, fused=fused, layers=layers)
+    check_finite(per_language[lang], lang, layers)
+  return CorpusStats(languages=tuple(texts_by_lang), layers=layers, per_language=per_language)

@@ -53,16 +53,32 @@ def gap_pct(values: Mapping[str, np.ndarray], ref: str) -> dict[str, np.ndarray]
   return {lang: 100.0 * (base - np.asarray(v, np.float64)) / safe for lang, v in values.items()}
 
 
+def band_columns(layers: Sequence[int], bands: Mapping[str, tuple[int, int]]
+                 ) -> dict[str, np.ndarray]:
+  """{band: indices into `layers` (the analysed layers, in order) that lie in the band}; bands
+  holding none of them are left out."""
+  layers = np.asarray(layers)
+  cols = {band: np.flatnonzero((layers >= lo) & (layers <= hi)) for band, (lo, hi) in bands.items()}
+  return {band: c for band, c in cols.items() if c.size}
+
+
 def band_summary(gaps: Mapping[str, np.ndarray], bands: Mapping[str, tuple[int, int]],
-                 group: Sequence[str]) -> dict[str, dict]:
-  """{band: {"per_language": {lang: {"mean", "max"}}, "group_max", "group_mean"}}."""
+                 group: Sequence[str], layers: Sequence[int] | None = None) -> dict[str, dict]:
+  """{band: {"layers", "analysed_layers", "per_language": {lang: {"mean", "max"}}, "group_max",
+  "group_mean"}}: mean and max over the band's analysed layers. `layers` names the gaps'
+  columns (default 0, 1, ...); a band without an analysed layer is left out."""
+  if layers is None:
+    layers = range(len(next(iter(gaps.values()))))
+  layers = list(layers)
   out = {}
-  for band, (lo, hi) in bands.items():
-    per_lang = {lang: {"mean": float(np.mean(g[lo:hi + 1])), "max": float(np.max(g[lo:hi + 1]))}
+  for band, cols in band_columns(layers, bands).items():
+    lo, hi = bands[band]
+    per_lang = {lang: {"mean": float(np.mean(g[cols])), "max": float(np.max(g[cols]))}
                 for lang, g in gaps.items()}
     members = [lang for lang in group if lang in per_lang]
     out[band] = {
         "layers": [lo, hi],
+        "analysed_layers": [layers[i] for i in cols],
         "per_language": per_lang,
         "group_max": max((per_lang[lang]["max"] for lang in members), default=float("nan")),
         "group_mean": (float(np.mean([per_lang[lang]["mean"] for lang in members]))
@@ -107,11 +123,11 @@ def bootstrap(stats: CorpusStats, *, metric: str = "activation", ref: str = "en"
 
   band_group = {}
   members = [lang for lang in group if lang in gaps]
-  for band, (lo, hi) in bands.items():
+  for band, cols in band_columns(stats.layers, bands).items():
     if not members:
       continue
-    per_lang_max = np.stack([gaps[lang][:, lo:hi + 1].max(1) for lang in members])  # [G, R]
-    per_lang_mean = np.stack([gaps[lang][:, lo:hi + 1].mean(1) for lang in members])
+    per_lang_max = np.stack([gaps[lang][:, cols].max(1) for lang in members])  # [G, R]
+    per_lang_mean = np.stack([gaps[lang][:, cols].mean(1) for lang in members])
     band_group[band] = {
         "group_max": np.nanpercentile(per_lang_max.max(0), q).tolist(),
         "group_mean": np.nanpercentile(per_lang_mean.mean(0), q).tolist(),
@@ -123,7 +139,7 @@ def bootstrap(stats: CorpusStats, *, metric: str = "activation", ref: str = "en"
 
 
 def firing_rates(stats: CorpusStats, lang: str) -> np.ndarray:
-  """[L, W] fraction of statistic tokens on which each feature fires."""
+  """[n_layers analysed, W] fraction of statistic tokens on which each feature fires."""
   s = stats.per_language[lang]
   return s.feature_counts / max(float(s.n_tokens.sum()), 1.0)
 
@@ -138,13 +154,13 @@ def top_features(stats: CorpusStats, *, k: int = 20, ref: str = "en",
   out = {}
   for lang in stats.languages:
     rows = []
-    for layer in stats.layers:
-      idx = top[lang][layer]
+    for col, layer in enumerate(stats.layers):
+      idx = top[lang][col]
       entry = {
           "layer": layer,
           "features": idx.tolist(),
-          "rates": rates[lang][layer, idx].tolist(),
-          "overlap_with_ref": (len(set(idx.tolist()) & set(top[ref][layer].tolist())) / k
+          "rates": rates[lang][col, idx].tolist(),
+          "overlap_with_ref": (len(set(idx.tolist()) & set(top[ref][col].tolist())) / k
                                if ref in top else None),
       }
       if neuronpedia:
