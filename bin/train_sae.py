@@ -16,6 +16,7 @@ Settings, data size and --out are all checked before any compute.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from absl import app, flags
@@ -28,7 +29,9 @@ common.define_model_flags()
 flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 flags.DEFINE_list("layers", None, "Model layers to train an SAE for (resid_post), e.g. 0,6,12.")
 flags.DEFINE_string("width", "4096", "SAE width: an integer or 16k, 65k, 262k, 1m.")
-flags.DEFINE_integer("steps", 10_000, "Training steps.", lower_bound=1)
+flags.DEFINE_integer("steps", 10_000,
+                     "Training steps. 0: as many as the data allows (--epochs passes over it, "
+                     "less the --eval_batches held out for the report).", lower_bound=0)
 flags.DEFINE_integer("batch_size", 4096, "Tokens per training step (per layer).", lower_bound=1)
 flags.DEFINE_enum("sparsity", None, ["step", "quadratic", "tanh"],
                   "Sparsity penalty: step (L0, Gemma Scope), quadratic (around --target_l0, "
@@ -86,7 +89,7 @@ def _train_config():
   from sae.train.config import SAETrainConfig
   sparsity = FLAGS.sparsity or ("quadratic" if FLAGS.target_l0 is not None else "step")
   return SAETrainConfig(
-      width=gemma_scope.width_size(FLAGS.width), steps=FLAGS.steps,
+      width=gemma_scope.width_size(FLAGS.width), steps=FLAGS.steps or 1,
       batch_size=FLAGS.batch_size, sparsity=sparsity, target_l0=FLAGS.target_l0,
       l0_coefficient=FLAGS.l0_coefficient, lr=FLAGS.lr, save_every=FLAGS.save_every,
       log_every=FLAGS.log_every, eval_batches=FLAGS.eval_batches, seed=FLAGS.seed)
@@ -130,6 +133,13 @@ def main(argv):
   from sae.train import loop
 
   source, model_name, notes = _source(config, layers)
+  if not FLAGS.steps:
+    steps = source.n_tokens * source.epochs // config.batch_size - config.eval_batches
+    if steps < 1:
+      raise ValueError(f"--steps=0: the data holds {source.n_tokens:,} tokens x {source.epochs} "
+                       f"epoch(s), not one batch of {config.batch_size} beyond the "
+                       f"{config.eval_batches} --eval_batches")
+    config = dataclasses.replace(config, steps=steps)
   loop.validate(source, config, FLAGS.out, resume=FLAGS.resume)  # before anything is printed
   for note in notes:
     print(note, file=sys.stderr)

@@ -521,6 +521,24 @@ def resolve_checkpoint(spec: str | os.PathLike, what: str = "checkpoint") -> Pat
                           f"{', '.join(weights_package.PACKAGES)})")
 
 
+def read_config(path: str | os.PathLike) -> ModelConfig:
+  """The checkpoint's own config, without reading its weights where the format allows (HF,
+  GGUF, ours); a Kaggle checkpoint's config is inferred from its tensors, so it is loaded."""
+  path = resolve_checkpoint(path)
+  fmt = detect_format(path)
+  if fmt == "hf":
+    return hf_config(path)
+  if fmt == "gguf":
+    from xling_jax.gguf_file import GGUFFile
+    try:
+      return ModelConfig.from_hf_dict(GGUFFile(path).hf_config())
+    except (ValueError, TypeError) as e:
+      raise CheckpointError(f"{path}: {e}") from e
+  if fmt == "xling":
+    return ModelConfig.from_dict(json.loads((path / OUR_CONFIG_FILE).read_text()))
+  return load_params(path)[1]
+
+
 def load_params(path: str | os.PathLike, config: ModelConfig | None = None, *,
                 dtype=None, sharding=None) -> tuple[Params, ModelConfig]:
   """Load Gemma 2 / Gemma 3 params from any supported checkpoint; returns (params, config).
