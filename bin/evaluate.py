@@ -47,6 +47,12 @@ flags.DEFINE_integer("num_fewshot", 0,
 flags.DEFINE_integer("fewshot_seed", 1234, "Seed of the few-shot sampler (lm-eval's default).")
 flags.DEFINE_integer("limit", None, "Score only the first N items of each task and language.",
                      lower_bound=1)
+flags.DEFINE_integer("subsample", None,
+                     "Score N items per task and language drawn as sorted(random.Random("
+                     "--subsample_seed).sample(range(items), N)); 1000 with seed 0 is the "
+                     "customary HellaSwag subsample. Few-shot examples still come from the "
+                     "whole split.", lower_bound=1)
+flags.DEFINE_integer("subsample_seed", 0, "Seed of --subsample.")
 flags.DEFINE_string("lora", None, "A PEFT LoRA adapter directory applied to the model.")
 flags.DEFINE_integer("max_length", None,
                      "Longest input in tokens; longer items are skipped and counted, never cut. "
@@ -59,7 +65,8 @@ def eval_config():
   return evaluation.EvalConfig(
       tasks=FLAGS.tasks, langs=FLAGS.langs, source=FLAGS.source, data_dir=FLAGS.data_dir,
       common_ids=FLAGS.common_ids, num_fewshot=FLAGS.num_fewshot,
-      fewshot_seed=FLAGS.fewshot_seed, limit=FLAGS.limit, batch_size=FLAGS.batch_size,
+      fewshot_seed=FLAGS.fewshot_seed, limit=FLAGS.limit, subsample=FLAGS.subsample,
+      subsample_seed=FLAGS.subsample_seed, batch_size=FLAGS.batch_size,
       max_length=FLAGS.max_length)
 
 

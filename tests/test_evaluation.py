@@ -158,3 +158,16 @@ def test_all_languages_and_tasks_on_the_shared_benchmarks(toy_setup, tmp_path):
   assert len((tmp_path / "scores.csv").read_text().splitlines()) == 1 + 21
   run = json.loads((tmp_path / "run.json").read_text())
   assert run["toy"] is True and len(run["too_long"]) == n_long and len(run["no_data"]) == 9
+
+
+def test_subsample_1000_seed_0_is_the_data_folders_hellaswag_subsample():
+  bench = shared_data_or_skip("benchmarks")
+  config = evaluation.EvalConfig(tasks=("hellaswag",), langs=("en",), data_dir=bench,
+                                 subsample=1000)
+  prompts = evaluation.collect_prompts(config).groups["hellaswag", "en"]
+  lines = (bench / "hellaswag" / "en.jsonl").read_text(encoding="utf-8").splitlines()
+  inds = [str(json.loads(lines[int(p.item.id)])["ind"]) for p in prompts]
+  listed = (bench / "hellaswag" / "subsample_seed0_1000_ind.txt").read_text().split()
+  assert len(prompts) == 1000 and inds == listed
+  with pytest.raises(ValueError, match="--subsample=20000: hellaswag/en has 10042 items"):
+    evaluation.collect_prompts(dataclasses.replace(config, subsample=20000))

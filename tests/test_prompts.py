@@ -93,3 +93,20 @@ def test_bad_fewshot_requests():
     prompts.build_prompts(data, -1)
   with pytest.raises(ValueError, match="unknown task"):
     prompts.doc_to_text(Item("piqa", "en", "0", ("a",), 0))
+
+
+def test_a_subsample_scores_the_drawn_items_with_shots_from_the_whole_split():
+  import random
+  items = tuple(arc(i) for i in range(30))
+  data = TaskData("arc", "en", items, None, "t")
+  positions = prompts.subsample_positions(30, 5, seed=0)
+  assert positions == sorted(random.Random(0).sample(range(30), 5))
+  sub = prompts.build_prompts(data, 3, positions=positions)
+  assert [p.item for p in sub] == [items[i] for i in positions]
+  drawn = {f"Question {i} " for i in positions}
+  shots = {f"Question {i} " for i in range(30) for p in sub if p.context.count(f"Question {i} ")}
+  assert shots - drawn  # shots reach items outside the subsample
+  for p in sub:
+    assert p.context.count(f"Question {p.item.question.split()[1]} ") == 1
+  with pytest.raises(ValueError, match="needs 1..30 items"):
+    prompts.subsample_positions(30, 31)

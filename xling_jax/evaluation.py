@@ -44,6 +44,8 @@ class EvalConfig:
   num_fewshot: int = 0
   fewshot_seed: int = prompts_lib.FEWSHOT_SEED
   limit: int | None = None
+  subsample: int | None = None  # items per (task, lang) drawn by prompts.subsample_positions
+  subsample_seed: int = 0
   batch_size: int = 8
   max_length: int | None = None  # default: the model's max_seq_len
 
@@ -60,7 +62,8 @@ class EvalConfig:
                          f"{_layout()}), or use --source=hf")
       if not Path(self.data_dir).is_dir():
         raise FileNotFoundError(f"--data_dir={self.data_dir}: no such directory")
-    for name, low in (("num_fewshot", 0), ("limit", 1), ("batch_size", 1), ("max_length", 1)):
+    for name, low in (("num_fewshot", 0), ("limit", 1), ("batch_size", 1), ("max_length", 1),
+                      ("subsample", 1)):
       value = getattr(self, name)
       if value is not None and value < low:
         raise ValueError(f"--{name}={value}: must be >= {low}")
@@ -99,9 +102,18 @@ def collect_prompts(config: EvalConfig) -> Prompts:
         if config.source != "hf":
           raise
         raise EvalDataError(f"--source=hf: {task}/{lang}: {e}") from e
+      positions = None
+      if config.subsample:
+        try:
+          positions = prompts_lib.subsample_positions(len(data.items), config.subsample,
+                                                      config.subsample_seed)
+        except ValueError as e:
+          raise ValueError(f"--subsample={config.subsample}: {task}/{lang} has "
+                           f"{len(data.items)} items") from e
       groups[task, lang] = prompts_lib.build_prompts(data, config.num_fewshot,
                                                      limit=config.limit,
-                                                     seed=config.fewshot_seed)
+                                                     seed=config.fewshot_seed,
+                                                     positions=positions)
   if not any(groups.values()):
     raise EvalDataError(_no_data_message(config, missing))
   return Prompts(groups, missing)

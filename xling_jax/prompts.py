@@ -127,19 +127,30 @@ class _ShotSampler:
     return self.rnd.sample(list(pool), k)
 
 
+def subsample_positions(n_items: int, size: int, seed: int = 0) -> list[int]:
+  """`size` item positions drawn as sorted(random.Random(seed).sample(range(n_items), size)):
+  the customary fixed HellaSwag subsample is size 1000, seed 0."""
+  if not 0 < size <= n_items:
+    raise ValueError(f"a subsample of {size} needs 1..{n_items} items")
+  return sorted(random.Random(seed).sample(range(n_items), size))
+
+
 def build_prompts(data: TaskData, num_fewshot: int = 0, *, limit: int | None = None,
-                  seed: int = FEWSHOT_SEED) -> list[Prompt]:
-  """Prompts for the first `limit` items of `data` (all when None), `num_fewshot` shots each.
+                  seed: int = FEWSHOT_SEED,
+                  positions: Sequence[int] | None = None) -> list[Prompt]:
+  """Prompts for the first `limit` items of `data` (all when None), `num_fewshot` shots each;
+  with `positions` (see `subsample_positions`), of those items only, in that order.
 
   Shots for item i do not depend on `limit` (the sampler advances in evaluation order, as
-  lm-eval's does).
+  lm-eval's does), and they come from the whole split, not from the subsample.
   """
   if num_fewshot < 0:
     raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
   if limit is not None and limit < 0:
     raise ValueError(f"limit must be >= 0, got {limit}")
   sampler = _ShotSampler(data, seed)
-  return [prompt_for(item, sampler.sample(item, num_fewshot)) for item in data.items[:limit]]
+  items = data.items if positions is None else [data.items[i] for i in positions]
+  return [prompt_for(item, sampler.sample(item, num_fewshot)) for item in items[:limit]]
 
 
 def prompt_for(item: Item, shots: Sequence[Item] = ()) -> Prompt:
