@@ -17,7 +17,8 @@ from bin import common
 from tests.conftest import REPO
 
 TOOLS = ("bin.analyze", "bin.evaluate", "bin.finetune", "bin.train_sae", "bin.bench",
-         "bin.bench_sae", "bin.bench_sae_train", "bin.bench_kernels", "bin.trace_summary")
+         "bin.bench_sae", "bin.bench_sae_train", "bin.bench_kernels", "bin.trace_summary",
+         "bin.intrinsic", "bin.study")
 
 
 def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess:
@@ -44,6 +45,9 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str) -> 
     ("bin.finetune", ["stray"], ["expected no arguments", "stray"]),
     ("bin.bench_sae", ["--repeats=0"], ["--repeats=0"]),
     ("bin.trace_summary", [], ["expected PROFILE_DIR"]),
+    ("bin.analyze", ["--layers=1,9"], ["--layers='1,9'", "0..3"]),
+    ("bin.study", ["--sae_layers=1,x"], ["--sae_layers='1,x'", "integers"]),
+    ("bin.study", ["--sae_dir=/tmp"], ["--sae_dir needs --sae_l0"]),
 ])
 def test_flag_errors_are_one_line_and_exit_2(tool, args, expected):
   assert_one_line_error(run_tool(tool, *args), *expected)

@@ -1,0 +1,311 @@
+"""python -m bin.study: the whole study on one model, end to end, each stage cached.
+
+Stages, each one of the tools run with the flags shown when it starts, each into its own folder
+under --out:
+  intrinsic    tokenisation cost per language and bits per character  (bin.intrinsic)
+  saes         JumpReLU SAEs on --train_corpus at --sae_layers       (bin.train_sae; or --sae_dir)
+  analysis     SAE activation per language and layer, gaps vs --ref_lang, bootstrap CIs,
+               heatmap, top-feature overlap, on --analysis_corpus   (bin.analyze)
+  lora_T       activation-aware LoRA for each of --targets, gain and retention on held-out lines
+                                                                     (bin.finetune)
+  bench_base, bench_lora_T
+               ARC-Challenge, MMLU, HellaSwag before and after each adapter  (bin.evaluate)
+then study.json (every number the results use) and --results_md (tables, figures under
+results/ beside it, the paper side by side). A stage whose result files exist is not run
+again, and an interrupted training resumes from its checkpoints, so re-running the same
+command continues where it stopped; --out holding a study with other settings is an error.
+For Gemma 3 270M (README: the data layout):
+
+  python -m bin.study --checkpoint=gemma3-270m --analysis_corpus=data/parallel/flores200_sib200 \\
+      --train_corpus=data/parallel/ntrex128 --bench_data_dir=data/benchmarks --out=out/study
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+from bin import common
+from xling_jax import languages
+
+FLAGS = flags.FLAGS
+REPO = Path(__file__).resolve().parents[1]
+MODEL_FLAGS = ("platform", "checkpoint", "config", "tokenizer", "dtype", "mesh",
+               "param_sharding", "seed")
+SETTINGS_FILE = "study_settings.json"
+TIMINGS_FILE = "timings.json"
+# Flags that change where results go or how they are shown, not what is computed.
+NOT_SETTINGS = ("out", "results_md", "progress", "card_check", "card_limit")
+# The model card's English scores each card stage is set beside: (task, shots, extra flags).
+CARD_STAGES = {"card_hellaswag": ("hellaswag", 10, ("--subsample=1000",)),
+               "card_arc": ("arc", 25, ())}
+
+common.define_platform_flags()
+common.define_model_flags()
+common.define_langs_flag()
+common.define_output_flags("study_out")
+flags.adopt_module_key_flags(common)  # --help lists the shared flags too
+flags.DEFINE_string("ref_lang", "en", "Reference language; one of --langs.")
+flags.DEFINE_list("targets", ["hi", "ml"], "Languages that get an activation-aware LoRA adapter.")
+flags.DEFINE_string("analysis_corpus", "embedded",
+                    "Parallel corpus of the analysis and bits per character (FLORES-200): "
+                    "'embedded', a directory of {lang}.txt files, or hf:<dataset_id>.")
+flags.DEFINE_string("train_corpus", "embedded",
+                    "Parallel corpus the SAEs and adapters train on (NTREX-128), kept apart "
+                    "from --analysis_corpus.")
+flags.DEFINE_string("bench_data_dir", None,
+                    "Benchmark items (arc_challenge/, mmlu/, mmlu_dev/, hellaswag/ with "
+                    "{lang}.jsonl). Unset: the benchmark stages are skipped, and the results "
+                    "say so.")
+flags.DEFINE_integer("bpc_sentences", 100, "Sentences per language scored for bits per character.",
+                     lower_bound=0)
+flags.DEFINE_integer("analysis_sentences", None,
+                     "Analyse only the first N sentences per language. Default: all.",
+                     lower_bound=1)
+flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the analysis's CIs.",
+                     lower_bound=0)
+flags.DEFINE_string("sae_dir", None,
+                    "Bring SAEs (any layout bin.analyze reads) instead of training them; "
+                    "--sae_layers must be layers they cover.")
+flags.DEFINE_string("sae_l0", None, "With --sae_dir: which SAE per layer (as bin.analyze).")
+flags.DEFINE_list("sae_layers", None,
+                  "Layers with an SAE. Default: six spread from the first to the last layer, "
+                  "the LoRA objective layer among them.")
+flags.DEFINE_string("sae_width", "4096", "SAE width (trained, or of --sae_dir).")
+flags.DEFINE_integer("sae_sentences", 400, "Parallel lines of --train_corpus the SAEs train on "
+                     "(in every language).", lower_bound=1)
+flags.DEFINE_integer("sae_epochs", 1, "Passes over those lines.", lower_bound=1)
+flags.DEFINE_integer("sae_batch_size", 512, "Tokens per SAE training step.", lower_bound=1)
+flags.DEFINE_float("sae_target_l0", 50, "Target active features per token (quadratic penalty).")
+flags.DEFINE_float("sae_lr", 2e-3, "Peak SAE learning rate (short runs need more than the "
+                   "Gemma Scope recipe's 7e-5).")
+flags.DEFINE_integer("lora_sentences", 600, "Parallel lines of --train_corpus for each adapter "
+                     "(a fifth held out for the gain and retention report).", lower_bound=5)
+flags.DEFINE_integer("lora_steps", 16, "Optimiser steps per adapter.", lower_bound=1)
+flags.DEFINE_integer("lora_batch_size", 8, "Parallel lines per LoRA step.", lower_bound=1)
+flags.DEFINE_integer("lora_rank", 8, "LoRA rank.", lower_bound=1)
+flags.DEFINE_float("lora_lr", 1e-3, "Peak LoRA learning rate.")
+flags.DEFINE_list("bench_tasks", ["arc", "mmlu", "hellaswag"], "Benchmarks scored.")
+flags.DEFINE_integer("bench_limit", 20, "Items per task and language (0 = all).", lower_bound=0)
+flags.DEFINE_bool("card_check", False,
+                  "Also score English as the model card does (HellaSwag 10-shot on its "
+                  "1000-item subsample, ARC-Challenge 25-shot on the test set), outside the "
+                  "study's time budget: long few-shot contexts.")
+flags.DEFINE_integer("card_limit", 0, "Items per card benchmark (0 = all of them).",
+                     lower_bound=0)
+flags.DEFINE_string("results_md", None,
+                    "The results page to write (figures and study.json go to results/ beside "
+                    "it). Default: --out/RESULTS.md.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One tool run. Done once every file of `done` exists; `resume_dir` non-empty means an
+  interrupted training, continued with --resume."""
+  name: str
+  module: str
+  args: tuple[str, ...]
+  done: tuple[Path, ...]
+  weight: float  # rough relative cost, for the ETA only
+  resume_dir: Path | None = None
+
+  def is_done(self) -> bool:
+    return all(p.exists() for p in self.done)
+
+  def argv(self) -> list[str]:
+    resume = self.resume_dir is not None and self.resume_dir.is_dir() and any(
+        self.resume_dir.iterdir())
+    return [sys.executable, "-m", self.module, *self.args, *(["--resume"] if resume else [])]
+
+
+def model_args() -> list[str]:
+  return [f"--{name}={FLAGS[name].value}" for name in MODEL_FLAGS if FLAGS[name].value is not None]
+
+
+def default_sae_layers(n_layers: int, objective: int, count: int = 6) -> tuple[int, ...]:
+  """`count` layers evenly from the first to the last, with the nearest one moved onto the
+  objective layer."""
+  import numpy as np
+  layers = [int(round(v)) for v in np.linspace(0, n_layers - 1, min(count, n_layers))]
+  nearest = min(range(len(layers)), key=lambda i: abs(layers[i] - objective))
+  layers[nearest] = objective
+  return tuple(sorted(set(layers)))
+
+
+def plan(out: Path, n_layers: int) -> tuple[list[Stage], dict]:
+  """The stages and the resolved settings they run with."""
+  from lora.objectives import default_objective_layer
+  langs = languages.validate_languages(FLAGS.langs)
+  targets = languages.validate_languages(FLAGS.targets)
+  if FLAGS.ref_lang not in langs:
+    raise app.UsageError(f"--ref_lang={FLAGS.ref_lang} must be one of --langs")
+  bad = [t for t in targets if t not in langs or t == FLAGS.ref_lang]
+  if bad:
+    raise app.UsageError(f"--targets={','.join(FLAGS.targets)}: {bad[0]} is not one of --langs "
+                         "other than --ref_lang")
+  objective = default_objective_layer(n_layers)
+  layers = (common.parse_layers(",".join(FLAGS.sae_layers), n_layers, "sae_layers")
+            if FLAGS.sae_layers else default_sae_layers(n_layers, objective))
+  layers = tuple(sorted(set(layers)))
+  if objective not in layers:  # the adapter's objective needs an SAE there
+    objective = min(layers, key=lambda l: abs(l - objective))
+  if FLAGS.sae_dir and not FLAGS.sae_l0:
+    raise app.UsageError("--sae_dir needs --sae_l0 (which SAE per layer, as bin.analyze)")
+  model, lang_list, layer_list = model_args(), ",".join(langs), ",".join(map(str, layers))
+  sae_dir = Path(FLAGS.sae_dir) if FLAGS.sae_dir else out / "saes"
+  sae_l0 = FLAGS.sae_l0 or str(int(round(FLAGS.sae_target_l0)))
+  sae = [f"--sae_dir={sae_dir}", f"--sae_width={FLAGS.sae_width}", f"--sae_l0={sae_l0}"]
+  stages = [Stage(
+      "intrinsic", "bin.intrinsic",
+      (*model, f"--corpus={FLAGS.analysis_corpus}", f"--langs={lang_list}",
+       f"--bpc_sentences={FLAGS.bpc_sentences}", f"--out={out / 'intrinsic'}"),
+      (out / "intrinsic" / "intrinsic.json",), 3.0 * FLAGS.bpc_sentences * len(langs))]
+  if not FLAGS.sae_dir:
+    stages.append(Stage(
+        "saes", "bin.train_sae",
+        (*model, f"--corpus={FLAGS.train_corpus}", f"--langs={lang_list}",
+         f"--max_sentences={FLAGS.sae_sentences}", f"--layers={layer_list}",
+         f"--width={FLAGS.sae_width}", "--steps=0", f"--epochs={FLAGS.sae_epochs}",
+         f"--batch_size={FLAGS.sae_batch_size}", f"--target_l0={FLAGS.sae_target_l0:g}",
+         f"--lr={FLAGS.sae_lr:g}", "--sentences_per_forward=64", f"--out={sae_dir}"),
+        tuple(sae_dir / "reports" / f"layer_{l}.json" for l in layers),
+        FLAGS.sae_sentences * len(langs) * FLAGS.sae_epochs * (1 + 0.25 * len(layers)),
+        resume_dir=sae_dir / "checkpoints"))
+  n_analysis = FLAGS.analysis_sentences or 1004
+  stages.append(Stage(
+      "analysis", "bin.analyze",
+      (*model, *sae, f"--layers={layer_list}", f"--corpus={FLAGS.analysis_corpus}",
+       f"--langs={lang_list}", f"--ref_lang={FLAGS.ref_lang}", f"--bootstrap={FLAGS.bootstrap}",
+       *([f"--max_sentences={FLAGS.analysis_sentences}"] if FLAGS.analysis_sentences else []),
+       f"--out={out / 'analysis'}"),
+      (out / "analysis" / "stats.json",), 1.2 * n_analysis * len(langs)))
+  for t in targets:
+    stages.append(Stage(
+        f"lora_{t}", "bin.finetune",
+        (*model, *sae, f"--corpus={FLAGS.train_corpus}", f"--max_sentences={FLAGS.lora_sentences}",
+         f"--target_lang={t}", f"--ref_lang={FLAGS.ref_lang}", f"--steps={FLAGS.lora_steps}",
+         f"--batch_size={FLAGS.lora_batch_size}", f"--rank={FLAGS.lora_rank}",
+         f"--lr={FLAGS.lora_lr:g}", f"--objective_layers={objective}",
+         f"--report_layers={layer_list}", f"--out={out / f'lora_{t}'}"),
+        (out / f"lora_{t}" / "report.json",),
+        FLAGS.lora_steps * FLAGS.lora_batch_size * 2 * 6 + FLAGS.lora_sentences * 0.8,
+        resume_dir=out / f"lora_{t}" / "checkpoints"))
+  if FLAGS.bench_data_dir:
+    bench = (*model, f"--data_dir={FLAGS.bench_data_dir}", f"--tasks={','.join(FLAGS.bench_tasks)}",
+             f"--langs={lang_list}", *([f"--limit={FLAGS.bench_limit}"] if FLAGS.bench_limit else []))
+    weight = (FLAGS.bench_limit or 1000) * len(langs) * len(FLAGS.bench_tasks) * 4
+    for name, adapter in [("bench_base", None)] + [(f"bench_lora_{t}", out / f"lora_{t}" / "peft")
+                                                   for t in targets]:
+      stages.append(Stage(
+          name, "bin.evaluate",
+          (*bench, *([f"--lora={adapter}"] if adapter else []), f"--out={out / name}"),
+          (out / name / "scores.json",), weight))
+  if FLAGS.card_check:
+    if not FLAGS.bench_data_dir:
+      raise app.UsageError("--card_check needs --bench_data_dir (HellaSwag and ARC items)")
+    suffix = f"_limit{FLAGS.card_limit}" if FLAGS.card_limit else ""
+    for name, (task, shots, extra) in CARD_STAGES.items():
+      folder = out / f"{name}{suffix}"
+      stages.append(Stage(
+          name, "bin.evaluate",
+          (*model, f"--data_dir={FLAGS.bench_data_dir}", f"--tasks={task}", "--langs=en",
+           f"--num_fewshot={shots}", *extra,
+           *([f"--limit={FLAGS.card_limit}"] if FLAGS.card_limit else []), f"--out={folder}"),
+          (folder / "scores.json",), (FLAGS.card_limit or 1000) * shots * 3))
+  settings = {name: value for name, value in common.resolved_flags().items()
+              if name not in NOT_SETTINGS}
+  settings.update(sae_layers=list(layers), objective_layer=objective, targets=list(targets),
+                  langs=list(langs))
+  return stages, settings
+
+
+def check_settings(out: Path, settings: dict) -> None:
+  """An --out holding a study with other settings is an error (naming the first difference);
+  the same settings mean: continue that study."""
+  path = out / SETTINGS_FILE
+  if not path.exists():
+    return
+  old = json.loads(path.read_text())
+  for key in sorted(set(old) | set(settings)):
+    if old.get(key) != settings.get(key):
+      raise app.UsageError(f"--out={out} holds a study run with {key}={old.get(key)!r}, not "
+                           f"{settings.get(key)!r}: re-run with its settings to continue it, or "
+                           "choose another --out")
+
+
+def run_stages(stages: list[Stage], out: Path) -> dict:
+  """Run each stage not yet done, printing progress and a rough ETA; returns the timings."""
+  from xling_jax import io
+  timings_path = out / TIMINGS_FILE
+  timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+  todo = [s for s in stages if not s.is_done()]
+  total_weight, done_weight, spent = sum(s.weight for s in todo), 0.0, 0.0
+  for i, stage in enumerate(stages, 1):
+    head = f"[study {i}/{len(stages)}] {stage.name}"
+    if stage.is_done():
+      print(f"{head}: done earlier ({stage.done[0].parent})", file=sys.stderr, flush=True)
+      continue
+    eta = ("" if not done_weight else
+           f"; ETA of the study ~{spent / done_weight * (total_weight - done_weight) / 60:.0f} min")
+    argv = stage.argv()
+    print(f"{head}: {shlex.join(['python', *argv[1:]])}  (elapsed {spent / 60:.1f} min{eta})",
+          file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(argv, env=env, cwd=REPO)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+      common.fail(f"stage {stage.name} failed (exit {proc.returncode}; its message is above); "
+                  "the finished stages are kept: fix the cause and re-run the same command")
+    if not stage.is_done():
+      common.fail(f"stage {stage.name} exited 0 without writing {stage.done[0]}")
+    timings[stage.name] = {"seconds": round(seconds, 1), "command": shlex.join(
+        ["python", *argv[1:]]), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    io.write_json(timings_path, timings)
+    spent += seconds
+    done_weight += stage.weight
+  return timings
+
+
+def n_model_layers() -> int:
+  """The model's layer count, read without loading its weights."""
+  from xling_jax import checkpoints
+  from xling_jax.config import load_config
+  if FLAGS.config:
+    return load_config(FLAGS.config).n_layers
+  if FLAGS.checkpoint:
+    return checkpoints.read_config(FLAGS.checkpoint).n_layers
+  return load_config("toy").n_layers
+
+
+def main(argv):
+  from xling_jax import io, study_results
+  out = common.check_out()
+  results_md = io.check_output_file(FLAGS.results_md or out / "RESULTS.md", "--results_md")
+  for flag in ("analysis_corpus", "train_corpus", "bench_data_dir", "sae_dir"):
+    value = FLAGS[flag].value
+    if value and value != "embedded" and not value.startswith("hf:") and not Path(value).exists():
+      raise FileNotFoundError(f"--{flag}={value}: no such file or directory")
+  stages, settings = plan(out, n_model_layers())
+  check_settings(out, settings)
+  out.mkdir(parents=True, exist_ok=True)
+  io.write_json(out / SETTINGS_FILE, settings)
+  command = shlex.join(["python", "-m", "bin.study", *sys.argv[1:]])
+  timings = run_stages(stages, out)
+  record = study_results.collect(out, settings, timings, command,
+                                 [s.name for s in stages])
+  io.write_json(out / "study.json", record)
+  paths = study_results.write(results_md, record, out)
+  print(f"wrote {out / 'study.json'}, " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+  common.run(main)
