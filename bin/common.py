@@ -74,8 +74,9 @@ def define_langs_flag() -> None:
                     "the study's ten; any other language works where the data has it.")
 
 
-def define_corpus_flags(max_len: int | None) -> None:
-  """The parallel corpus and how its sentences are cut (`max_len`: the default) and padded."""
+def define_corpus_flags(max_len: int | None, bucket: int = 64) -> None:
+  """The parallel corpus and how its sentences are cut (`max_len`: the default) and padded
+  (`bucket`: the default)."""
   flags.DEFINE_string("corpus", "embedded",
                       "Parallel corpus: 'embedded' (a small sample shipped in the package), a "
                       "directory of {lang}.txt files (UTF-8, line i = the same sentence in every "
@@ -86,9 +87,9 @@ def define_corpus_flags(max_len: int | None) -> None:
                        "Cut longer sentences to this many tokens (the cut ones are counted)."
                        + ("" if max_len else " Default: the model's max_seq_len."),
                        lower_bound=2)
-  flags.DEFINE_integer("bucket", 64,
-                       "Pad sequence lengths to a multiple of this (fewer compiled shapes).",
-                       lower_bound=1)
+  flags.DEFINE_integer("bucket", bucket,
+                       "Pad sequence lengths to a multiple of this (fewer compiled shapes "
+                       "against less padding).", lower_bound=1)
 
 
 def define_batch_flag(default: int, rows: str) -> None:

@@ -26,6 +26,8 @@ from bin import common
 FLAGS = flags.FLAGS
 common.define_platform_flags()
 common.define_model_flags()
+common.define_langs_flag()
+common.define_corpus_flags(max_len=128, bucket=16)
 flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 flags.DEFINE_list("layers", None, "Model layers to train an SAE for (resid_post), e.g. 0,6,12.")
 flags.DEFINE_string("width", "4096", "SAE width: an integer or 16k, 65k, 262k, 1m.")
@@ -43,17 +45,6 @@ flags.DEFINE_float("lr", 7e-5, "Peak learning rate (DeepMind's 7e-5; warm-up, th
 flags.DEFINE_string("activations", None,
                     "A .npy [N, d] float array to train on instead of model activations (one "
                     "layer: --layers names it).")
-flags.DEFINE_string("corpus", "embedded",
-                    "Parallel corpus: 'embedded', a directory of {lang}.txt files or "
-                    "hf:<dataset_id>[:split], as bin.analyze's --corpus.")
-flags.DEFINE_list("langs", ["en", "zh", "ru", "es", "it", "id", "ca", "mr", "ml", "hi"],
-                  "Languages of the corpus to train on, comma-separated.")
-flags.DEFINE_integer("max_sentences", None, "Use only the first N parallel sentences.",
-                     lower_bound=1)
-flags.DEFINE_integer("max_len", 128, "Cut longer sentences to this many tokens.", lower_bound=2)
-flags.DEFINE_integer("bucket", 16,
-                     "Pad sentence lengths to a multiple of this (fewer compiled shapes against "
-                     "less padding).", lower_bound=1)
 flags.DEFINE_integer("epochs", 1, "Passes over the data allowed (each in a fresh order).",
                      lower_bound=1)
 flags.DEFINE_integer("buffer_tokens", 1 << 17,
