@@ -37,15 +37,17 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
+from safetensors import numpy as safetensors_numpy
 from safetensors.numpy import save_file
 
 from sae.jumprelu import PARAM_NAMES, JumpReLUParams, unstack
+from xling_jax import io
 
 REPO_ID = "google/gemma-scope-2b-pt-res"
 NPZ_NAME = "params.npz"
@@ -629,13 +631,6 @@ def save_layers_tree(root: str | os.PathLike, stacked: JumpReLUParams, width: st
           for i, p in _per_layer(stacked, layers)]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-  """write(tmp) then rename: a kill mid-write leaves the old file (or none), never half of one."""
-  tmp = path.with_name(path.name + ".tmp")
-  write(tmp)
-  os.replace(tmp, path)
-
-
 def save_gemma_scope2(directory: str | os.PathLike, params: JumpReLUParams, layer: int, l0: int,
                       model_name: str = "unknown") -> Path:
   """Write one SAE as a Gemma Scope 2 folder: `params.safetensors` (float32, lowercase keys
@@ -645,13 +640,12 @@ def save_gemma_scope2(directory: str | os.PathLike, params: JumpReLUParams, laye
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   arrays = {k.lower(): np.ascontiguousarray(getattr(params, k), np.float32) for k in PARAM_NAMES}
-  _atomic_write(directory / GS2_PARAMS, lambda tmp: save_file(arrays, tmp))
+  io.write_bytes(directory / GS2_PARAMS, safetensors_numpy.save(arrays))
   hook = f"model.layers.{int(layer)}.output"
   cfg = {"model_name": model_name, "architecture": "jump_relu", "hf_hook_point_in": hook,
          "hf_hook_point_out": hook, "width": params.d_sae, "l0": int(l0),
          "affine_connection": False, "type": "sae"}
-  _atomic_write(directory / GS2_CONFIG,
-                lambda tmp: tmp.write_text(json.dumps(cfg, indent=2) + "\n"))
+  io.write_json(directory / GS2_CONFIG, cfg)
   return directory
 
 

@@ -15,11 +15,12 @@ the resumed step, so a resumed run's log equals the uninterrupted run's.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import orbax.checkpoint as ocp
+
+from xling_jax import io
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -115,9 +116,7 @@ def rewind_log(path: Path, step: int) -> None:
         kept.append(line)
     except (json.JSONDecodeError, KeyError, TypeError):
       continue  # a line cut short by a kill mid-append
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text("".join(line + "\n" for line in kept))
-  os.replace(tmp, path)  # a kill during the rewind leaves the old log, not half a log
+  io.write_text(path, "".join(line + "\n" for line in kept))  # a kill keeps the old log
 
 
 def start_log(path: Path, step: int) -> None:
