@@ -107,7 +107,7 @@ def _source(config, layers):
       setup.params, setup.config, rows, layers, config.batch_size,
       name=f"{corpus.name} ({len(corpus.languages)} languages)", model=model,
       buffer_tokens=FLAGS.buffer_tokens, sentences_per_forward=FLAGS.sentences_per_forward,
-      bucket=FLAGS.bucket, seed=config.seed, epochs=FLAGS.epochs)
+      bucket=FLAGS.bucket, seed=config.seed, epochs=FLAGS.epochs, progress=FLAGS.progress)
   notes = [toy.toy_note(setup.config)] if setup.is_toy else []
   return source, FLAGS.checkpoint or model, notes
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from sae.train.sources import epoch_permutation
 from xling_jax import model as model_lib
+from xling_jax.progress import Progress
 from xling_jax.tokenizer import bucket_length
 
 
@@ -60,7 +61,7 @@ class HarvestSource:
   def __init__(self, params, config, rows: Sequence[np.ndarray], layers: Sequence[int],
                batch_size: int, *, name: str, model: str, buffer_tokens: int = 1 << 17,
                sentences_per_forward: int = 16, bucket: int = 16, seed: int = 0,
-               epochs: int = 1):
+               epochs: int = 1, progress: bool = False):
     layers = tuple(int(i) for i in layers)
     bad = [i for i in layers if not 0 <= i < config.n_layers]
     if bad or not layers or len(set(layers)) != len(layers):
@@ -73,6 +74,7 @@ class HarvestSource:
     self.layers, self.d_in, self.batch_size = layers, config.d_model, batch_size
     self.name, self.model, self.seed, self.epochs = name, model, seed, epochs
     self.sentences_per_forward, self.bucket = sentences_per_forward, bucket
+    self.progress = progress  # a line per buffer fill: the first step waits for one
     self.chunk_tokens = buffer_tokens // batch_size * batch_size
     self.counts = np.array([int(np.sum(r != config.bos_id)) for r in self.rows], np.int64)
     self.n_tokens = int(self.counts.sum())
@@ -122,7 +124,10 @@ class HarvestSource:
     if stop <= start:
       raise IndexError(f"chunk {chunk} lies past the end of {self.name}'s token stream")
     pieces = self._pieces(start, stop)
-    acts = self._harvest(sorted({row for row, *_ in pieces}))
+    acts = self._harvest(sorted({row for row, *_ in pieces}),
+                         Progress(len({row for row, *_ in pieces}),
+                                  f"harvesting buffer {chunk + 1}/{self.n_chunks}",
+                                  enabled=self.progress))
     if self._buffer.shape != (self.chunk_tokens, len(self.layers), self.d_in):
       self._buffer = np.empty((self.chunk_tokens, len(self.layers), self.d_in), np.float32)
     for row, first, end, at in pieces:
@@ -130,7 +135,11 @@ class HarvestSource:
     self._order = np.random.default_rng([self.seed, 1, chunk]).permutation(stop - start)
     self._chunk = chunk
 
-  def _harvest(self, rows: list[int]) -> dict[int, np.ndarray]:
+  @property
+  def n_chunks(self) -> int:
+    return -(-self.n_tokens * self.epochs // self.chunk_tokens)
+
+  def _harvest(self, rows: list[int], progress: Progress) -> dict[int, np.ndarray]:
     """{row: statistic-token residuals [n_row, L, d]} for sentences `rows`."""
     out: dict[int, np.ndarray] = {}
     by_length = sorted(rows, key=lambda r: len(self.rows[r]))
@@ -148,5 +157,6 @@ class HarvestSource:
       for b, r in enumerate(group):
         keep = np.flatnonzero(self.rows[r] != bos_id)
         out[r] = resid[:, b, keep].transpose(1, 0, 2)
+      progress.update(len(group))
     return out
 
