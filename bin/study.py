@@ -69,6 +69,11 @@ flags.DEFINE_integer("bpc_sentences", 100, "Sentences per language scored for bi
 flags.DEFINE_integer("analysis_sentences", None,
                      "Analyse only the first N sentences per language. Default: all.",
                      lower_bound=1)
+flags.DEFINE_integer("bucket", 16,
+                     "Pad sentences to a multiple of this many tokens in the analysis and the "
+                     "adapters' training (parallel sentences are short: 64 would pad most "
+                     "rows to twice their length).", lower_bound=1)
+flags.DEFINE_integer("analysis_batch_size", 32, "Sentences per analysis batch.", lower_bound=1)
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the analysis's CIs.",
                      lower_bound=0)
 flags.DEFINE_string("sae_dir", None,
@@ -183,6 +188,7 @@ def plan(out: Path, n_layers: int) -> tuple[list[Stage], dict]:
       "analysis", "bin.analyze",
       (*model, *sae, f"--layers={layer_list}", f"--corpus={FLAGS.analysis_corpus}",
        f"--langs={lang_list}", f"--ref_lang={FLAGS.ref_lang}", f"--bootstrap={FLAGS.bootstrap}",
+       f"--bucket={FLAGS.bucket}", f"--batch_size={FLAGS.analysis_batch_size}",
        *([f"--max_sentences={FLAGS.analysis_sentences}"] if FLAGS.analysis_sentences else []),
        f"--out={out / 'analysis'}"),
       (out / "analysis" / "stats.json",), 1.2 * n_analysis * len(langs)))
@@ -192,6 +198,7 @@ def plan(out: Path, n_layers: int) -> tuple[list[Stage], dict]:
         (*model, *sae, f"--corpus={FLAGS.train_corpus}", f"--max_sentences={FLAGS.lora_sentences}",
          f"--target_lang={t}", f"--ref_lang={FLAGS.ref_lang}", f"--steps={FLAGS.lora_steps}",
          f"--batch_size={FLAGS.lora_batch_size}", f"--rank={FLAGS.lora_rank}",
+         f"--bucket={FLAGS.bucket}",
          f"--lr={FLAGS.lora_lr:g}", f"--objective_layers={objective}",
          f"--report_layers={layer_list}", f"--out={out / f'lora_{t}'}"),
         (out / f"lora_{t}" / "report.json",),
@@ -234,8 +241,10 @@ def check_settings(out: Path, settings: dict) -> None:
     return
   old = json.loads(path.read_text())
   for key in sorted(set(old) | set(settings)):
-    if old.get(key) != settings.get(key):
-      raise app.UsageError(f"--out={out} holds a study run with {key}={old.get(key)!r}, not "
+    # A flag added after that study ran held its default there.
+    before = old[key] if key in old else FLAGS[key].default if key in FLAGS else None
+    if before != settings.get(key):
+      raise app.UsageError(f"--out={out} holds a study run with {key}={before!r}, not "
                            f"{settings.get(key)!r}: re-run with its settings to continue it, or "
                            "choose another --out")
 
