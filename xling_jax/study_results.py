@@ -193,7 +193,9 @@ def paper_rows(record: Mapping) -> list[tuple[str, str, str, str]]:
     kept = lora["retention_pct"][i]
     gap = None if kept is None else kept - PAPER["english_retention"]
     verdict = ("n/a" if gap is None else "agrees (within 5 points)" if abs(gap) <= 5 else
-               "ours keeps more of English" if gap > 0 else "ours keeps less of English")
+               f"differs: English activation rises by {kept - 100:.1f}%" if kept > 100 else
+               "differs: ours keeps more of English" if gap > 0 else
+               "differs: ours keeps less of English")
     rows.append((f"English activation retained, {target} adapter (layer {lora['layers'][i]})",
                  f"~{PAPER['english_retention']:.0f}%", f"{_f(kept, '.2f')}%", verdict))
   bench = record["benchmarks"]
@@ -213,28 +215,48 @@ def paper_rows(record: Mapping) -> list[tuple[str, str, str, str]]:
   return rows
 
 
+def summary(record: Mapping) -> str:
+  """Two sentences: the disparity, and what the adapters did (the README quotes them)."""
+  a, ref = record["analysis"], record["analysis"]["reference"]
+  early, _ = _band(record, "early")
+  deep, _ = _band(record, "deep")
+  model = "the toy model" if record["toy"] else record["checkpoint"]
+  out = []
+  if early and deep:
+    out.append(
+        f"On {model} the low-resource languages ({', '.join(a['low_resource_group'])}) "
+        f"activate the SAEs trained on it {'less' if early['group_max'] > 0 else 'no less'} "
+        f"than {ref}: at most {early['group_max']:.1f}% lower in the early layers and "
+        f"{deep['group_max']:.1f}% in the deep ones (the paper, on Gemma-2-2B: "
+        f"{PAPER['early_gap_max']}% and {PAPER['deep_gap_max']}%).")
+  if record["lora"]:
+    parts, kept = [], []
+    for target, lora in record["lora"].items():
+      i = objective_index(lora)
+      parts.append(f"{_f(lora['gain_pct'][i], '+.1f')}% ({target})")
+      kept.append(f"{_f(lora['retention_pct'][i], '.1f')}%")
+    layer = next(iter(record["lora"].values()))["objective_layers"][0]
+    sentence = (f"Activation-aware LoRA changes the target language's activation at layer "
+                f"{layer} by {' and '.join(parts)}, while {ref}'s ends at {' and '.join(kept)} "
+                "of its value before")
+    moves = [row for row in paper_rows(record) if "after the" in row[0]]
+    if moves:
+      changed = [row for row in moves if row[3] != "no change beyond 2 standard errors"]
+      sentence += ("; no benchmark score in the target language moves by more than two "
+                   "standard errors" if not changed else
+                   f"; {len(changed)} of {len(moves)} target-language benchmark scores move by "
+                   "more than two standard errors")
+    out.append(sentence + ".")
+  return " ".join(out)
+
+
 def render(record: Mapping) -> str:
   """RESULTS.md from the record alone."""
   a, s, intr = record["analysis"], record["settings"], record["intrinsic"]
   ref, group = a["reference"], a["low_resource_group"]
   lines = [f"# Results: {'TOY model (random weights), ' if record['toy'] else ''}"
            f"the study on {record['checkpoint'] or 'the toy model'}", ""]
-  early, early_ci = _band(record, "early")
-  deep, deep_ci = _band(record, "deep")
-  summary = []
-  if early and deep:
-    summary.append(
-        f"On this model the low-resource languages ({', '.join(group)}) activate the SAEs "
-        f"trained on it {'less' if early['group_max'] > 0 else 'no less'} than {ref}: at most "
-        f"{early['group_max']:.1f}% lower in the early layers and {deep['group_max']:.1f}% in "
-        f"the deep ones (the paper, on Gemma-2-2B: {PAPER['early_gap_max']}% and "
-        f"{PAPER['deep_gap_max']}%).")
-  for target, lora in record["lora"].items():
-    i = objective_index(lora)
-    summary.append(f"The {target} adapter changes {target}'s activation at layer "
-                   f"{lora['layers'][i]} by {_f(lora['gain_pct'][i], '+.1f')}% and keeps "
-                   f"{_f(lora['retention_pct'][i], '.1f')}% of {ref}'s.")
-  lines += [" ".join(summary), "",
+  lines += [summary(record), "",
             "![gap heatmap](results/heatmap.png)", "",
             "Everything below is rendered by `bin.study` from `results/study.json`; "
             "`tests/test_results.py` checks that this page equals that rendering.", ""]
@@ -342,8 +364,58 @@ def render(record: Mapping) -> str:
             "The paper (arXiv 2507.18918) studies Gemma-2-2B with Gemma Scope SAEs; this run, "
             "a far smaller model with SAEs trained here. Verdicts are computed from the "
             "numbers.", "", "| claim | paper | this run | verdict |", "|---|---|---|---|"]
-  lines += [f"| {c} | {p} | {o} | {v} |" for c, p, o, v in paper_rows(record)]
+  rows = paper_rows(record)
+  lines += [f"| {c} | {p} | {o} | {v} |" for c, p, o, v in rows]
+  lines += ["", "In plain words:", ""]
+  lines += [f"- {line}" for line in plain_words(record, rows)]
   return "\n".join(lines) + "\n"
+
+
+def plain_words(record: Mapping, rows) -> list[str]:
+  """Where the run agrees with the paper, where not, and what carries the gap: sentences
+  computed from the numbers."""
+  a, ref = record["analysis"], record["analysis"]["reference"]
+  out = []
+  unresolved = "no change beyond 2 standard errors"
+  agree = [c for c, _, _, v in rows if v.startswith("agrees")]
+  differ = [f"{c} ({v.split(': ', 1)[-1] if v.startswith('differs') else v})"
+            for c, _, _, v in rows if not v.startswith("agrees") and v != unresolved]
+  open_ = [c for c, _, _, v in rows if v == unresolved]
+  if agree:
+    out.append("Agrees with the paper: " + "; ".join(agree) + ".")
+  if differ:
+    out.append("Does not match it: " + "; ".join(differ) + ".")
+  if open_:
+    out.append("Neither confirmed nor refuted (no change beyond two standard errors): "
+               + "; ".join(open_) + ".")
+  bands = a["band_summary"]
+  carry = [l for l in a["low_resource_group"]
+           if max(v["per_language"][l]["mean"] for v in bands.values()) > 10]
+  close = [l for l in a["low_resource_group"] if l not in carry]
+  if carry:
+    line = (f"Within the low-resource group the gap is carried by {', '.join(carry)}, whose "
+            "band means exceed 10%")
+    if close:
+      line += (f"; {', '.join(close)} {'stays' if len(close) == 1 else 'stay'} within 10% "
+               f"of {ref} in every band's mean")
+    bits = record["intrinsic"]["bits"]
+    if bits and all(l in bits for l in (*carry, ref)):
+      line += (f". The model also finds {', '.join(carry)} harder: "
+               + ", ".join(f"{bits[l]['bits_per_sentence']:.0f}" for l in carry)
+               + f" bits per sentence against {bits[ref]['bits_per_sentence']:.0f} for {ref}")
+    out.append(line + ".")
+  if record["saes"]["layers"]:
+    worst = max(r["fvu"] for r in record["saes"]["layers"].values())
+    out.append(f"The SAEs leave up to {100 * worst:.0f}% of a layer's variance unexplained "
+               "(table above): the direction and ordering of the gaps are the finding; their "
+               "sizes belong to these SAEs, not to Gemma Scope's.")
+  bench = record["benchmarks"]
+  if bench:
+    n = min((s["n"] for per in bench["base"].values() for s in per.values()), default=0)
+    out.append(f"With {n} items per benchmark and language, a standard error is about "
+               f"{100 * math.sqrt(0.25 / max(n, 1)):.0f} points: these benchmark runs can show "
+               "a large change, not a modest one.")
+  return out
 
 
 def _boot(a: Mapping) -> str:
