@@ -500,6 +500,7 @@ def _card_lines(record: Mapping) -> list[str]:
            "points.", "",
            "| benchmark | shots | items | acc | acc_norm | model card | minutes |",
            "|---|---|---|---|---|---|---|"]
+  notes, distances = [], []
   for name, card in cards.items():
     for task, per_lang in card["scores"].items():
       s = per_lang["en"]
@@ -513,6 +514,20 @@ def _card_lines(record: Mapping) -> list[str]:
           f"{pct('acc_norm')} | "
           f"{'n/a' if value is None else f'{value:.1f} ({shots}-shot)'} | "
           f"{card['seconds'] / 60:.1f} |")
+      if value is not None and s["acc_norm"] is not None and s["stderr"]["acc_norm"]:
+        apart = (100 * s["acc_norm"] - value) / (100 * s["stderr"]["acc_norm"])
+        distances.append(abs(apart))
+        notes.append(f"{TASK_NAMES[task]}: acc_norm {100 * s['acc_norm']:.1f} against the "
+                     f"card's {value:.1f}, {abs(apart):.1f} standard errors "
+                     f"{'above' if apart > 0 else 'below'} it"
+                     + (f" on the first {card['limit']} items" if card["limit"] else "") + ".")
+  if notes:
+    lines += [""] + [f"- {n}" for n in notes]
+    lines += ["- Within two standard errors the scoring agrees with the card; a larger gap "
+              "would be a finding to explain, not a setting to tune." if
+              max(distances) <= 2 else
+              "- A gap beyond two standard errors is a finding to explain: the Q4_K_M "
+              "quantisation, the few-shot pool, or the scoring."]
   return lines
 
 
