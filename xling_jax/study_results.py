@@ -546,7 +546,7 @@ def benchmarks_png(record: Mapping) -> bytes | None:
   import numpy as np
   cells = [(task, lang) for task, per in bench["base"].items() for lang in per]
   runs = [("base", bench["base"])] + [(f"+ {t} adapter", s) for t, s in bench["lora"].items()]
-  fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(cells) * len(runs)), 4))
+  fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.2 * len(cells) * len(runs))), 4.5))
   width = 0.8 / len(runs)
   x = np.arange(len(cells))
   for k, (label, scores) in enumerate(runs):
