@@ -71,8 +71,7 @@ def collect(out: Path, settings: Mapping, timings: Mapping, command: str,
           "n_sentences": stats["n_sentences"], "n_tokens": stats["n_tokens"],
           "top_overlap": {lang: [row["overlap_with_ref"] for row in rows]
                           for lang, rows in (stats.get("top_features") or {}).items()},
-          "top_k": len((stats.get("top_features") or {}).get(layers and stats["languages"][0],
-                                                              [{"features": []}])[0]["features"]),
+          "top_k": _top_k(stats.get("top_features") or {}),
       },
       "lora": {},
       "benchmarks": None,
@@ -100,6 +99,12 @@ def collect(out: Path, settings: Mapping, timings: Mapping, command: str,
                             "lora": {t: _read(out / f"bench_lora_{t}" / "scores.json")
                                      for t in settings["targets"]}}
   return record
+
+
+def _top_k(top: Mapping) -> int:
+  """How many top features per layer the analysis listed (0 without them)."""
+  rows = next(iter(top.values()), [])
+  return len(rows[0]["features"]) if rows else 0
 
 
 def _command_out(command: str) -> str:
