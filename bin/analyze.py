@@ -128,8 +128,9 @@ def main(argv):
                                    config=common.resolved_flags(), provenance=provenance)
   for warning in report.warnings(record):
     print(warning, file=sys.stderr)
-  paths = report.write_report(out, record, corpus=corpus.name, toy=setup.is_toy, notes=notes)
-  print(paths["markdown"].read_text(encoding="utf-8"))
+  paths, markdown = report.write_report(out, record, corpus=corpus.name, toy=setup.is_toy,
+                                       notes=notes)
+  print(markdown)
   print("wrote " + ", ".join(str(p) for p in paths.values()))
   print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 

@@ -19,8 +19,18 @@ def define_platform_flags() -> None:
                     "Backend to run on. gpu/tpu need the matching jax install (see BUILD.md); "
                     "asking for one that is absent fails with a clear message.")
   flags.DEFINE_bool("distributed", False,
-                    "Call jax.distributed.initialize() first (multi-host TPU pods / multi-node "
-                    "GPU: run the same command on every host).")
+                    "Join a multi-process run (jax.distributed.initialize) before anything "
+                    "else: run the same command on every host (one process per host, or per "
+                    "GPU); the processes split each batch and only process 0 writes results. "
+                    "On TPU pods and Slurm/MPI clusters JAX finds its peers itself; elsewhere "
+                    "give the three flags below.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "With --distributed: host:port of process 0, the same on every process.")
+  flags.DEFINE_integer("num_processes", None,
+                       "With --distributed: how many processes take part.", lower_bound=1)
+  flags.DEFINE_integer("process_id", None,
+                       "With --distributed: this process's index, 0..num_processes-1 (0 "
+                       "writes the results).", lower_bound=0)
 
 
 def define_model_flags() -> None:
@@ -211,9 +221,17 @@ def load_saes(setup, layers, calibration_texts):
 
 
 def setup_platform() -> str:
-  from xling_jax.platform import describe_devices, select_platform
-  select_platform(FLAGS.platform, distributed=FLAGS.distributed)
-  return describe_devices()
+  from absl import app
+
+  from xling_jax import platform
+  given = [f"--{name}" for name in ("coordinator_address", "num_processes", "process_id")
+           if FLAGS[name].value is not None]
+  if given and not FLAGS.distributed:
+    raise app.UsageError(f"{', '.join(given)} only apply with --distributed")
+  distributed = (platform.Distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                      FLAGS.process_id) if FLAGS.distributed else None)
+  platform.select_platform(FLAGS.platform, distributed)
+  return platform.describe_devices()
 
 
 def _compute_dtype() -> str:

@@ -112,11 +112,12 @@ def eval_config(langs):
                                limit=FLAGS.eval_limit)
 
 
-def score_benchmarks(setup, config, prompts, out, adapter_dir) -> dict:
-  """bin.evaluate's scores, in process on the loaded model (through the saved adapter when
-  `adapter_dir` is given); its files go to `out`."""
+def score_benchmarks(setup, config, prompts, out, adapter=None, adapter_dir=None) -> dict:
+  """bin.evaluate's scores, in process on the loaded model (through `adapter`, the one saved
+  in `adapter_dir`, when given); its files go to `out`. The adapter comes from memory, not
+  from the directory: in a multi-process run only process 0 writes it."""
   from xling_jax import evaluation
-  result = evaluation.evaluate(setup, config, adapter=adapter_dir, prompts=prompts)
+  result = evaluation.evaluate(setup, config, adapter=adapter, prompts=prompts)
   flags_used = dict(dataclasses.asdict(config),
                     lora=None if adapter_dir is None else str(adapter_dir))
   run = {"flags": flags_used, "toy": setup.is_toy, "provenance": setup.provenance}
@@ -206,7 +207,7 @@ def main(argv):
   texts = {target: heldout.target, ref: heldout.ref}
   before = {lang: activation(t, None) for lang, t in texts.items()}
   scores_before = (None if bench is None else
-                   score_benchmarks(setup, bench, bench_prompts, out / "eval_before", None))
+                   score_benchmarks(setup, bench, bench_prompts, out / "eval_before"))
   log_path = out / train.LOG_NAME
   result = train.train(
       setup.params, config, select(objective_layers),
@@ -235,7 +236,8 @@ def main(argv):
   if bench is not None:
     report["benchmarks"] = {
         "before": scores_before,
-        "after": score_benchmarks(setup, bench, bench_prompts, out / "eval_after", peft_dir)}
+        "after": score_benchmarks(setup, bench, bench_prompts, out / "eval_after",
+                                  result.adapter, peft_dir)}
   report["seconds"] = round(time.perf_counter() - start, 2)
   md = report_lib.markdown(report, notes)
   io.write_json(out / "report.json", report)

@@ -21,7 +21,7 @@ import numpy as np
 import safetensors.numpy
 
 from lora.lora import LORA_MODULES, Adapter, LoraConfig, check_adapter, module_dims
-from xling_jax import layout
+from xling_jax import io, layout
 from xling_jax.checkpoints import read_safetensors
 from xling_jax.config import ModelConfig
 
@@ -52,14 +52,13 @@ def save_peft(directory: str | Path, adapter: Adapter, lora_config: LoraConfig,
     raise ValueError(f"adapter modules {sorted(adapter['layers'])} disagree with lora_config "
                      f"modules {list(lora_config.modules)}")
   directory = Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
   tensors = {}
   for module, ab in adapter["layers"].items():
     a, b = np.asarray(ab["a"], np.float32), np.asarray(ab["b"], np.float32)
     for layer in lora_config.active_layers(config):
       tensors[peft_key(layer, module, "A")] = np.ascontiguousarray(a[layer].T)
       tensors[peft_key(layer, module, "B")] = np.ascontiguousarray(b[layer].T)
-  safetensors.numpy.save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+  weights = safetensors.numpy.save(tensors, metadata={"format": "pt"})
   peft_config = {
       "peft_type": "LORA",
       "task_type": "CAUSAL_LM",
@@ -80,7 +79,8 @@ def save_peft(directory: str | Path, adapter: Adapter, lora_config: LoraConfig,
       "alpha_pattern": {},
       "inference_mode": True,
   }
-  (directory / CONFIG_NAME).write_text(json.dumps(peft_config, indent=2) + "\n")
+  io.write_bytes(directory / WEIGHTS_NAME, weights)
+  io.write_text(directory / CONFIG_NAME, json.dumps(peft_config, indent=2) + "\n")
   return directory
 
 

@@ -26,8 +26,7 @@ import orbax.checkpoint as ocp
 
 from lora import objectives
 from lora.lora import Adapter, LoraConfig, init_adapter, layer_mask, project_hook
-from xling_jax import activations
-from xling_jax import train_checkpoints
+from xling_jax import activations, io, train_checkpoints
 from xling_jax.config import ModelConfig
 # Re-exported: callers catch train.NonFiniteLossError; the log rewind keeps its old name.
 from xling_jax.train_checkpoints import NonFiniteLossError  # noqa: F401
@@ -321,8 +320,7 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
         echo(f"step {state.step}/{tc.steps}  " + "  ".join(
             f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
         if log_path is not None:
-          with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+          io.append_line(log_path, json.dumps(record))
       if state.step % tc.save_every == 0 or state.step == tc.steps:
         save(state)
   finally:

@@ -1,6 +1,8 @@
 """Helpers that several test modules use (test modules never import each other)."""
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +34,17 @@ def synthetic_stats(n_sentences: int, langs=("en", "hi", "ml"), n_layers=4, widt
     per_language[lang] = LanguageSums(rows, n_tokens,
                                       rng.integers(0, 5, (n_layers, width)).astype(np.float64))
   return CorpusStats(tuple(langs), tuple(range(n_layers)), per_language)
+
+
+def write_arc_items(directory, langs=("en", "hi"), n=3) -> None:
+  """`n` three-choice ARC-style items per language, as bin.evaluate --data_dir reads them
+  (`directory/arc_challenge/{lang}.jsonl`)."""
+  arc = directory / "arc_challenge"
+  arc.mkdir(parents=True)
+  for lang in langs:
+    arc.joinpath(f"{lang}.jsonl").write_text("".join(json.dumps(
+        {"id": f"q{i}", "question": f"Question {i} ({lang})?", "choices": ["one", "two", "three"],
+         "answer": i % 3}) + "\n" for i in range(n)))
 
 
 # ---- PEFT parity (the callers skip without torch, transformers and peft) ----------------------

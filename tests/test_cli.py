@@ -48,6 +48,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str) -> 
     ("bin.analyze", ["--layers=1,9"], ["--layers='1,9'", "0..3"]),
     ("bin.study", ["--sae_layers=1,x"], ["--sae_layers='1,x'", "integers"]),
     ("bin.study", ["--sae_dir=/tmp"], ["--sae_dir needs --sae_l0"]),
+    ("bin.analyze", ["--process_id=1"], ["--process_id only apply with --distributed"]),
+    ("bin.finetune", ["--distributed", "--num_processes=2", "--process_id=2"],
+     ["--process_id=2", "0..1"]),
+    ("bin.analyze", ["--distributed", "--coordinator_address=localhost"],
+     ["--coordinator_address=localhost", "host:port"]),
 ])
 def test_flag_errors_are_one_line_and_exit_2(tool, args, expected):
   assert_one_line_error(run_tool(tool, *args), *expected)

@@ -15,6 +15,7 @@ from xling_jax import checkpoints, config as config_lib, model as model_lib
 from xling_jax.toy_tokenizer import build_toy_tokenizer, default_sentences
 
 from tests.conftest import REPO
+from tests.helpers import write_arc_items
 
 pytestmark = pytest.mark.slow
 SAE_WIDTH = 64
@@ -30,12 +31,7 @@ def gemma3_run(tmp_path_factory):
   saes = jumprelu.random_params(jax.random.PRNGKey(6), config.d_model, SAE_WIDTH,
                                 n_layers=config.n_layers, input_std=3.0)
   gemma_scope.save_gemma_scope2_layers(root / "saes", saes, l0s=20)
-  arc = root / "bench" / "arc_challenge"
-  arc.mkdir(parents=True)
-  for lang in ("en", "hi"):
-    arc.joinpath(f"{lang}.jsonl").write_text("".join(json.dumps(
-        {"id": f"q{i}", "question": f"Question {i} ({lang})?", "choices": ["one", "two", "three"],
-         "answer": i}) + "\n" for i in range(3)))
+  write_arc_items(root / "bench")
   return root / "ckpt", tok, root / "saes", root / "bench"
 
 

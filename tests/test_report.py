@@ -50,7 +50,8 @@ def test_outputs_are_rendered_before_any_file_is_replaced(tmp_path, monkeypatch)
   layers_png = report.layers_png
   monkeypatch.setattr(report, "layers_png",
                       lambda record, title: titles.append(title) or layers_png(record, title))
-  paths = report.write_report(tmp_path, first, corpus="c", toy=False)
+  paths, markdown = report.write_report(tmp_path, first, corpus="c", toy=False)
+  assert markdown == paths["markdown"].read_text(encoding="utf-8")
   assert titles == ["SAE activation per layer (c)"]
   assert sorted(p.name for p in paths.values()) == sorted(
       ["stats.json", "disparity.csv", "report.md", "heatmap.png", "layers.png"])

@@ -2,16 +2,21 @@
 
 A run writes its results only once they are complete, each file under a temporary name in the
 same directory and then renamed over the old one, so a failed, killed or empty run never leaves
-a half-written file nor replaces a user's previous results.
+a half-written file nor replaces a user's previous results. In a multi-process run only
+process 0 writes (`platform.is_primary_process`); the others compute the same results and
+discard them here, so that no tool needs a branch of its own for it.
 """
 from __future__ import annotations
 
 import contextlib
+import io as _io
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from xling_jax.platform import is_primary_process
 
 
 class OutputError(ValueError):
@@ -55,7 +60,11 @@ def _check_writable(directory: Path, label: str) -> None:
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[Any]:
   """`open(path, mode)` on a temporary sibling that replaces `path` only when the block ends
-  without an error; the parent directory is created."""
+  without an error; the parent directory is created. Outside process 0 of a multi-process
+  run the block writes into a buffer that is dropped."""
+  if not is_primary_process():
+    yield _io.BytesIO() if "b" in mode else _io.StringIO()
+    return
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -83,6 +92,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
   with atomic_open(path, "wb") as f:
     f.write(data)
+
+
+def remove(path: str | os.PathLike) -> None:
+  """Delete `path` if it is there (a stale result the new ones would contradict)."""
+  if is_primary_process():
+    Path(path).unlink(missing_ok=True)
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+  """`line` and a newline at the end of `path` (a log, whose earlier lines a kill must keep)."""
+  if is_primary_process():
+    with Path(path).open("a", encoding="utf-8") as f:
+      f.write(line + "\n")
 
 
 def json_text(value: Any) -> str:

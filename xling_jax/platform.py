@@ -1,17 +1,41 @@
-"""Choosing the JAX backend from a `--platform` flag, before JAX initialises."""
+"""Choosing the JAX backend from a `--platform` flag, before JAX initialises; joining a
+multi-process run (jax.distributed) and saying which process writes the results."""
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 
 PLATFORMS = ("cpu", "gpu", "tpu")
 _JAX_NAMES = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
 
 
-def select_platform(name: str, distributed: bool = False) -> None:
+@dataclasses.dataclass(frozen=True)
+class Distributed:
+  """How this process joins a multi-process run: the arguments of `jax.distributed.initialize`.
+  None leaves one to JAX's auto-detection (TPU pods, Slurm, Open MPI, Kubernetes)."""
+  coordinator_address: str | None = None  # host:port of process 0
+  num_processes: int | None = None
+  process_id: int | None = None
+
+  def check(self) -> None:
+    if self.num_processes is not None and self.num_processes < 1:
+      raise ValueError(f"--num_processes={self.num_processes}: must be >= 1")
+    if self.process_id is not None and self.num_processes is not None and \
+        not 0 <= self.process_id < self.num_processes:
+      raise ValueError(f"--process_id={self.process_id}: must lie in 0..{self.num_processes - 1} "
+                       f"(--num_processes={self.num_processes})")
+    if self.coordinator_address is not None and ":" not in self.coordinator_address:
+      raise ValueError(f"--coordinator_address={self.coordinator_address}: expected host:port "
+                       "of process 0, e.g. 10.0.0.1:1234")
+
+
+def select_platform(name: str, distributed: Distributed | None = None) -> None:
   """Make `name` (cpu|gpu|tpu) JAX's backend, or exit with a clear message if it is absent.
 
-  Must run before the first JAX computation: JAX binds its backend once. `distributed` calls
-  `jax.distributed.initialize()` (multi-host), which must also precede any computation.
+  Must run before the first JAX computation: JAX binds its backend once. With `distributed`
+  this process joins a multi-process run (`jax.distributed.initialize`), which must also
+  precede any computation; on CPU the processes' collectives go through gloo.
   """
   if name not in PLATFORMS:
     raise SystemExit(f"--platform={name!r}: choose one of {', '.join(PLATFORMS)}")
@@ -19,8 +43,11 @@ def select_platform(name: str, distributed: bool = False) -> None:
   import jax
   try:
     jax.config.update("jax_platforms", _JAX_NAMES[name])
-    if distributed:
-      jax.distributed.initialize()
+    if distributed is not None:
+      distributed.check()
+      if name == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      _initialize(jax, distributed)
     devices = jax.devices()
   except (RuntimeError, AssertionError) as e:  # jax 0.10 asserts when CUDA plugins are absent
     hint = {"gpu": "install the CUDA build: pip install -e '.[cuda]' (see BUILD.md)",
@@ -29,6 +56,26 @@ def select_platform(name: str, distributed: bool = False) -> None:
                      f"({(str(e).splitlines() or [type(e).__name__])[0]}). {hint}") from None
   if not devices:
     raise SystemExit(f"--platform={name}: JAX found no {name} devices")
+
+
+def _initialize(jax, distributed: Distributed) -> None:
+  try:
+    jax.distributed.initialize(**{k: v for k, v in dataclasses.asdict(distributed).items()
+                                  if v is not None})
+  except (ValueError, RuntimeError) as e:  # nothing auto-detected, coordinator unreachable
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"--distributed: joining the multi-process run failed ({first}); give "
+                     "--coordinator_address, --num_processes and --process_id where JAX "
+                     "cannot detect them (anywhere but TPU pods and Slurm/MPI clusters)") from None
+
+
+def is_primary_process() -> bool:
+  """True except on the processes other than 0 of a multi-process run: they compute what
+  process 0 computes and leave writing results and printing progress to it."""
+  jax = sys.modules.get("jax")
+  if jax is None or not jax.distributed.is_initialized():
+    return True
+  return jax.process_index() == 0
 
 
 def describe_devices() -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 import time
 
+from xling_jax.platform import is_primary_process
+
 
 class Progress:
   """`update(n)` after each chunk of work; prints `label: done/total (rate unit/s, ETA)`."""
@@ -13,7 +15,7 @@ class Progress:
     self.total, self.label, self.unit = total, label, unit
     self.stream = stream or sys.stderr
     self.min_interval_s = min_interval_s
-    self.enabled = enabled
+    self.enabled = enabled and is_primary_process()  # one progress line per run, not per host
     self.done = 0
     self.start = time.perf_counter()
     self._last_print = 0.0

@@ -194,10 +194,10 @@ def _png(fig) -> bytes:
 
 
 def write_report(out_dir: Path, record: Mapping, *, corpus: str, toy: bool,
-                 notes: Sequence[str] = ()) -> dict[str, Path]:
+                 notes: Sequence[str] = ()) -> tuple[dict[str, Path], str]:
   """Render every output, then write each file atomically: a failure while rendering leaves the
   previous results untouched. `corpus` names the corpus in the titles; `toy` marks them as a toy
-  model's. Returns {kind: path}."""
+  model's. Returns ({kind: path}, the Markdown report)."""
   out_dir = Path(out_dir)
   title = titles(record, corpus, toy)
   rendered = {
@@ -211,8 +211,8 @@ def write_report(out_dir: Path, record: Mapping, *, corpus: str, toy: bool,
   for kind, (name, data) in rendered.items():
     path = out_dir / name
     if data is None:  # no heatmap for the reference alone: an old one would mislead
-      path.unlink(missing_ok=True)
+      io.remove(path)
       continue
     (io.write_bytes if isinstance(data, bytes) else io.write_text)(path, data)
     paths[kind] = path
-  return paths
+  return paths, rendered["markdown"][1]

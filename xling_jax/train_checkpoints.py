@@ -121,8 +121,7 @@ def rewind_log(path: Path, step: int) -> None:
 
 def start_log(path: Path, step: int) -> None:
   """An empty log for a fresh run (step 0), the log rewound to `step` for a resumed one."""
-  path.parent.mkdir(parents=True, exist_ok=True)
   if step:
     rewind_log(path, step)
   else:
-    path.write_text("")
+    io.write_text(path, "")

@@ -40,7 +40,7 @@ from sae.train import report as report_lib
 from sae.train import step as step_lib
 from sae.train.config import SAETrainConfig
 from sae.train.sources import ActivationSource, check_enough
-from xling_jax import train_checkpoints
+from xling_jax import io, train_checkpoints
 from xling_jax.progress import Progress
 
 CHECKPOINTS = "checkpoints"
@@ -191,8 +191,7 @@ def train(source: ActivationSource, config: SAETrainConfig, out: str | Path, *,
         tick, tick_step = now, step
         record = _record(step, c, sums, count, metrics, rate)
         sums, count = {k: np.zeros(len(layers)) for k in _MEAN_METRICS}, 0
-        with log_path.open("a") as f:
-          f.write(json.dumps(record) + "\n")
+        io.append_line(log_path, json.dumps(record))
         echo(_echo_line(record, layers, c.steps))
       if step % c.save_every == 0 or step == c.steps:
         train_checkpoints.save(mgr, step, _saved(state, step, sums, count), meta)
