@@ -33,7 +33,7 @@ from pathlib import Path
 from absl import app, flags
 
 from bin import common
-from xling_jax import languages
+from xling_jax import languages, study_record
 
 FLAGS = flags.FLAGS
 REPO = Path(__file__).resolve().parents[1]
@@ -43,9 +43,6 @@ SETTINGS_FILE = "study_settings.json"
 TIMINGS_FILE = "timings.json"
 # Flags that change where results go or how they are shown, not what is computed.
 NOT_SETTINGS = ("out", "results_md", "progress", "card_check", "card_limit")
-# The model card's English scores each card stage is set beside: (task, shots, extra flags).
-CARD_STAGES = {"card_hellaswag": ("hellaswag", 10, ("--subsample=1000",)),
-               "card_arc": ("arc", 25, ())}
 
 common.define_platform_flags()
 common.define_model_flags()
@@ -218,7 +215,8 @@ def plan(out: Path, n_layers: int) -> tuple[list[Stage], dict]:
     if not FLAGS.bench_data_dir:
       raise app.UsageError("--card_check needs --bench_data_dir (HellaSwag and ARC items)")
     suffix = f"_limit{FLAGS.card_limit}" if FLAGS.card_limit else ""
-    for name, (task, shots, extra) in CARD_STAGES.items():
+    for task, (shots, extra) in study_record.CARD_PROTOCOL.items():
+      name = f"{study_record.CARD_PREFIX}{task}"
       folder = out / f"{name}{suffix}"
       stages.append(Stage(
           name, "bin.evaluate",
@@ -296,7 +294,7 @@ def n_model_layers() -> int:
 
 
 def main(argv):
-  from xling_jax import io, study_results
+  from xling_jax import io, study_page
   out = common.check_out()
   results_md = io.check_output_file(FLAGS.results_md or out / "RESULTS.md", "--results_md")
   for flag in ("analysis_corpus", "train_corpus", "bench_data_dir"):
@@ -311,10 +309,10 @@ def main(argv):
   io.write_json(out / SETTINGS_FILE, settings)
   command = shlex.join(["python", "-m", "bin.study", *sys.argv[1:]])
   timings = run_stages(stages, out)
-  record = study_results.collect(out, settings, timings, command,
+  record = study_record.collect(out, settings, timings, command,
                                  [s.name for s in stages])
   io.write_json(out / "study.json", record)
-  paths = study_results.write(results_md, record, out)
+  paths = study_page.write(results_md, record, out)
   print(f"wrote {out / 'study.json'}, " + ", ".join(str(p) for p in paths))
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from xling_jax import study_results
+from xling_jax import study_page
 
 from tests.conftest import REPO, shared_data_or_skip
 
@@ -35,7 +35,7 @@ def test_study_runs_every_stage_caches_them_and_renders_its_json(tmp_path):
     assert f"] {stage}: python -m bin." in proc.stderr, stage
   record = json.loads((page.parent / "results" / "study.json").read_text())
   assert record == json.loads((out / "study.json").read_text())
-  assert page.read_text() == study_results.render(record)
+  assert page.read_text() == study_page.render(record)
   assert record["analysis"]["layers"] == [0, 2]  # SAEs on two layers only
   assert set(record["saes"]["layers"]) == {"0", "2"}
   assert record["lora"]["ml"]["objective_layers"] == [2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
-from xling_jax import study_results
+from xling_jax import study_page
 
 from tests.conftest import REPO
 
@@ -13,12 +13,12 @@ RECORD = json.loads((REPO / "results" / "study.json").read_text(encoding="utf-8"
 
 
 def test_results_md_is_the_rendering_of_its_json():
-  assert (REPO / "RESULTS.md").read_text(encoding="utf-8") == study_results.render(RECORD)
+  assert (REPO / "RESULTS.md").read_text(encoding="utf-8") == study_page.render(RECORD)
 
 
 def test_the_readme_quotes_the_results_summary():
   readme = (REPO / "README.md").read_text(encoding="utf-8")
-  assert study_results.summary(RECORD) in " ".join(readme.split())
+  assert study_page.summary(RECORD) in " ".join(readme.split())
   assert "](results/heatmap.png)" in readme
 
 
@@ -30,7 +30,7 @@ def test_every_figure_results_md_shows_is_committed():
 
 
 def _verdicts(record) -> dict[str, str]:
-  return {claim: verdict for claim, _, _, verdict in study_results.paper_rows(record)}
+  return {claim: verdict for claim, _, _, verdict in study_page.paper_rows(record)}
 
 
 def test_the_gap_verdict_follows_the_sign_and_the_interval():
@@ -50,7 +50,7 @@ def test_the_gap_verdict_follows_the_sign_and_the_interval():
 def test_the_lora_and_benchmark_verdicts_follow_the_numbers():
   record = copy.deepcopy(RECORD)
   lora = record["lora"]["ml"]
-  i = study_results.objective_index(lora)
+  i = study_page.objective_index(lora)
   lora["gain_pct"][i], lora["retention_pct"][i] = 120.0, 93.0
   verdicts = _verdicts(record)
   assert verdicts[f"Activation gain after LoRA, ml (layer {lora['layers'][i]})"] == \
