@@ -309,8 +309,9 @@ def main(argv):
   io.write_json(out / SETTINGS_FILE, settings)
   command = shlex.join(["python", "-m", "bin.study", *sys.argv[1:]])
   timings = run_stages(stages, out)
+  from xling_jax.platform import describe_host
   record = study_record.collect(out, settings, timings, command,
-                                 [s.name for s in stages])
+                                 [s.name for s in stages], machine=describe_host())
   io.write_json(out / "study.json", record)
   paths = study_page.write(results_md, record, out)
   print(f"wrote {out / 'study.json'}, " + ", ".join(str(p) for p in paths))

@@ -148,3 +148,7 @@ def test_a_single_process_is_primary():
 def test_bad_distributed_settings_are_named(distributed, message):
   with pytest.raises(ValueError, match=message):
     distributed.check()
+
+
+def test_host_description_names_the_cores():
+  assert f", {os.cpu_count()} cores" in platform.describe_host()

@@ -78,6 +78,24 @@ def is_primary_process() -> bool:
   return jax.process_index() == 0
 
 
+def describe_host() -> str:
+  """The machine, for provenance: CPU model, cores and memory (what float rounding, and so a
+  trained SAE's last digits, and every timing depend on)."""
+  import platform as stdlib_platform
+  model = stdlib_platform.processor() or stdlib_platform.machine()
+  memory = ""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      model = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), model)
+    with open("/proc/meminfo", encoding="utf-8") as f:
+      kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    memory = f", {kib / 2 ** 20:.0f} GiB"
+  except (OSError, StopIteration, ValueError):  # not Linux: what the platform module says
+    pass
+  return f"{model}, {os.cpu_count()} cores{memory}"
+
+
 def describe_devices() -> str:
   import jax
   devices = jax.devices()

@@ -162,7 +162,8 @@ def render(record: Mapping) -> str:
 
   lines += ["## How it was made", "", "```", record["command"], "```", "",
             f"Model: `{record['model']}` ({record['n_layers']} layers); devices: "
-            f"{record['devices']}. Run time: {_minutes(record['seconds'])} in all.", "",
+            f"{record['devices']}" + (f" on {record['machine']}" if record.get("machine") else "")
+            + f". Run time: {_minutes(record['seconds'])} in all.", "",
             "| stage | minutes | command |", "|---|---|---|"]
   for name, timing in record["stages"].items():
     outside = " (outside the run time)" if name.startswith(CARD_PREFIX) else ""

@@ -20,9 +20,9 @@ def _read(path: Path) -> dict:
 
 
 def collect(out: Path, settings: Mapping, timings: Mapping, command: str,
-            stages: Sequence[str]) -> dict:
+            stages: Sequence[str], machine: str | None = None) -> dict:
   """One record from the stage folders under `out`: only what RESULTS.md shows, plus where
-  each part came from."""
+  each part came from (`machine`: the host it ran on, `platform.describe_host`)."""
   out = Path(out)
   intrinsic = _read(out / "intrinsic" / "intrinsic.json")
   stats = _read(out / "analysis" / "stats.json")
@@ -37,6 +37,7 @@ def collect(out: Path, settings: Mapping, timings: Mapping, command: str,
       "checkpoint": settings.get("checkpoint"),
       "toy": bool(stats["provenance"].get("toy")),
       "devices": stats["provenance"].get("devices"),
+      "machine": machine,
       "n_layers": stats["provenance"]["config"]["n_layers"],
       "intrinsic": {"tokenization": intrinsic["tokenization"], "bits": intrinsic["bits"],
                     "tokenization_sentences": intrinsic["tokenization_sentences"],
