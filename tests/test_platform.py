@@ -87,24 +87,25 @@ def _assert_same_outputs(multi, single, only=None) -> None:
     assert a == b, name
 
 
-@pytest.mark.slow
-def test_analyze_in_two_processes_equals_one(tmp_path):
-  args = ["--langs=en,hi,ml", "--bootstrap=50", "--progress=false"]
-  _one_process("bin.analyze", [*args, f"--out={tmp_path / 'one'}"])
-  _two_processes("bin.analyze", [[*args, f"--out={tmp_path / 'two'}"],
-                                 [*args, f"--out={tmp_path / 'not_written'}"]])
-  _assert_same_outputs(tmp_path / "two", tmp_path / "one")
-  assert not (tmp_path / "not_written").exists()
+def _analyze_args(tmp_path) -> list[str]:
+  return ["--langs=en,hi,ml", "--bootstrap=50", "--progress=false"]
 
 
-@pytest.mark.slow
-def test_evaluate_in_two_processes_equals_one(tmp_path):
+def _evaluate_args(tmp_path) -> list[str]:
   write_arc_items(tmp_path / "bench", n=5)
-  args = ["--tasks=arc", "--langs=en,hi", "--batch_size=3", f"--data_dir={tmp_path / 'bench'}",
+  return ["--tasks=arc", "--langs=en,hi", "--batch_size=3", f"--data_dir={tmp_path / 'bench'}",
           "--progress=false"]
-  _one_process("bin.evaluate", [*args, f"--out={tmp_path / 'one'}"])
-  _two_processes("bin.evaluate", [[*args, f"--out={tmp_path / 'two'}"],
-                                  [*args, f"--out={tmp_path / 'not_written'}"]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool,make_args", [("bin.analyze", _analyze_args),
+                                            ("bin.evaluate", _evaluate_args)])
+def test_two_processes_write_what_one_writes(tool, make_args, tmp_path):
+  # Process 1 gets its own --out: that it stays unmade shows process 0 alone writes.
+  args = make_args(tmp_path)
+  _one_process(tool, [*args, f"--out={tmp_path / 'one'}"])
+  _two_processes(tool, [[*args, f"--out={tmp_path / 'two'}"],
+                        [*args, f"--out={tmp_path / 'not_written'}"]])
   _assert_same_outputs(tmp_path / "two", tmp_path / "one")
   assert not (tmp_path / "not_written").exists()
 
