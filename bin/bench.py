@@ -21,9 +21,7 @@ torch with the same float weights; its SAE step is SAELens's JumpReLU math
 from __future__ import annotations
 
 import gc
-import json
 import os
-import platform as platform_lib
 import resource
 import statistics
 import sys
@@ -103,7 +101,6 @@ def _jax_peak_bytes():
 
 def _matmul_peak_flops(dtype: str) -> float:
   import jax
-  import jax.numpy as jnp
   n = 2048 if jax.default_backend() == "cpu" else 8192
   # Random operands: constant ones draw less power, and a GPU clocks higher on them.
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
@@ -290,6 +287,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # torch shares the accelerator in this process: JAX must not take 75% of it up front.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  from xling_jax import io
+  from xling_jax.platform import describe_host
+  if FLAGS.json:
+    io.check_output_file(FLAGS.json, "--json")
   devices = common.setup_platform()
   import tempfile
 
@@ -403,7 +404,7 @@ def main(argv):
 
   result = {
       "device": devices,
-      "machine": f"{platform_lib.machine()} {platform_lib.processor() or ''}".strip(),
+      "machine": describe_host(),
       "config": None if FLAGS.checkpoint else FLAGS.config, "checkpoint": FLAGS.checkpoint,
       "family": config.family,
       "batch": batch, "seq": seq, "sae_width": width, "dtype": dtype, **load,
@@ -427,8 +428,7 @@ def main(argv):
           + (f"{100 * frac:.1f}% |" if frac is not None else "n/a |"))
   print(f"\npeak matmul: {peak / 1e9:.1f} GFLOP/s ({dtype})")
   if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(result, f, indent=1)
+    io.write_json(FLAGS.json, result)
     print(f"wrote {FLAGS.json}")
 
 

@@ -72,6 +72,8 @@ def test_bad_out_fails_before_any_work(tmp_path):
                         f"--out={tmp_path / 'file'}", "not a directory")
   assert_one_line_error(run_tool("bin.finetune", f"--out={tmp_path / 'file' / 'sub'}"),
                         "--out=", "is a file")
+  assert_one_line_error(run_tool("bin.bench", f"--json={tmp_path / 'file' / 'b.json'}"),
+                        "--json=", "is a file")
   assert (tmp_path / "file").read_text() == "mine"
 
 
