@@ -363,7 +363,13 @@ def _sae_quality(record: Mapping) -> str:
     quality = ("They leave much of the residual variance unexplained, so the activation "
                "statistics describe a coarse, partly learned dictionary: read the gaps as "
                "indicative only, and compare directions rather than sizes with the paper.")
-  return (f"Mean FVU {fvu:.3f} (worst {worst:.3f}); mean dead fraction {dead:.3f}. " + quality)
+  retrained = ("" if record["saes"].get("brought") else
+               " The bootstrap intervals hold these SAEs fixed: training them again (another "
+               "seed, or another CPU's float rounding) moves the gaps by more than the "
+               "intervals' width, so differences of a few points between layers or languages "
+               "are within what the SAEs' training decides.")
+  return (f"Mean FVU {fvu:.3f} (worst {worst:.3f}); mean dead fraction {dead:.3f}. " + quality
+          + retrained)
 
 
 def _bench_lines(record: Mapping) -> list[str]:
