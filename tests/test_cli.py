@@ -53,6 +53,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str) -> 
      ["--process_id=2", "0..1"]),
     ("bin.analyze", ["--distributed", "--coordinator_address=localhost"],
      ["--coordinator_address=localhost", "host:port"]),
+    ("bin.finetune", ["--distributed"],
+     ["--distributed: joining the multi-process run failed", "--coordinator_address"]),
 ])
 def test_flag_errors_are_one_line_and_exit_2(tool, args, expected):
   assert_one_line_error(run_tool(tool, *args), *expected)
