@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from xling_jax import io
+
 CURVES = ("loss", "mse", "l0", "fvu", "dead_fraction", "dense_fraction")
 
 
@@ -20,14 +22,17 @@ def write(directory: str | Path, layer: int, summary: Mapping, curve: Mapping[st
           target_l0: float | None = None) -> dict[str, Path]:
   """`summary` (JSON-able) plus `curve` as layer_{layer}.json, and the curves as a PNG."""
   directory = Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
   paths = {"json": directory / f"layer_{layer}.json", "png": directory / f"layer_{layer}.png"}
-  paths["json"].write_text(json.dumps({**summary, "curves": curve}, indent=2) + "\n")
-  plot(paths["png"], layer, curve, target_l0)
+  png = plot_png(layer, curve, target_l0)  # rendered before either file is written
+  io.write_text(paths["json"], json.dumps({**summary, "curves": curve}, indent=2) + "\n")
+  io.write_bytes(paths["png"], png)
   return paths
 
 
-def plot(path: Path, layer: int, curve: Mapping[str, list], target_l0: float | None) -> None:
+def plot_png(layer: int, curve: Mapping[str, list], target_l0: float | None) -> bytes:
+  """The loss and L0 curves of one layer's training as PNG bytes."""
+  from io import BytesIO
+
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -49,5 +54,7 @@ def plot(path: Path, layer: int, curve: Mapping[str, list], target_l0: float | N
     ax.grid(alpha=0.3)
   fig.suptitle(f"JumpReLU SAE, layer {layer}", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  data = BytesIO()
+  fig.savefig(data, format="png", dpi=110)
   plt.close(fig)
+  return data.getvalue()
