@@ -18,8 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 SENTENCES_PER_LANGUAGE = (0, 500)
 BATCH = 5  # rows per forward pass: full-vocab logits of a batch cost B x T x 1 MB per side
 # float32 on both sides; what differs is the matmul kernels' accumulation order. Measured: at
-# most 4e-6 of the largest activation at any layer or the logits.
-RESIDUAL_RTOL = 3e-5
+# most 4e-6 of the largest activation at any layer or the logits on an AMD EPYC VM, but up to
+# 3.0e-5 at a residual on an Intel Xeon VM, where torch's and XLA's kernels round differently.
+RESIDUAL_RTOL = 6e-5
 LOGIT_RTOL = 3e-5
 # Greedy tokens must agree wherever transformers' best logit leads the runner-up by this much.
 CLEAR_LEAD = 1e-2
