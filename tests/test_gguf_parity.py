@@ -3,6 +3,8 @@ file, at every layer's residual stream and at the logits, on FLORES sentences of
 languages in padded batches (float32, eager attention)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -17,11 +19,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 
 SENTENCES_PER_LANGUAGE = (0, 500)
 BATCH = 5  # rows per forward pass: full-vocab logits of a batch cost B x T x 1 MB per side
-# float32 on both sides; what differs is the matmul kernels' accumulation order. Measured: at
-# most 4e-6 of the largest activation at any layer or the logits on an AMD EPYC VM, but up to
-# 3.0e-5 at a residual on an Intel Xeon VM, where torch's and XLA's kernels round differently.
-RESIDUAL_RTOL = 6e-5
-LOGIT_RTOL = 3e-5
+# Both sides run float32, and float32 kernels differ in accumulation order from machine to
+# machine: the gap between the two was 1e-6 of the largest activation on one VM and 1e-4 at the
+# logits on another. So the bound is calibrated on the machine itself, as the attention kernels'
+# tests do: transformers in float64 is the oracle, and our float32 forward may be no further from
+# it than twice transformers' own float32 forward is, plus FLOOR for where that distance is ~0.
+FLOOR = 2e-6
 # Greedy tokens must agree wherever transformers' best logit leads the runner-up by this much.
 CLEAR_LEAD = 1e-2
 
@@ -65,19 +68,30 @@ def _relative_error(ours, theirs, mask):
   return diff.max() / np.abs(theirs[..., keep, :]).max()
 
 
+def _assert_as_close_as_the_reference(ours, reference, oracle, mask, what):
+  """`ours` and `reference` float32 [..., B, T, X]: ours within 2x the reference's own distance
+  from the float64 `oracle` (+ FLOOR)."""
+  own = _relative_error(reference, oracle, mask)
+  error = _relative_error(ours, oracle, mask)
+  assert error <= 2 * own + FLOOR, f"{what}: ours {error:.2e} from float64, transformers {own:.2e}"
+
+
 def test_forward_matches_transformers_at_every_layer_and_the_logits(gemma3_270m_gguf,
                                                                     gemma3_270m_hf_model):
   params, config = checkpoints.load_params(gemma3_270m_gguf)
   assert (config.n_layers, config.d_model, config.vocab_size) == (18, 640, 262144)
+  # transformers' norms and softmax stay float32 in a float64 model; every matmul is float64.
+  hf_float64 = copy.deepcopy(gemma3_270m_hf_model).double()
   for tokens, mask in _batches(gemma3_270m_gguf):
     out = model_lib.jit_forward(params, config, tokens, mask)
     residuals, logits = np.asarray(out.residuals), np.asarray(out.logits)
     hf_residuals, hf_logits = _hf_forward(gemma3_270m_hf_model, tokens, mask)
+    oracle_residuals, oracle_logits = _hf_forward(hf_float64, tokens, mask)
     assert residuals.shape == hf_residuals.shape and logits.shape == hf_logits.shape
-    errors = [_relative_error(residuals[i], hf_residuals[i], mask)
-              for i in range(config.n_layers)]
-    assert max(errors) < RESIDUAL_RTOL, {i: f"{e:.2e}" for i, e in enumerate(errors)}
-    assert _relative_error(logits, hf_logits, mask) < LOGIT_RTOL
+    for i in range(config.n_layers):
+      _assert_as_close_as_the_reference(residuals[i], hf_residuals[i], oracle_residuals[i], mask,
+                                        f"residual {i}")
+    _assert_as_close_as_the_reference(logits, hf_logits, oracle_logits, mask, "logits")
     keep = mask.astype(bool)
     runner_up, best = np.partition(hf_logits[keep], -2, axis=-1)[:, -2:].T
     clear = best - runner_up > CLEAR_LEAD
