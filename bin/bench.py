@@ -114,7 +114,6 @@ class OurStack:
 
   def __init__(self, config, params, saes, tokens, mask, obj_layer, lora_remat):
     import jax
-    import jax.numpy as jnp
     import numpy as np
     import optax
 
@@ -134,9 +133,7 @@ class OurStack:
     def token_logprobs(p, t, m):
       x = model_lib.embed(p, config, t)
       hidden, _ = model_lib.scan_blocks(p, config, x, m)
-      logits = model_lib.unembed(p, config, hidden[:, :-1])
-      target = jnp.take_along_axis(logits, t[:, 1:, None], axis=-1)[..., 0]
-      return (target - jax.nn.logsumexp(logits, axis=-1)) * m[:, 1:]
+      return model_lib.target_logprobs(p, config, hidden[:, :-1], t[:, 1:]) * m[:, 1:]
 
     self.scoring = lambda: token_logprobs(params, tokens, mask).block_until_ready()
 

@@ -119,6 +119,19 @@ def test_projection_hook_sees_every_linear_module_and_changes_the_output(toy_par
   assert not np.allclose(np.asarray(out.residuals[0]), np.asarray(base.residuals[0]))
 
 
+@pytest.mark.parametrize("vocab_chunk", [512, 128, 100])  # one chunk, four, six overlapping
+def test_target_logprobs_are_the_log_softmax_of_the_logits(toy_params, toy_config, vocab_chunk):
+  assert toy_config.vocab_size == 512 and toy_config.final_logit_softcap  # the softcap counts too
+  x = jax.random.normal(jax.random.PRNGKey(5), (2, 7, toy_config.d_model)) * 3
+  targets = _tokens(6, (2, 7))
+  expected = jnp.take_along_axis(jax.nn.log_softmax(model_lib.unembed(toy_params, toy_config, x)),
+                                 targets[..., None], axis=-1)[..., 0]
+  got = jax.jit(model_lib.target_logprobs, static_argnums=(1, 4))(toy_params, toy_config, x,
+                                                                   targets, vocab_chunk)
+  assert got.shape == targets.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)
+
+
 def test_check_params_lists_every_mismatch(toy_params, toy_config):
   bad = dict(toy_params, layers=dict(toy_params["layers"]))
   bad["layers"]["q"] = bad["layers"]["q"][:, :2]

@@ -210,12 +210,51 @@ def embed(params: Params, config: ModelConfig, tokens: jax.Array) -> jax.Array:
   return x.astype(jnp.dtype(config.compute_dtype))
 
 
+def _logits(config: ModelConfig, h: jax.Array, rows: jax.Array) -> jax.Array:
+  """Final-normed h [..., D] against embedding rows [V', D] -> softcapped float32 [..., V']."""
+  logits = jnp.einsum("...d,vd->...v", h, rows.astype(h.dtype))
+  return softcap(logits.astype(jnp.float32), config.final_logit_softcap)
+
+
 def unembed(params: Params, config: ModelConfig, x: jax.Array) -> jax.Array:
   """Final norm, tied unembedding and final softcap. x [..., D] raw last-block output ->
   float32 logits [..., V]."""
+  return _logits(config, rms_norm(x, params["final_norm"], config.rms_norm_eps), params["embed"])
+
+
+# Rows of the embedding per step of `target_logprobs`: [1024 tokens, 16384] float32 logits are
+# 64 MB, which a CPU's caches hold far better than the 1 GB of a 262k vocabulary at once.
+VOCAB_CHUNK = 16384
+
+
+def target_logprobs(params: Params, config: ModelConfig, x: jax.Array, targets: jax.Array,
+                    vocab_chunk: int = VOCAB_CHUNK) -> jax.Array:
+  """log softmax(unembed(x))[targets] as float32 [...], from x [..., D] raw last-block output
+  and targets [...] int, without ever holding [..., V] logits: the vocabulary is walked
+  `vocab_chunk` rows at a time with a running max and sum of exponentials (online logsumexp).
+  On the 2-core CPU this takes 0.6x the time of the whole logits + logsumexp for Gemma's vocab."""
   h = rms_norm(x, params["final_norm"], config.rms_norm_eps)
-  logits = jnp.einsum("...d,vd->...v", h, params["embed"].astype(h.dtype))
-  return softcap(logits.astype(jnp.float32), config.final_logit_softcap)
+  flat = h.reshape(-1, h.shape[-1])
+  table = params["embed"]
+  vocab = table.shape[0]
+  n_chunks = -(-vocab // vocab_chunk)
+  chunk = -(-vocab // n_chunks)
+
+  def step(carry, i):
+    running_max, total = carry
+    start = jnp.minimum(i * chunk, vocab - chunk)  # the last chunk overlaps its predecessor ...
+    logits = _logits(config, flat, jax.lax.dynamic_slice_in_dim(table, start, chunk))
+    fresh = start + jnp.arange(chunk) >= i * chunk  # ... whose rows it must not count twice
+    logits = jnp.where(fresh, logits, -jnp.inf)
+    new_max = jnp.maximum(running_max, logits.max(-1))
+    total = total * jnp.exp(running_max - new_max) + jnp.exp(logits - new_max[:, None]).sum(-1)
+    return (new_max, total), None
+
+  init = (jnp.full(flat.shape[:1], -jnp.inf, jnp.float32), jnp.zeros(flat.shape[:1], jnp.float32))
+  (running_max, total), _ = jax.lax.scan(step, init, jnp.arange(n_chunks))
+  rows = jnp.take(table, targets.reshape(-1), axis=0)  # [N, D]
+  picked = jax.vmap(lambda h_i, row: _logits(config, h_i, row[None])[0])(flat, rows)
+  return (picked - running_max - jnp.log(total)).reshape(targets.shape)
 
 
 # jax.checkpoint policy per `remat` setting (None: save nothing but the inputs). The weight

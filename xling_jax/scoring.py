@@ -11,7 +11,8 @@ Context once: lm-eval runs the shared context once per choice. We pack one item 
 with `positions` restarting at len(ctx) for each continuation and a `pair_mask` letting
 continuation i see the context and its own earlier tokens only. Each row is therefore exactly the n
 independent sequences, and the needed log-probs are gathered from the last hidden states before
-unembedding (`[B, P, V]` logits for P targets, not `[B, T, V]`). Row lengths T and target counts P
+unembedding (P targets per row, not T), whose vocabulary `model.target_logprobs` walks in chunks
+rather than holding `[B, P, V]` logits. Row lengths T and target counts P
 are rounded up to one of four steps per power of two (at most 25% padding) and batches are padded
 to a fixed size, so a whole run compiles a handful of shapes.
 
@@ -173,9 +174,7 @@ def packed_logprobs(params, config: ModelConfig, tokens, mask, positions, segmen
   hidden, _ = model_lib.scan_blocks(params, config, x, mask, hook=hook, positions=positions,
                                     pair_mask=pair_mask)
   picked = jnp.take_along_axis(hidden, gather[:, :, None], axis=1)  # [B, P, D]
-  logits = model_lib.unembed(params, config, picked)  # [B, P, V] float32
-  target_logit = jnp.take_along_axis(logits, targets[:, :, None], axis=-1)[..., 0]
-  return target_logit - jax.nn.logsumexp(logits, axis=-1)
+  return model_lib.target_logprobs(params, config, picked, targets)
 
 
 def score(params, config: ModelConfig, items: Sequence[EncodedItem], *, batch_size: int = 8,
