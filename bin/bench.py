@@ -8,10 +8,11 @@ Rows (tokens/s, median of --repeats timed calls after warm-up):
   mc_scoring multiple-choice items (context of seq - 16 tokens, 4 choices of 8 tokens): ours runs
              the shared context once per item (packed), HF the lm-eval way, once per choice.
              Its tokens are lm-eval-equivalent: every choice row counted in full, both stacks.
-  lora_step  one LoRA training step (rank 16 on all 7 projections; align + lm loss); with
-             --lora_remat both stacks recompute in the backward pass (ours: jax.checkpoint per
-             scanned block, `full` or `dots`; HF: gradient checkpointing): Gemma-2-2B at batch
-             32 x 256 needs it to fit an 80 GB card
+  lora_step  one LoRA training step (rank 16 on all 7 projections; align + lm loss). Ours
+             recomputes in the backward pass what --lora_remat says (bin.finetune's --remat,
+             default dots: the weight matmuls' outputs are kept); HF keeps every intermediate
+             unless --lora_remat=full, which turns on its gradient checkpointing (Gemma-2-2B at
+             batch 32 x 256 needs full recomputation to fit an 80 GB card)
 `peak_bytes` (accelerators only) is JAX's process high-water mark after the row, so it never
 decreases down the table; `hf_peak_bytes` is torch's peak for that row alone. The HF column uses
 torch with the same float weights; its SAE step is SAELens's JumpReLU math
@@ -30,6 +31,7 @@ import time
 from absl import app, flags
 
 from bin import common
+from lora import DEFAULT_REMAT
 
 FLAGS = flags.FLAGS
 common.define_platform_flags()
@@ -55,11 +57,11 @@ flags.DEFINE_list("rows", ["residuals", "analysis", "scoring", "mc_scoring", "lo
                   "Which rows to run.")
 flags.DEFINE_bool("hf", True, "Also time HF transformers (+PEFT) when torch is installed.")
 flags.DEFINE_string("hf_attn", "eager", "HF attn_implementation (eager keeps Gemma-2's softcap).")
-flags.DEFINE_enum("lora_remat", "none", ["none", "full", "dots"],
-                  "lora_step recomputation (gemma2_2b at batch 32 x 256 needs one on an 80 GB "
-                  "card). full: each block recomputed in the backward pass (HF: gradient "
-                  "checkpointing); dots: ours keeps the weight matmul outputs and recomputes the "
-                  "rest (HF has no such mode: gradient checkpointing).")
+flags.DEFINE_enum("lora_remat", DEFAULT_REMAT, ["none", "full", "dots"],
+                  "lora_step recomputation, as bin.finetune's --remat. full: each block "
+                  "recomputed in the backward pass, in both stacks (HF: gradient checkpointing; "
+                  "gemma2_2b at batch 32 x 256 needs it on an 80 GB card); dots (ours keeps the "
+                  "weight matmul outputs) and none: HF keeps every intermediate, its fastest.")
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 flags.DEFINE_string("profile_dir", None,
                     "After timing, trace one call of each of our rows with jax.profiler into this "
@@ -367,7 +369,7 @@ def main(argv):
       hf.peak_bytes()
       for row in rows:
         if row["work"] == "lora_step":
-          hf.setup_lora(FLAGS.lora_remat != "none")
+          hf.setup_lora(FLAGS.lora_remat == "full")
         row["hf_tok_s"], row["hf_note"] = _rate_or_note(
             getattr(hf, row["work"]), FLAGS.repeats, work_tokens[row["work"]],
             (torch.OutOfMemoryError,))

@@ -27,6 +27,7 @@ import time
 from absl import app, flags
 
 from bin import common
+from lora import DEFAULT_REMAT
 
 FLAGS = flags.FLAGS
 common.define_platform_flags()
@@ -65,11 +66,11 @@ flags.DEFINE_float("eval_fraction", 0.2,
 flags.DEFINE_bool("resume", False,
                   "Continue from the latest checkpoint in --out/checkpoints (same settings "
                   "required). Without it an existing checkpoint directory is an error.")
-flags.DEFINE_enum("remat", "none", ["none", "full", "dots"],
-                  "What the backward pass recomputes, for long sequences or large batches. none: "
-                  "keep every intermediate (fastest, most memory); full: recompute each block "
-                  "(least memory, about a third more compute); dots: keep the weight matmul "
-                  "outputs, recompute norms/attention/GELU (most of the saving, cheaper).")
+flags.DEFINE_enum("remat", DEFAULT_REMAT, ["none", "full", "dots"],
+                  "What the backward pass recomputes. dots: keep the weight matmul outputs, "
+                  "recompute norms/attention/GELU (less memory than none, and faster on a CPU); "
+                  "none: keep every intermediate (most memory); full: recompute each block "
+                  "(least memory, about a third more compute: long sequences, large batches).")
 flags.DEFINE_integer("save_every", 100, "Checkpoint every N steps (and at the end).",
                      lower_bound=1)
 flags.DEFINE_integer("log_every", 10, "Print and log the loss terms every N steps.",

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from lora import objectives
+from lora import DEFAULT_REMAT, objectives
 from lora.lora import Adapter, LoraConfig, init_adapter, layer_mask, project_hook
 from xling_jax import activations, io, train_checkpoints
 from xling_jax.config import ModelConfig
@@ -175,7 +175,7 @@ class BatchStream:
 def make_train_step(config: ModelConfig, objective: objectives.ObjectiveConfig,
                     tx: optax.GradientTransformation, scale: float,
                     loss_fn: Callable = objectives.total_loss,
-                    remat: bool | str = False):
+                    remat: bool | str = DEFAULT_REMAT):
   """step(adapter_layers, opt_state, params, saes, batch) -> (adapter_layers, opt_state, metrics).
 
   `adapter_layers` is the adapter's {"module": {"a", "b"}} tree, the only differentiated input;
@@ -253,7 +253,7 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
           objective: objectives.ObjectiveConfig, train_config: TrainConfig,
           checkpoint_dir: str | Path, *, resume: bool = False, log_path: str | Path | None = None,
           loss_fn: Callable = objectives.total_loss, echo: Callable[[str], None] = print,
-          remat: bool | str = False, mesh=None) -> TrainResult:
+          remat: bool | str = DEFAULT_REMAT, mesh=None) -> TrainResult:
   """Train the adapter for `train_config.steps` updates; returns the final adapter.
 
   `saes`: JumpReLU params stacked over `objective.layers`. Checkpoints go to `checkpoint_dir`

@@ -22,7 +22,7 @@ fi
 flags=$(echo ${XLA_FLAGS:-} $dump)  # XLA reads a blank XLA_FLAGS as a file name
 if [ -n "$flags" ]; then export XLA_FLAGS="$flags"; else unset XLA_FLAGS; fi
 timeout "${BENCH_TIMEOUT:-420}" $PY -m bin.bench --platform=gpu \
-    --config=gemma2_2b --lora_remat=${LORA_REMAT:-dots} --json="$OUT/gemma2_2b.json" \
+    --config=gemma2_2b --lora_remat=${LORA_REMAT:-full} --json="$OUT/gemma2_2b.json" \
     --profile_dir=/tmp/bench_profile "$@" 2>&1 | grep -v -i "warn" | tee "$OUT/bench.log"
 status=${PIPESTATUS[0]}
 if [ -d /tmp/bench_profile ]; then
