@@ -141,6 +141,8 @@ def next_token_nll(params, config: ModelConfig, hidden: jax.Array, tokens: jax.A
   pass holds more than one chunk's [chunk, V] logits: for a 32 x 256 batch over Gemma's 256k
   vocabulary the float32 logits alone are 8.4 GB, and autodiff of unembed + softcap +
   log-softmax would keep several such arrays. A batch that fits one chunk is not recomputed.
+  Within a chunk the whole vocabulary is one matmul: `model.target_logprobs`' vocabulary loop is
+  faster without autodiff, but under it the LoRA step on the 270M took 1.14x as long.
   """
   D = hidden.shape[-1]
   h = hidden[:, :-1].reshape(-1, D)
