@@ -1,7 +1,8 @@
 """python -m bin.bench: our JAX stack against HF transformers (+ PEFT) on the same weights and
 shapes, in one process on one machine.
 
-Rows (tokens/s, median of --repeats timed calls after warm-up):
+Rows (tokens/s, median of --repeats timed calls after warm-up; on CPU the two stacks' calls take
+turns, see --order):
   residuals  every block's output (HF: forward hooks on every decoder layer)
   analysis   residuals + every layer's JumpReLU encode + the per-layer statistics
   scoring    full-vocabulary next-token log-likelihoods of every position
@@ -62,6 +63,12 @@ flags.DEFINE_enum("lora_remat", DEFAULT_REMAT, ["none", "full", "dots"],
                   "recomputed in the backward pass, in both stacks (HF: gradient checkpointing; "
                   "gemma2_2b at batch 32 x 256 needs it on an 80 GB card); dots (ours keeps the "
                   "weight matmul outputs) and none: HF keeps every intermediate, its fastest.")
+flags.DEFINE_enum("order", "auto", ["auto", "turns", "stacks"],
+                  "How the two stacks' timed calls are ordered. turns: row by row, HF and ours "
+                  "take turns call by call, so both see the same machine (a shared VM's speed "
+                  "drifts by a third within minutes). stacks: every HF row, then every row of "
+                  "ours, so torch hands back its device memory before JAX's allocator (which "
+                  "never shrinks) grows. auto: turns on CPU, stacks on accelerators.")
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 flags.DEFINE_string("profile_dir", None,
                     "After timing, trace one call of each of our rows with jax.profiler into this "
@@ -73,26 +80,43 @@ ROWS = ("residuals", "analysis", "scoring", "mc_scoring", "lora_step")
 MC_CHOICES, MC_CHOICE_LEN = 4, 8
 
 
-def _median_time(fn, repeats: int) -> float:
-  fn()  # warm-up: compile / allocate
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+def _median_times(fns, repeats: int) -> list[float]:
+  """Median seconds per call of each fn after a warm-up call (compile / allocate). The timed
+  calls take turns (a, b, a, b, ...), so a machine whose speed drifts within the run (a shared
+  VM) slows every fn alike instead of whichever ran during the slow minutes."""
+  for fn in fns:
     fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  times = [[] for _ in fns]
+  for _ in range(repeats):
+    for fn, fn_times in zip(fns, times):
+      start = time.perf_counter()
+      fn()
+      fn_times.append(time.perf_counter() - start)
+  return [statistics.median(t) for t in times]
+
+
+def _rates_or_notes(fns, repeats: int, n_tokens: int, out_of_memory):
+  """[(tokens/s, None) or (None, why)] for fns timed in turns (`_median_times`); `out_of_memory`
+  [i] are the exceptions meaning that fns[i] ran out of device memory: that fn becomes a note,
+  the others are still timed (one row that does not fit must not cost the rest of the table)."""
+  results, live = [None] * len(fns), []
+  for i, (fn, oom) in enumerate(zip(fns, out_of_memory)):
+    try:
+      fn()  # whether it fits; the timing warms up again
+      live.append(i)
+    except oom as e:
+      if isinstance(e, RuntimeError) and "RESOURCE_EXHAUSTED" not in str(e) \
+          and "out of memory" not in str(e).lower():
+        raise
+      results[i] = (None, f"out of device memory: {str(e).splitlines()[0][:200]}")
+  for i, seconds in zip(live, _median_times([fns[i] for i in live], repeats)):
+    results[i] = (n_tokens / seconds, None)
+  return results
 
 
 def _rate_or_note(fn, repeats: int, n_tokens: int, out_of_memory: tuple[type, ...]):
-  """(tokens/s, None), or (None, why) when the device ran out of memory: one row that does not
-  fit must not cost the rest of the table."""
-  try:
-    return n_tokens / _median_time(fn, repeats), None
-  except out_of_memory as e:
-    if isinstance(e, RuntimeError) and "RESOURCE_EXHAUSTED" not in str(e) \
-        and "out of memory" not in str(e).lower():
-      raise
-    return None, f"out of device memory: {str(e).splitlines()[0][:200]}"
+  """(tokens/s, None), or (None, why) when the device ran out of memory."""
+  return _rates_or_notes([fn], repeats, n_tokens, [out_of_memory])[0]
 
 
 def _jax_peak_bytes():
@@ -107,7 +131,7 @@ def _matmul_peak_flops(dtype: str) -> float:
   # Random operands: constant ones draw less power, and a GPU clocks higher on them.
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
   f = jax.jit(lambda x: x @ x)
-  t = _median_time(lambda: f(a).block_until_ready(), 5)
+  t = _median_times([lambda: f(a).block_until_ready()], 5)[0]
   return 2 * n ** 3 / t
 
 
@@ -353,9 +377,7 @@ def main(argv):
   rows = [{"work": w, "ours_tok_s": None, "hf_tok_s": None, "ratio": None, "peak_bytes": None,
            "hf_peak_bytes": None, "ours_note": None, "hf_note": None} for w in FLAGS.rows]
 
-  # HF runs first so that on an accelerator torch can hand its cached memory back before JAX's
-  # allocator (which never shrinks) grows to its own peak.
-  hf_note = None
+  hf, hf_note, hf_oom = None, None, ()
   if FLAGS.hf:
     try:
       import torch
@@ -363,37 +385,45 @@ def main(argv):
     except ImportError:
       hf_note = "torch/transformers not installed: HF column skipped"
     if hf_note is None:
+      hf_oom = (torch.OutOfMemoryError,)
       with tempfile.TemporaryDirectory() as hf_dir:
         checkpoints.save_hf(hf_dir, params, config)
         hf = HFStack(hf_dir, config, saes, tokens, mask, obj_layer, dtype, FLAGS.hf_attn)
       hf.peak_bytes()
-      for row in rows:
-        if row["work"] == "lora_step":
-          hf.setup_lora(FLAGS.lora_remat == "full")
-        row["hf_tok_s"], row["hf_note"] = _rate_or_note(
-            getattr(hf, row["work"]), FLAGS.repeats, work_tokens[row["work"]],
-            (torch.OutOfMemoryError,))
-        row["hf_peak_bytes"] = hf.peak_bytes()
-        print(f"  hf   {row['work']:10s} {row['hf_tok_s'] or 0:12.1f} tok/s "
-              f"{row['hf_note'] or ''}", file=sys.stderr)
-      del hf
-      gc.collect()
-      if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+  turns = FLAGS.order == "turns" or (FLAGS.order == "auto" and not accelerator)
+
+  def time_row(row, stacks):
+    """Time `row` on each (column, stack, out-of-memory exceptions), in turns."""
+    work = row["work"]
+    if work == "lora_step" and any(stack is hf for _, stack, _ in stacks):
+      hf.setup_lora(FLAGS.lora_remat == "full")
+    results = _rates_or_notes([getattr(stack, work) for _, stack, _ in stacks], FLAGS.repeats,
+                              work_tokens[work], [oom for _, _, oom in stacks])
+    for (column, stack, _), (rate, note) in zip(stacks, results):
+      row[f"{column}_tok_s"], row[f"{column}_note"] = rate, note
+      row["hf_peak_bytes" if stack is hf else "peak_bytes"] = (
+          hf.peak_bytes() if stack is hf else _jax_peak_bytes())
+      print(f"  {column:4s} {work:10s} {rate or 0:12.1f} tok/s {note or ''}", file=sys.stderr)
+    if row["hf_tok_s"] and row["ours_tok_s"]:
+      row["ratio"] = row["ours_tok_s"] / row["hf_tok_s"]
+
+  if hf is not None and not turns:
+    # Every HF row first, so that on an accelerator torch can hand its cached memory back before
+    # JAX's allocator (which never shrinks) grows to its own peak.
+    for row in rows:
+      time_row(row, [("hf", hf, hf_oom)])
+    hf = None
+    gc.collect()
+    if torch.cuda.is_available():
+      torch.cuda.empty_cache()
 
   params, saes = jax.device_put((params, saes))
   peak = _matmul_peak_flops(dtype)
   ours = OurStack(config, params, saes, jax.numpy.asarray(tokens), jax.numpy.asarray(mask),
                   obj_layer, FLAGS.lora_remat)
   for row in rows:
-    row["ours_tok_s"], row["ours_note"] = _rate_or_note(
-        getattr(ours, row["work"]), FLAGS.repeats, work_tokens[row["work"]],
-        (jax.errors.JaxRuntimeError,))
-    row["peak_bytes"] = _jax_peak_bytes()
-    if row["hf_tok_s"] and row["ours_tok_s"]:
-      row["ratio"] = row["ours_tok_s"] / row["hf_tok_s"]
-    print(f"  ours {row['work']:10s} {row['ours_tok_s'] or 0:12.1f} tok/s "
-          f"{row['ours_note'] or ''}", file=sys.stderr)
+    time_row(row, ([("hf", hf, hf_oom)] if hf is not None else [])
+             + [("ours", ours, (jax.errors.JaxRuntimeError,))])
   if FLAGS.profile_dir:
     with jax.profiler.trace(FLAGS.profile_dir, create_perfetto_trace=True):
       for row in rows:
@@ -416,6 +446,7 @@ def main(argv):
                                  for r in rows if r["hf_tok_s"] and per_token[r["work"]]},
       "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       "note": hf_note,
+      "order": "turns" if turns else "stacks",
   }
   print(f"\n| work | ours tok/s | HF tok/s | ratio | ours % of peak |\n|---|---|---|---|---|")
   rate = lambda v, note: f"{v:.1f}" if v else ("out of memory" if note else "n/a")

@@ -51,6 +51,27 @@ def test_out_of_memory_row_becomes_a_note_other_errors_propagate():
     bench._rate_or_note(bug, 1, 100, (FakeOOM,))
 
 
+def test_stacks_take_turns_and_one_out_of_memory_leaves_the_other_timed():
+  from bin import bench
+
+  class FakeOOM(RuntimeError):
+    pass
+
+  calls = []
+  hf, ours = (lambda: calls.append("hf")), (lambda: calls.append("ours"))
+  bench._median_times([hf, ours], 3)
+  assert calls == ["hf", "ours"] + ["hf", "ours"] * 3  # warm-ups, then timed calls in turns
+
+  def oom():
+    raise FakeOOM("RESOURCE_EXHAUSTED: Out of memory")
+
+  calls.clear()
+  (hf_rate, hf_note), (ours_rate, ours_note) = bench._rates_or_notes(
+      [oom, ours], 2, 100, [(FakeOOM,), (FakeOOM,)])
+  assert hf_rate is None and "out of device memory" in hf_note
+  assert ours_rate > 0 and ours_note is None and calls.count("ours") == 4
+
+
 @pytest.mark.slow
 def test_profile_dir_trace_is_summarised_per_row(tmp_path):
   proc = subprocess.run(
