@@ -43,21 +43,6 @@ flags.DEFINE_integer("top_k", 20, "Top features per language and layer in stats.
                      lower_bound=1)
 
 
-def _versions() -> dict:
-  import importlib.metadata as md
-  out = {}
-  for pkg in ("jax", "jaxlib", "flax", "numpy", "xling-jax"):
-    try:
-      out[pkg] = md.version(pkg)
-    except md.PackageNotFoundError:
-      out[pkg] = None
-  return out
-
-
-def _dtypes(config) -> dict:
-  return {"param_dtype": config.param_dtype, "compute_dtype": config.compute_dtype}
-
-
 def check_flags() -> tuple[tuple[str, ...], dict | None, Path]:
   """(languages, bands or None for the model's default, --out), checked before anything loads."""
   from xling_jax import disparity
@@ -78,59 +63,43 @@ def main(argv):
   devices = common.setup_platform()
   start = time.perf_counter()
 
-  from xling_jax import activations, batching, corpora, disparity, report, toy
+  from xling_jax import analysis, batching, corpora
   from xling_jax import config as config_lib
 
   corpus = corpora.load_corpus(FLAGS.corpus, langs, FLAGS.max_sentences)
   setup = common.load_model()
   config = setup.config
-  bands = bands or disparity.default_bands(config.n_layers)
-  if max(hi for _, hi in bands.values()) >= config.n_layers:
-    raise app.UsageError(f"--bands reach past the model's last layer ({config.n_layers - 1})")
   layers = tuple(sorted(set(common.parse_layers(FLAGS.layers, config.n_layers, "layers"))))
-  if not disparity.band_columns(layers, bands):
-    raise app.UsageError(f"--layers={FLAGS.layers}: none of them lies in a band of --bands")
+  neuronpedia = (f"gemmascope-res-{FLAGS.sae_width}" if FLAGS.sae_dir not in (None, "random")
+                 and config == config_lib.gemma2_2b(param_dtype=config.param_dtype,
+                                                    compute_dtype=config.compute_dtype)
+                 and FLAGS.sae_width == "16k" else None)
+  settings = analysis.AnalysisConfig(
+      ref_lang=FLAGS.ref_lang, layers=layers, bands=bands, low_resource=tuple(FLAGS.low_resource),
+      bootstrap=FLAGS.bootstrap, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size,
+      bucket=FLAGS.bucket, max_len=FLAGS.max_len, seed=FLAGS.seed, neuronpedia=neuronpedia)
+  try:
+    analysis.check(settings, config.n_layers, corpus.languages)
+  except ValueError as e:
+    given = f"--layers={FLAGS.layers}" + (f", --bands={FLAGS.bands}" if FLAGS.bands else "")
+    raise app.UsageError(f"{e} ({given})") from None
   batch_size = batching.batch_rows(FLAGS.batch_size, corpus.n_sentences, setup.mesh)
   if batch_size < FLAGS.batch_size:
     print(f"--batch_size={FLAGS.batch_size} is more than the corpus's {corpus.n_sentences} "
           f"sentences: batches of {batch_size}", file=sys.stderr)
-  saes, sae_source = common.load_saes(setup, layers, corpus.sentences[langs[0]][:16])
-
-  notes = [toy.toy_note(config)] if setup.is_toy else []
-  for n in notes:
-    print(n, file=sys.stderr)
+  saes = common.load_saes(setup, layers, corpus.sentences[langs[0]][:16])
+  if setup.is_toy:
+    from xling_jax import toy
+    print(toy.toy_note(config), file=sys.stderr)
   print(f"devices: {devices}; corpus: {corpus.name} ({corpus.n_sentences} sentences x "
-        f"{len(langs)} languages); SAEs: {sae_source}", file=sys.stderr)
+        f"{len(langs)} languages); SAEs: {saes.description}", file=sys.stderr)
 
-  stats = activations.corpus_stats(
-      setup.params, config, saes, setup.tokenizer, corpus.sentences, batch_size=batch_size,
-      bucket=FLAGS.bucket, max_len=FLAGS.max_len, mesh=setup.mesh, show_progress=FLAGS.progress,
-      layers=layers)
-  values = {lang: stats.metric("activation", lang) for lang in langs}
-  gaps = disparity.gap_pct(values, FLAGS.ref_lang)
-  group = [lang for lang in FLAGS.low_resource if lang in langs and lang != FLAGS.ref_lang]
-  summary = disparity.band_summary({l: g for l, g in gaps.items() if l != FLAGS.ref_lang}, bands,
-                                   group, layers)
-  ci = None
-  if FLAGS.bootstrap > 0:
-    ci = disparity.bootstrap(stats, ref=FLAGS.ref_lang, bands=bands, group=group,
-                             n_resamples=FLAGS.bootstrap, seed=FLAGS.seed)
-  neuronpedia = (f"gemmascope-res-{FLAGS.sae_width}" if FLAGS.sae_dir not in (None, "random")
-                 and config == config_lib.gemma2_2b(**_dtypes(config))
-                 and FLAGS.sae_width == "16k" else None)
-  top = disparity.top_features(stats, k=min(FLAGS.top_k, saes.d_sae), ref=FLAGS.ref_lang,
-                               neuronpedia=neuronpedia)
-  provenance = dict(setup.provenance, saes=sae_source, corpus=corpus.source, devices=devices,
-                    versions=_versions(), toy=setup.is_toy,
-                    seconds=round(time.perf_counter() - start, 2))
-  record = report.build_stats_json(stats, gaps=gaps, ref=FLAGS.ref_lang, bands=bands,
-                                   band_summary=summary, group=group, ci=ci, top=top,
-                                   config=common.resolved_flags(), provenance=provenance)
-  for warning in report.warnings(record):
+  result = analysis.analyze(setup, saes, corpus, settings, show_progress=FLAGS.progress,
+                            run_config=common.resolved_flags())
+  for warning in result.warnings():
     print(warning, file=sys.stderr)
-  paths, markdown = report.write_report(out, record, corpus=corpus.name, toy=setup.is_toy,
-                                       notes=notes)
-  print(markdown)
+  paths = result.write(out)
+  print(result.markdown())
   print("wrote " + ", ".join(str(p) for p in paths.values()))
   print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 

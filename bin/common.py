@@ -162,62 +162,12 @@ def parse_layers(spec: str | None, n_layers: int, what: str) -> tuple[int, ...] 
   return layers
 
 
-def local_or_hub(spec: str, flag: str) -> str:
-  """`spec` itself when it exists locally (with ~ expanded), or when it is a reachable hub id;
-  otherwise a missing-path error: a mistyped local path is never tried on the hub."""
-  from xling_jax import hub
-  local = Path(spec).expanduser()
-  if local.exists():
-    return str(local)
-  if not hub.is_hub_id(spec):
-    raise FileNotFoundError(f"{flag}={spec}: no such file or directory (a hub id is owner/name, "
-                            "e.g. google/gemma-scope-2b-pt-res)")
-  hub.check_reachable(spec, f"{flag}={spec} (no such local path)")
-  return spec
-
-
-def check_finite_saes(saes, layers, label: str) -> None:
-  """NaN/inf SAE weights make NaN pre-activations, which JumpReLU turns into silent zeros;
-  `label` names their source in the error."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  from xling_jax.errors import NonFiniteError
-  finite_per_layer = jax.jit(lambda x: jnp.isfinite(x).reshape(x.shape[0], -1).all(-1))
-  ok = np.all([np.asarray(finite_per_layer(leaf)) for leaf in jax.tree.leaves(saes)], axis=0)
-  if not ok.all():
-    bad = [layers[i] for i in np.nonzero(~ok)[0]]
-    raise NonFiniteError(f"{label}: the SAEs of layer(s) {bad} hold NaN/inf weights; "
-                         "re-download or re-train them")
-
-
 def load_saes(setup, layers, calibration_texts):
-  """(SAEs stacked over `layers`, a description) from the SAE flags; random SAEs are scaled to
-  the residuals of `calibration_texts`."""
-  import jax
-  import numpy as np
-
-  from sae import gemma_scope
-  from xling_jax import toy
-  layers = tuple(layers)
-  random_saes = FLAGS.sae_dir == "random" or (FLAGS.sae_dir is None and setup.is_toy)
-  if random_saes:
-    width = toy.TOY_SAE_WIDTH if FLAGS.sae_dir is None else gemma_scope.width_size(FLAGS.sae_width)
-    every = toy.calibrated_random_saes(setup.params, setup.config, setup.tokenizer,
-                                       calibration_texts, width=width, seed=FLAGS.seed)
-    saes = jax.tree.map(lambda x: x[np.asarray(layers)], every)
-    return saes, f"random SAEs (width {saes.d_sae}, seed {FLAGS.seed})"
-  if FLAGS.sae_dir is None:
-    from absl import app
-    raise app.UsageError("--checkpoint needs --sae_dir (SAEs for the model's layers, or "
-                         "'random')")
+  """`model_setup.load_saes` with the SAE flags above: an SAESetup over `layers`."""
+  from xling_jax.model_setup import load_saes as load
   l0 = int(FLAGS.sae_l0) if FLAGS.sae_l0.isdigit() else FLAGS.sae_l0
-  saes = gemma_scope.load_layers(local_or_hub(FLAGS.sae_dir, "--sae_dir"), layers,
-                                 width=FLAGS.sae_width, l0=l0, d_in=setup.config.d_model,
-                                 dtype="float32")
-  check_finite_saes(saes, layers, f"--sae_dir={FLAGS.sae_dir}")
-  return saes, f"{FLAGS.sae_dir} (width {FLAGS.sae_width}, l0 {FLAGS.sae_l0})"
+  return load(setup, FLAGS.sae_dir, layers, width=FLAGS.sae_width, l0=l0,
+              calibration_texts=calibration_texts, seed=FLAGS.seed, what="--sae_dir")
 
 
 def setup_platform() -> str:

@@ -188,9 +188,10 @@ def main(argv):
   train_split, heldout = train.split_parallel(corpus.sentences[target], corpus.sentences[ref],
                                               train_config.eval_fraction, train_config.seed)
   sae_layers = tuple(sorted(set(objective_layers) | set(report_layers)))
-  saes, sae_source = common.load_saes(setup, sae_layers, corpus.sentences[ref][:16])
+  sae_setup = common.load_saes(setup, sae_layers, corpus.sentences[ref][:16])
+  sae_source = sae_setup.description
   select = lambda layers: jax.tree.map(
-      lambda x: x[np.asarray([sae_layers.index(l) for l in layers])], saes)
+      lambda x: x[np.asarray([sae_layers.index(l) for l in layers])], sae_setup.params)
 
   notes = [toy.toy_note(config)] if setup.is_toy else []
   for n in notes:

@@ -294,7 +294,7 @@ def n_model_layers() -> int:
 
 
 def main(argv):
-  from xling_jax import io, study_page
+  from xling_jax import hub, io, study_page
   out = common.check_out()
   results_md = io.check_output_file(FLAGS.results_md or out / "RESULTS.md", "--results_md")
   for flag in ("analysis_corpus", "train_corpus", "bench_data_dir"):
@@ -302,7 +302,7 @@ def main(argv):
     if value and value != "embedded" and not value.startswith("hf:") and not Path(value).exists():
       raise FileNotFoundError(f"--{flag}={value}: no such file or directory")
   if FLAGS.sae_dir:
-    common.local_or_hub(FLAGS.sae_dir, "--sae_dir")
+    hub.local_or_hub(FLAGS.sae_dir, "--sae_dir")
   stages, settings = plan(out, n_model_layers())
   check_settings(out, settings)
   out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,6 @@ subprocesses because the exit code and stderr are the behaviour; they fail befor
 loads, so each takes seconds."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -133,28 +132,3 @@ def test_parse_flags_help_and_errors(tool_flags, capsys):
   assert err.startswith("error: flag --batch_size=-1: -1 is not a positive integer")
 
 
-def test_saes_path_is_local_or_a_reachable_hub_id(tmp_path, monkeypatch):
-  import huggingface_hub
-  monkeypatch.chdir(tmp_path)
-  (tmp_path / "out").mkdir()
-  assert common.local_or_hub("out", "--sae_dir") == "out"
-  for spec in ("out/saes", "./saes", "~/no-such-xling-saes"):
-    with pytest.raises(FileNotFoundError, match=f"--sae_dir={spec}: no such file or directory"):
-      common.local_or_hub(spec, "--sae_dir")
-  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-  monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda *a, **k: None)
-  assert common.local_or_hub("google/gemma-scope-2b-pt-res", "--sae_dir") == \
-      "google/gemma-scope-2b-pt-res"
-
-
-def test_non_finite_sae_weights_are_an_error():
-  import jax
-  import numpy as np
-
-  from sae import jumprelu
-  from xling_jax.errors import NonFiniteError
-  saes = jumprelu.random_params(jax.random.PRNGKey(0), 8, 16, n_layers=3)
-  common.check_finite_saes(saes, (4, 5, 6), "--sae_dir=x")
-  broken = dataclasses.replace(saes, W_enc=saes.W_enc.at[1, 2, 3].set(np.nan))
-  with pytest.raises(NonFiniteError, match=r"--sae_dir=x: the SAEs of layer\(s\) \[5\] hold NaN"):
-    common.check_finite_saes(broken, (4, 5, 6), "--sae_dir=x")

@@ -75,3 +75,17 @@ def _http_response(status: int):
   from huggingface_hub import errors
   http = __import__(errors.HfHubHTTPError.__mro__[1].__module__.split(".")[0])
   return http.Response(status, request=http.Request("GET", "https://huggingface.co"))
+
+
+def test_an_sae_source_is_local_or_a_reachable_hub_id(tmp_path, monkeypatch):
+  import huggingface_hub
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "out").mkdir()
+  assert hub.local_or_hub("out", "--sae_dir") == "out"
+  for spec in ("out/saes", "./saes", "~/no-such-xling-saes"):
+    with pytest.raises(FileNotFoundError, match=f"--sae_dir={spec}: no such file or directory"):
+      hub.local_or_hub(spec, "--sae_dir")
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda *a, **k: None)
+  assert hub.local_or_hub("google/gemma-scope-2b-pt-res", "--sae_dir") == \
+      "google/gemma-scope-2b-pt-res"

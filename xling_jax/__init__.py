@@ -1,0 +1,51 @@
+"""xling-jax: measure and repair cross-lingual disparities inside Gemma 2 and Gemma 3, in JAX.
+
+The names below are the API a notebook needs; each is the function or class of the module it
+comes from (imported on first use, so `import xling_jax` stays cheap):
+
+    import xling_jax as xj
+    model = xj.load_model("gemma3-270m")            # ModelSetup: params, config, tokenizer, mesh
+    corpus = xj.load_corpus("flores200/", ["en", "hi", "ml"], max_sentences=200)
+    saes = xj.load_saes(model, "random", width=4096)   # or Gemma Scope (2) / our trained SAEs
+    result = xj.analyze(model, saes, corpus)        # .gaps, .band_summary, .record, .write(dir)
+    out = xj.forward(model.params, model.config, tokens, mask)   # every layer's residual, logits
+    scores = xj.evaluate(model, xj.EvalConfig(tasks=("arc",), langs=("en", "hi"), data_dir=...))
+
+`load_model()` and `load_saes(model)` without arguments give the toy model with random SAEs
+(no download). Training (`lora.train`, `sae.train`) and the study (`python -m bin.study`) keep
+their own modules.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "load_model": "xling_jax.model_setup",
+    "ModelSetup": "xling_jax.model_setup",
+    "load_saes": "xling_jax.model_setup",
+    "SAESetup": "xling_jax.model_setup",
+    "load_corpus": "xling_jax.corpora",
+    "ParallelCorpus": "xling_jax.corpora",
+    "analyze": "xling_jax.analysis",
+    "AnalysisConfig": "xling_jax.analysis",
+    "Analysis": "xling_jax.analysis",
+    "forward": "xling_jax.model",
+    "ModelConfig": "xling_jax.config",
+    "preset": "xling_jax.config",
+    "evaluate": "xling_jax.evaluation",
+    "EvalConfig": "xling_jax.evaluation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'xling_jax' has no attribute {name!r}")
+  value = getattr(importlib.import_module(_EXPORTS[name]), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_EXPORTS))

@@ -28,6 +28,20 @@ def is_hub_id(spec: str | os.PathLike) -> bool:
   return bool(_HUB_ID.match(text)) and not Path(text.split("/")[0]).exists()
 
 
+def local_or_hub(spec: str | os.PathLike, what: str) -> str:
+  """`spec` itself when it exists locally (with ~ expanded), or when it is a reachable hub id;
+  otherwise a missing-path error naming `what` (e.g. "--sae_dir"): a mistyped local path is
+  never tried on the hub."""
+  local = Path(spec).expanduser()
+  if local.exists():
+    return str(local)
+  if not is_hub_id(spec):
+    raise FileNotFoundError(f"{what}={spec}: no such file or directory (a hub id is owner/name, "
+                            "e.g. google/gemma-scope-2b-pt-res)")
+  check_reachable(os.fspath(spec), f"{what}={spec} (no such local path)")
+  return os.fspath(spec)
+
+
 def offline() -> bool:
   return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 

@@ -1,17 +1,19 @@
-"""One call from a checkpoint name to a ready model: params placed over a mesh, config, tokenizer.
+"""One call from a checkpoint name to a ready model (params placed over a mesh, config,
+tokenizer), and one from an SAE source to SAEs stacked over the layers they cover.
 
-    from xling_jax.model_setup import load_model
+    from xling_jax.model_setup import load_model, load_saes
     setup = load_model("gemma3-270m")               # or an HF dir, Kaggle dir, .gguf file, None
     enc = setup.tokenizer.encode_batch(["Hello"], add_bos=True)
     out = model.forward(setup.params, setup.config, enc.tokens, enc.mask)
+    saes = load_saes(setup, "random", width=4096)   # or a Gemma Scope (2) / SAELens tree, hub id
 
-The command-line tools call this with their flags; nothing here reads flags.
+The command-line tools call these with their flags; nothing here reads flags.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from xling_jax.config import ModelConfig
 
@@ -72,3 +74,71 @@ def load_model(checkpoint: str | None = None, *, config: str | ModelConfig | Non
     raise ValueError(f"the tokenizer has {tok.vocab_size} ids but the model only "
                      f"{config.vocab_size} embedding rows: they belong to different models")
   return ModelSetup(params, config, tok, mesh, checkpoint is None, provenance)
+
+
+@dataclasses.dataclass(frozen=True)
+class SAESetup:
+  """JumpReLU SAEs stacked over `layers` (`params` leaves [len(layers), ...]) and where they
+  came from (`description`, recorded in every output)."""
+  params: Any
+  layers: tuple[int, ...]
+  description: str
+
+
+def check_finite_saes(saes, layers: Sequence[int], label: str) -> None:
+  """Raise NonFiniteError naming the layers whose SAE weights hold NaN/inf: they make NaN
+  pre-activations, which JumpReLU turns into silent zeros. `label` names their source."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from xling_jax.errors import NonFiniteError
+  finite_per_layer = jax.jit(lambda x: jnp.isfinite(x).reshape(x.shape[0], -1).all(-1))
+  ok = np.all([np.asarray(finite_per_layer(leaf)) for leaf in jax.tree.leaves(saes)], axis=0)
+  if not ok.all():
+    bad = [layers[i] for i in np.nonzero(~ok)[0]]
+    raise NonFiniteError(f"{label}: the SAEs of layer(s) {bad} hold NaN/inf weights; "
+                         "re-download or re-train them")
+
+
+def load_saes(setup: ModelSetup, source: str | Path | None = None,
+              layers: Iterable[int] | None = None, *, width: str | int = "16k",
+              l0: int | str = "canonical", calibration_texts: Sequence[str] | None = None,
+              seed: int = 0, what: str = "saes") -> SAESetup:
+  """SAEs for `layers` (default every layer of the model), float32.
+
+  `source`: a Gemma Scope tree (`layer_{i}/width_16k/average_l0_{n}`), a Gemma Scope 2 tree
+  (what `bin.train_sae` writes), SAELens directories, a hub id, or "random": random JumpReLU
+  SAEs of `width`, each scaled to its layer's residuals on `calibration_texts` (default the
+  embedded sample's English lines) so that a realistic share of features fires. None means
+  random SAEs of the toy width for the toy model and is an error for a checkpoint. `width` and
+  `l0` (an int, "canonical", or Gemma Scope 2's "small" / "medium" / "big") pick among the
+  SAEs a tree holds. `what` names the setting in errors (the tools pass "--sae_dir").
+  """
+  import jax
+  import numpy as np
+
+  from sae import gemma_scope
+  from xling_jax import hub, toy
+  n_layers = setup.config.n_layers
+  layers = tuple(range(n_layers)) if layers is None else tuple(int(l) for l in layers)
+  bad = [l for l in layers if not 0 <= l < n_layers]
+  if not layers or bad:
+    raise ValueError(f"SAE layers {list(layers)}: expected layers of the model, 0..{n_layers - 1}")
+  source = None if source is None else str(source)
+  if source is None and not setup.is_toy:
+    raise ValueError(f"{what}: a checkpoint needs SAEs for its layers (a directory, a hub id, "
+                     "or 'random')")
+  if source in (None, "random"):
+    if calibration_texts is None:
+      from xling_jax import corpora
+      calibration_texts = corpora.embedded_sample().sentences["en"][:16]
+    size = toy.TOY_SAE_WIDTH if source is None else gemma_scope.width_size(width)
+    every = toy.calibrated_random_saes(setup.params, setup.config, setup.tokenizer,
+                                       calibration_texts, width=size, seed=seed)
+    saes = jax.tree.map(lambda x: x[np.asarray(layers)], every)
+    return SAESetup(saes, layers, f"random SAEs (width {size}, seed {seed})")
+  saes = gemma_scope.load_layers(hub.local_or_hub(source, what), layers, width=width, l0=l0,
+                                 d_in=setup.config.d_model, dtype="float32")
+  check_finite_saes(saes, layers, f"{what}={source}")
+  return SAESetup(saes, layers, f"{source} (width {width}, l0 {l0})")

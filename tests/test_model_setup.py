@@ -1,0 +1,56 @@
+"""model_setup.load_saes: SAEs from a tree, a hub id or random, for the layers asked, checked."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from sae import gemma_scope, jumprelu
+from xling_jax import model_setup
+from xling_jax.errors import NonFiniteError
+
+
+@pytest.fixture(scope="module")
+def toy_setup():
+  return model_setup.load_model()
+
+
+def test_saes_from_a_gemma_scope2_tree_are_those_of_the_layers_asked(tmp_path, toy_setup):
+  d = toy_setup.config.d_model
+  stacked = jumprelu.random_params(jax.random.PRNGKey(5), d, 32, n_layers=2)
+  gemma_scope.save_gemma_scope2_layers(tmp_path, stacked, layers=(1, 3), l0s=20)
+  saes = model_setup.load_saes(toy_setup, tmp_path, (3, 1), width=32, l0=20)
+  assert saes.layers == (3, 1) and str(tmp_path) in saes.description
+  for name in jumprelu.PARAM_NAMES:
+    np.testing.assert_array_equal(np.asarray(getattr(saes.params, name)),
+                                  np.asarray(getattr(stacked, name))[::-1])
+
+
+def test_random_saes_of_a_layer_subset_are_those_layers_of_the_whole_stack(toy_setup):
+  every = model_setup.load_saes(toy_setup)
+  assert every.layers == tuple(range(toy_setup.config.n_layers))
+  assert every.params.d_sae == 256 and every.description == "random SAEs (width 256, seed 0)"
+  some = model_setup.load_saes(toy_setup, "random", (2,), width=64)
+  assert some.params.d_sae == 64 and some.params.W_enc.shape[0] == 1
+  wide = model_setup.load_saes(toy_setup, "random", width=64)
+  np.testing.assert_array_equal(np.asarray(some.params.W_enc[0]), np.asarray(wide.params.W_enc[2]))
+
+
+def test_bad_sae_sources_and_layers_are_clear_errors(tmp_path, toy_setup):
+  real = dataclasses.replace(toy_setup, is_toy=False)
+  with pytest.raises(ValueError, match="--sae_dir: a checkpoint needs SAEs for its layers"):
+    model_setup.load_saes(real, None, what="--sae_dir")
+  with pytest.raises(ValueError, match=r"SAE layers \[1, 4\]: expected layers of the model, 0..3"):
+    model_setup.load_saes(toy_setup, "random", (1, 4))
+  with pytest.raises(FileNotFoundError, match="saes=./no-such-saes: no such file or directory"):
+    model_setup.load_saes(toy_setup, "./no-such-saes")
+
+
+def test_non_finite_sae_weights_are_an_error():
+  saes = jumprelu.random_params(jax.random.PRNGKey(0), 8, 16, n_layers=3)
+  model_setup.check_finite_saes(saes, (4, 5, 6), "--sae_dir=x")
+  broken = dataclasses.replace(saes, W_enc=saes.W_enc.at[1, 2, 3].set(np.nan))
+  with pytest.raises(NonFiniteError, match=r"--sae_dir=x: the SAEs of layer\(s\) \[5\] hold NaN"):
+    model_setup.check_finite_saes(broken, (4, 5, 6), "--sae_dir=x")
