@@ -19,7 +19,6 @@ per logged step), report.json and report.md. --resume continues from the latest 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -113,21 +112,6 @@ def eval_config(langs):
                                limit=FLAGS.eval_limit)
 
 
-def score_benchmarks(setup, config, prompts, out, adapter=None, adapter_dir=None) -> dict:
-  """bin.evaluate's scores, in process on the loaded model (through `adapter`, the one saved
-  in `adapter_dir`, when given); its files go to `out`. The adapter comes from memory, not
-  from the directory: in a multi-process run only process 0 writes it."""
-  from xling_jax import evaluation
-  result = evaluation.evaluate(setup, config, adapter=adapter, prompts=prompts)
-  flags_used = dict(dataclasses.asdict(config),
-                    lora=None if adapter_dir is None else str(adapter_dir))
-  run = {"flags": flags_used, "toy": setup.is_toy, "provenance": setup.provenance}
-  title = f"{'TOY model: ' if setup.is_toy else ''}benchmark scores " + \
-      ("after LoRA" if adapter_dir else "before LoRA")
-  evaluation.write_outputs(out, result, run, evaluation.markdown(result, title))
-  return result.scores
-
-
 def check_flags():
   """(target, ref, weights, --out, the eval config or None, its prompts or None), checked and
   read before anything is loaded."""
@@ -138,10 +122,11 @@ def check_flags():
   target, ref = validate_languages([FLAGS.target_lang, FLAGS.ref_lang])
   weights = _weights()
   out = common.check_out()
-  checkpoint_dir = out / "checkpoints"
-  if checkpoint_dir.exists() and any(checkpoint_dir.iterdir()) and not FLAGS.resume:
-    raise app.UsageError(f"{checkpoint_dir} already holds checkpoints: pass --resume to continue "
-                         "that run, or choose another --out")
+  from lora import finetune
+  try:
+    finetune.check_start(out, FLAGS.resume)
+  except ValueError as e:
+    raise app.UsageError(f"{e} (--resume continues it, --out chooses another)") from None
   bench = eval_config((target, ref))
   prompts = None
   if bench is not None:
@@ -155,12 +140,9 @@ def main(argv):
   devices = common.setup_platform()
   start = time.perf_counter()
 
-  import jax
-  import numpy as np
-
-  from lora import objectives, peft_io, report as report_lib, train
+  from lora import finetune, objectives, train
   from lora.lora import LoraConfig
-  from xling_jax import corpora, io, toy
+  from xling_jax import corpora, toy
 
   train_config = train.TrainConfig(
       steps=FLAGS.steps, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
@@ -169,7 +151,6 @@ def main(argv):
       weight_decay=FLAGS.weight_decay, clip_norm=FLAGS.clip_norm, eval_fraction=FLAGS.eval_fraction,
       max_len=FLAGS.max_len, bucket=FLAGS.bucket, seed=FLAGS.seed, save_every=FLAGS.save_every,
       log_every=FLAGS.log_every)
-  checkpoint_dir = out / "checkpoints"
   corpus = corpora.load_corpus(FLAGS.corpus, (target, ref), FLAGS.max_sentences)
   setup = common.load_model()
   config = setup.config
@@ -184,68 +165,20 @@ def main(argv):
                            layers=lora_layers, seed=FLAGS.seed)
   objective = objectives.ObjectiveConfig(layers=objective_layers, w_align=w_align,
                                          w_retain=w_retain, w_lm=w_lm, retain=FLAGS.retain)
-
-  train_split, heldout = train.split_parallel(corpus.sentences[target], corpus.sentences[ref],
-                                              train_config.eval_fraction, train_config.seed)
-  sae_layers = tuple(sorted(set(objective_layers) | set(report_layers)))
-  sae_setup = common.load_saes(setup, sae_layers, corpus.sentences[ref][:16])
-  sae_source = sae_setup.description
-  select = lambda layers: jax.tree.map(
-      lambda x: x[np.asarray([sae_layers.index(l) for l in layers])], sae_setup.params)
-
-  notes = [toy.toy_note(config)] if setup.is_toy else []
-  for n in notes:
-    print(n, file=sys.stderr)
-  print(f"devices: {devices}; corpus: {corpus.name} ({len(train_split)} train / {len(heldout)} "
-        f"held-out lines); SAEs: {sae_source}; objective layers {list(objective_layers)}",
-        file=sys.stderr)
-
-  def activation(texts, adapter):
-    return train.corpus_activation(
-        setup.params, config, select(report_layers), report_layers, setup.tokenizer, texts,
-        adapter=adapter, batch_size=train_config.batch_size, max_len=train_config.max_len,
-        bucket=train_config.bucket).tolist()
-
-  texts = {target: heldout.target, ref: heldout.ref}
-  before = {lang: activation(t, None) for lang, t in texts.items()}
-  scores_before = (None if bench is None else
-                   score_benchmarks(setup, bench, bench_prompts, out / "eval_before"))
-  log_path = out / train.LOG_NAME
-  result = train.train(
-      setup.params, config, select(objective_layers),
-      train.BatchStream(train_split, setup.tokenizer, train_config), lora_config, objective,
-      train_config, checkpoint_dir, resume=FLAGS.resume, log_path=log_path,
-      echo=lambda line: print(line, flush=True), remat=FLAGS.remat, mesh=setup.mesh)
-  after = {lang: activation(t, result.adapter) for lang, t in texts.items()}
-  from xling_jax.weights_package import HUB_IDS
-  base_name = (FLAGS.base_model_name or HUB_IDS.get(FLAGS.checkpoint, FLAGS.checkpoint)
-               or "xling-jax-toy")
-  peft_dir = peft_io.save_peft(out / "peft", result.adapter, lora_config, config,
-                               base_model_name_or_path=str(base_name))
-
-  report = {
-      "target_lang": target, "ref_lang": ref, "layers": list(report_layers),
-      "before": before, "after": after,
-      "gain_pct": {lang: report_lib.gain_pct(after[lang], before[lang]) for lang in texts},
-      "retention_pct": {lang: report_lib.retention_pct(after[lang], before[lang])
-                        for lang in texts},
-      "objective_layers": list(objective_layers), "steps": result.step,
-      "final_terms": report_lib.final_terms(log_path, result.step),
-      "train_lines": len(train_split), "heldout_lines": len(heldout), "toy": setup.is_toy,
-      "notes": notes, "saes": sae_source, "corpus": corpus.source, "devices": devices,
-      "provenance": setup.provenance, "flags": common.resolved_flags(),
-  }
-  if bench is not None:
-    report["benchmarks"] = {
-        "before": scores_before,
-        "after": score_benchmarks(setup, bench, bench_prompts, out / "eval_after",
-                                  result.adapter, peft_dir)}
-  report["seconds"] = round(time.perf_counter() - start, 2)
-  md = report_lib.markdown(report, notes)
-  io.write_json(out / "report.json", report)
-  io.write_text(out / "report.md", md)
-  print(md)
-  print(f"wrote {peft_dir}/, {checkpoint_dir}/, {out}/report.json, {out}/report.md")
+  saes = common.load_saes(setup, sorted(set(objective_layers) | set(report_layers)),
+                          corpus.sentences[ref][:16])
+  if setup.is_toy:
+    print(toy.toy_note(config), file=sys.stderr)
+  print(f"devices: {devices}; corpus: {corpus.name} ({corpus.n_sentences} lines, "
+        f"{FLAGS.eval_fraction:.0%} held out); SAEs: {saes.description}; objective layers "
+        f"{list(objective_layers)}", file=sys.stderr)
+  run = finetune.finetune(
+      setup, saes, corpus, target, ref, out=out, lora=lora_config, objective=objective,
+      train=train_config, report_layers=report_layers, resume=FLAGS.resume, remat=FLAGS.remat,
+      bench=bench, bench_prompts=bench_prompts, base_model_name=FLAGS.base_model_name,
+      echo=lambda line: print(line, flush=True), run_config=common.resolved_flags())
+  print(run.markdown())
+  print(f"wrote {run.peft_dir}/, {out / 'checkpoints'}/, {out}/report.json, {out}/report.md")
   print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 
 

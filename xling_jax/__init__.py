@@ -10,10 +10,11 @@ comes from (imported on first use, so `import xling_jax` stays cheap):
     result = xj.analyze(model, saes, corpus)        # .gaps, .band_summary, .record, .write(dir)
     out = xj.forward(model.params, model.config, tokens, mask)   # every layer's residual, logits
     scores = xj.evaluate(model, xj.EvalConfig(tasks=("arc",), langs=("en", "hi"), data_dir=...))
+    run = xj.finetune(model, saes, corpus, "ml", out="lora_ml")   # activation-aware LoRA
 
 `load_model()` and `load_saes(model)` without arguments give the toy model with random SAEs
-(no download). Training (`lora.train`, `sae.train`) and the study (`python -m bin.study`) keep
-their own modules.
+(no download). SAE training (`sae.train`) and the study (`python -m bin.study`) keep their own
+modules.
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ _EXPORTS = {
     "preset": "xling_jax.config",
     "evaluate": "xling_jax.evaluation",
     "EvalConfig": "xling_jax.evaluation",
+    "finetune": "lora.finetune",
+    "LoraConfig": "lora.lora",
+    "ObjectiveConfig": "lora.objectives",
+    "TrainConfig": "lora.train",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,172 @@
+"""Activation-aware LoRA as one call: train an adapter on a parallel corpus, report the target's
+activation gain and the reference's retention on held-out lines, and leave a PEFT adapter.
+`bin.finetune` is this call with flags; a notebook makes it directly:
+
+    import xling_jax as xj
+    model = xj.load_model()                          # the toy; or "gemma3-270m", ...
+    corpus = xj.load_corpus("embedded", ["ml", "en"])
+    saes = xj.load_saes(model, layers=[2])           # SAEs for the objective layer(s)
+    run = xj.finetune(model, saes, corpus, "ml", out="finetune_out",
+                      train=xj.TrainConfig(steps=100, warmup_steps=10))
+    run.report["gain_pct"]["ml"]                     # % change per reported layer
+    xj.forward(model.params, model.config, tokens, mask, hook=run.hook())   # the adapted model
+
+Written under `out`: peft/ (adapter_model.safetensors + adapter_config.json, which
+`peft.PeftModel.from_pretrained` loads), checkpoints/ (orbax; `resume=True` continues exactly),
+train_log.jsonl, report.json and report.md, and with `bench` eval_before/ and eval_after/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from lora import DEFAULT_REMAT
+from lora.lora import LoraConfig
+from lora.train import TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Finetuned:
+  """A finished run: the adapter pytree, the report (report.json) and the PEFT directory."""
+  adapter: Any
+  report: dict
+  peft_dir: Path
+
+  def hook(self):
+    """The adapter as `model.forward`'s `hook=`."""
+    from lora.lora import project_hook
+    return project_hook(self.adapter)
+
+  def markdown(self) -> str:
+    from lora import report
+    return report.markdown(self.report, self.report["notes"])
+
+  def _repr_markdown_(self) -> str:
+    return self.markdown()
+
+
+def check_start(out: str | Path, resume: bool) -> Path:
+  """`out` as a Path once it is writable and, unless resuming, holds no checkpoints of an
+  earlier run (which a fresh run would otherwise mix with its own)."""
+  from xling_jax import io
+  out = io.check_output_dir(out, "out")
+  checkpoints = out / "checkpoints"
+  if checkpoints.exists() and any(checkpoints.iterdir()) and not resume:
+    raise ValueError(f"{checkpoints} already holds checkpoints: resume that run, or choose "
+                     "another output directory")
+  return out
+
+
+def score_benchmarks(setup, config, out: Path, *, prompts=None, adapter=None,
+                     adapter_dir: Path | None = None) -> dict:
+  """Benchmark scores as `bin.evaluate` computes them, in process on the loaded model (through
+  `adapter` when given, saved in `adapter_dir`); its files go to `out`. The adapter comes from
+  memory, not from the directory: in a multi-process run only process 0 writes it."""
+  from xling_jax import evaluation
+  result = evaluation.evaluate(setup, config, adapter=adapter, prompts=prompts)
+  settings = dict(dataclasses.asdict(config),
+                  lora=None if adapter_dir is None else str(adapter_dir))
+  run = {"flags": settings, "toy": setup.is_toy, "provenance": setup.provenance}
+  title = f"{'TOY model: ' if setup.is_toy else ''}benchmark scores " + \
+      ("after LoRA" if adapter_dir else "before LoRA")
+  evaluation.write_outputs(out, result, run, evaluation.markdown(result, title))
+  return result.scores
+
+
+def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Path,
+             lora: LoraConfig = LoraConfig(), objective=None,
+             train: TrainConfig = TrainConfig(), report_layers: Sequence[int] | None = None,
+             resume: bool = False, remat: bool | str = DEFAULT_REMAT, bench=None,
+             bench_prompts=None, base_model_name: str | None = None,
+             echo: Callable[[str], None] = print, run_config: Mapping | None = None) -> Finetuned:
+  """Train a LoRA adapter that lifts `target`'s SAE activation at the objective layers toward
+  the frozen model's `ref` activation (the objective: `lora.objectives`), on the lines of
+  `corpus` (a ParallelCorpus holding both languages) not held out for the report.
+
+  `setup`: a `model_setup.ModelSetup`; `saes`: a `model_setup.SAESetup` covering the objective
+  layers and `report_layers` (default: the objective layers). `objective` defaults to
+  align + retain at the paper's relative depth (`objectives.default_objective_layer`). `bench`:
+  an `evaluation.EvalConfig` scored before and after (its prompts in `bench_prompts` when read
+  already). `run_config` is what report.json records as the settings (the tool passes every
+  flag). Settings are checked before anything is computed (ValueError).
+  """
+  import jax
+  import numpy as np
+
+  from lora import objectives, peft_io, report as report_lib, train as train_lib
+  from xling_jax import io, platform, toy
+  start = time.perf_counter()
+  config = setup.config
+  if target == ref:
+    raise ValueError(f"target {target} is also the reference: the adapter lifts one language "
+                     "toward another")
+  missing = [lang for lang in (target, ref) if lang not in corpus.languages]
+  if missing:
+    raise ValueError(f"corpus {corpus.name} has no {', '.join(missing)}")
+  objective = objective or objectives.ObjectiveConfig(
+      layers=(objectives.default_objective_layer(config.n_layers),))
+  objective.check(config)
+  report_layers = tuple(objective.layers if report_layers is None else report_layers)
+  needed = sorted(set(objective.layers) | set(report_layers))
+  absent = [l for l in needed if l not in saes.layers]
+  if absent:
+    raise ValueError(f"the SAEs cover layers {list(saes.layers)}; the objective and the report "
+                     f"need {absent} too")
+  out = check_start(out, resume)
+  select = lambda layers: jax.tree.map(
+      lambda x: x[np.asarray([saes.layers.index(l) for l in layers])], saes.params)
+
+  train_split, heldout = train_lib.split_parallel(corpus.sentences[target], corpus.sentences[ref],
+                                                  train.eval_fraction, train.seed)
+  notes = [toy.toy_note(config)] if setup.is_toy else []
+
+  def activation(texts, adapter):
+    return train_lib.corpus_activation(
+        setup.params, config, select(report_layers), report_layers, setup.tokenizer, texts,
+        adapter=adapter, batch_size=train.batch_size, max_len=train.max_len,
+        bucket=train.bucket).tolist()
+
+  texts = {target: heldout.target, ref: heldout.ref}
+  before = {lang: activation(t, None) for lang, t in texts.items()}
+  scores_before = (None if bench is None else
+                   score_benchmarks(setup, bench, out / "eval_before", prompts=bench_prompts))
+  log_path = out / train_lib.LOG_NAME
+  result = train_lib.train(
+      setup.params, config, select(objective.layers),
+      train_lib.BatchStream(train_split, setup.tokenizer, train), lora, objective, train,
+      out / "checkpoints", resume=resume, log_path=log_path, echo=echo, remat=remat,
+      mesh=setup.mesh)
+  after = {lang: activation(t, result.adapter) for lang, t in texts.items()}
+  if base_model_name is None:
+    from xling_jax.weights_package import HUB_IDS
+    checkpoint = setup.provenance.get("checkpoint")
+    base_model_name = HUB_IDS.get(checkpoint, checkpoint) or "xling-jax-toy"
+  peft_dir = peft_io.save_peft(out / "peft", result.adapter, lora, config,
+                               base_model_name_or_path=str(base_model_name))
+  report = {
+      "target_lang": target, "ref_lang": ref, "layers": list(report_layers),
+      "before": before, "after": after,
+      "gain_pct": {lang: report_lib.gain_pct(after[lang], before[lang]) for lang in texts},
+      "retention_pct": {lang: report_lib.retention_pct(after[lang], before[lang])
+                        for lang in texts},
+      "objective_layers": list(objective.layers), "steps": result.step,
+      "final_terms": report_lib.final_terms(log_path, result.step),
+      "train_lines": len(train_split), "heldout_lines": len(heldout), "toy": setup.is_toy,
+      "notes": notes, "saes": saes.description, "corpus": corpus.source,
+      "devices": platform.describe_devices(), "provenance": setup.provenance,
+      "flags": dict(run_config) if run_config is not None else {
+          "lora": dataclasses.asdict(lora), "objective": dataclasses.asdict(objective),
+          "train": dataclasses.asdict(train), "remat": remat, "resume": resume},
+  }
+  if bench is not None:
+    report["benchmarks"] = {
+        "before": scores_before,
+        "after": score_benchmarks(setup, bench, out / "eval_after", prompts=bench_prompts,
+                                  adapter=result.adapter, adapter_dir=peft_dir)}
+  report["seconds"] = round(time.perf_counter() - start, 2)
+  run = Finetuned(result.adapter, report, peft_dir)
+  io.write_json(out / "report.json", report)
+  io.write_text(out / "report.md", run.markdown())
+  return run
