@@ -92,9 +92,6 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   already). `run_config` is what report.json records as the settings (the tool passes every
   flag). Settings are checked before anything is computed (ValueError).
   """
-  import jax
-  import numpy as np
-
   from lora import objectives, peft_io, report as report_lib, train as train_lib
   from xling_jax import io, platform, toy
   start = time.perf_counter()
@@ -115,8 +112,6 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
     raise ValueError(f"the SAEs cover layers {list(saes.layers)}; the objective and the report "
                      f"need {absent} too")
   out = check_start(out, resume)
-  select = lambda layers: jax.tree.map(
-      lambda x: x[np.asarray([saes.layers.index(l) for l in layers])], saes.params)
 
   train_split, heldout = train_lib.split_parallel(corpus.sentences[target], corpus.sentences[ref],
                                                   train.eval_fraction, train.seed)
@@ -124,7 +119,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
 
   def activation(texts, adapter):
     return train_lib.corpus_activation(
-        setup.params, config, select(report_layers), report_layers, setup.tokenizer, texts,
+        setup.params, config, saes.select(report_layers), report_layers, setup.tokenizer, texts,
         adapter=adapter, batch_size=train.batch_size, max_len=train.max_len,
         bucket=train.bucket).tolist()
 
@@ -134,7 +129,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
                    score_benchmarks(setup, bench, out / "eval_before", prompts=bench_prompts))
   log_path = out / train_lib.LOG_NAME
   result = train_lib.train(
-      setup.params, config, select(objective.layers),
+      setup.params, config, saes.select(objective.layers),
       train_lib.BatchStream(train_split, setup.tokenizer, train), lora, objective, train,
       out / "checkpoints", resume=resume, log_path=log_path, echo=echo, remat=remat,
       mesh=setup.mesh)

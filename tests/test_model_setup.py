@@ -54,3 +54,12 @@ def test_non_finite_sae_weights_are_an_error():
   broken = dataclasses.replace(saes, W_enc=saes.W_enc.at[1, 2, 3].set(np.nan))
   with pytest.raises(NonFiniteError, match=r"--sae_dir=x: the SAEs of layer\(s\) \[5\] hold NaN"):
     model_setup.check_finite_saes(broken, (4, 5, 6), "--sae_dir=x")
+
+
+def test_select_stacks_the_asked_layers_in_the_asked_order(toy_setup):
+  saes = model_setup.load_saes(toy_setup, "random", (1, 2, 3), width=32)
+  picked = saes.select((3, 1))
+  np.testing.assert_array_equal(np.asarray(picked.W_enc),
+                                np.asarray(saes.params.W_enc)[[2, 0]])
+  with pytest.raises(ValueError, match=r"the SAEs cover layers \[1, 2, 3\], not \[0\]"):
+    saes.select((0, 1))

@@ -84,6 +84,16 @@ class SAESetup:
   layers: tuple[int, ...]
   description: str
 
+  def select(self, layers: Sequence[int]):
+    """The params stacked over `layers` (each one of `self.layers`), in that order."""
+    import jax
+    import numpy as np
+    absent = [l for l in layers if l not in self.layers]
+    if absent:
+      raise ValueError(f"the SAEs cover layers {list(self.layers)}, not {absent}")
+    rows = np.asarray([self.layers.index(l) for l in layers])
+    return jax.tree.map(lambda x: x[rows], self.params)
+
 
 def check_finite_saes(saes, layers: Sequence[int], label: str) -> None:
   """Raise NonFiniteError naming the layers whose SAE weights hold NaN/inf: they make NaN
