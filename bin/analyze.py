@@ -15,7 +15,7 @@ from pathlib import Path
 from absl import app, flags
 
 from bin import common
-from xling_jax.languages import LOW_RESOURCE
+from xling_jax.data.languages import LOW_RESOURCE
 
 FLAGS = flags.FLAGS
 common.define_platform_flags()
@@ -45,8 +45,8 @@ flags.DEFINE_integer("top_k", 20, "Top features per language and layer in stats.
 
 def check_flags() -> tuple[tuple[str, ...], dict | None, Path]:
   """(languages, bands or None for the model's default, --out), checked before anything loads."""
-  from xling_jax import disparity
-  from xling_jax.languages import validate_languages
+  from xling_jax.analysis import disparity
+  from xling_jax.data.languages import validate_languages
   langs = validate_languages(FLAGS.langs)
   if FLAGS.ref_lang not in langs:
     raise app.UsageError(f"--ref_lang={FLAGS.ref_lang} must be one of --langs ({','.join(langs)})")
@@ -63,15 +63,17 @@ def main(argv):
   devices = common.setup_platform()
   start = time.perf_counter()
 
-  from xling_jax import analysis, batching, corpora
-  from xling_jax import config as config_lib
+  from xling_jax.analysis import run as analysis
+  from xling_jax.runtime import batching
+  from xling_jax.data import corpora
+  from xling_jax.model import presets
 
   corpus = corpora.load_corpus(FLAGS.corpus, langs, FLAGS.max_sentences)
   setup = common.load_model()
   config = setup.config
   layers = tuple(sorted(set(common.parse_layers(FLAGS.layers, config.n_layers, "layers"))))
   neuronpedia = (f"gemmascope-res-{FLAGS.sae_width}" if FLAGS.sae_dir not in (None, "random")
-                 and config == config_lib.gemma2_2b(param_dtype=config.param_dtype,
+                 and config == presets.gemma2_2b(param_dtype=config.param_dtype,
                                                     compute_dtype=config.compute_dtype)
                  and FLAGS.sae_width == "16k" else None)
   settings = analysis.AnalysisConfig(
@@ -89,8 +91,8 @@ def main(argv):
           f"sentences: batches of {batch_size}", file=sys.stderr)
   saes = common.load_saes(setup, layers, corpus.sentences[langs[0]][:16])
   if setup.is_toy:
-    from xling_jax import toy
-    print(toy.toy_note(config), file=sys.stderr)
+    from xling_jax.model import presets
+    print(presets.toy_note(config), file=sys.stderr)
   print(f"devices: {devices}; corpus: {corpus.name} ({corpus.n_sentences} sentences x "
         f"{len(langs)} languages); SAEs: {saes.description}", file=sys.stderr)
 

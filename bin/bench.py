@@ -144,7 +144,8 @@ class OurStack:
     import optax
 
     from lora import lora as lora_lib, objectives, train
-    from xling_jax import activations, model as model_lib
+    from xling_jax.analysis import sae_stats
+    from xling_jax.model import transformer as model_lib
 
     self.tokens, self.mask = tokens, mask
     @jax.jit
@@ -152,7 +153,7 @@ class OurStack:
       return model_lib.forward(p, config, t, m, return_logits=False).residuals
 
     self.residuals = lambda: residuals(params, tokens, mask).block_until_ready()
-    stats = lambda: activations.batch_stats(params, config, saes, tokens, mask)
+    stats = lambda: sae_stats.batch_stats(params, config, saes, tokens, mask)
     self.analysis = lambda: jax.block_until_ready(stats())
 
     @jax.jit
@@ -163,7 +164,7 @@ class OurStack:
 
     self.scoring = lambda: token_logprobs(params, tokens, mask).block_until_ready()
 
-    from xling_jax import scoring
+    from xling_jax.evaluation import scoring
     ctx_len = tokens.shape[1] - 2 * MC_CHOICE_LEN
     ids = np.asarray(tokens)
     items = [scoring.EncodedItem(tuple(int(t) for t in row[:ctx_len]), tuple(
@@ -310,8 +311,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # torch shares the accelerator in this process: JAX must not take 75% of it up front.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  from xling_jax import io
-  from xling_jax.platform import describe_host
+  from xling_jax.runtime import io
+  from xling_jax.runtime.platform import describe_host
   if FLAGS.json:
     io.check_output_file(FLAGS.json, "--json")
   devices = common.setup_platform()
@@ -322,7 +323,10 @@ def main(argv):
   import numpy as np
 
   from sae import jumprelu
-  from xling_jax import checkpoints, config as config_lib, flops, model as model_lib
+  from xling_jax import checkpoints
+  from xling_jax.model import presets
+  from xling_jax.model import flops
+  from xling_jax.model import transformer as model_lib
 
   unknown = set(FLAGS.rows) - set(ROWS)
   if unknown:
@@ -343,7 +347,7 @@ def main(argv):
     config = config.replace(param_dtype=dtype, compute_dtype=dtype)
     print(f"loaded {FLAGS.checkpoint} in {load['load_s']:.1f}s", file=sys.stderr)
   else:
-    config = config_lib.preset(FLAGS.config, param_dtype=dtype, compute_dtype=dtype)
+    config = presets.preset(FLAGS.config, param_dtype=dtype, compute_dtype=dtype)
     # On an accelerator, drawing Gemma-2-2B's weights with numpy would take a minute.
     params = model_lib.init_params(config, jax.random.PRNGKey(0), on_device=accelerator)
   # Both stacks start from these host copies.

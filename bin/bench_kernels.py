@@ -76,7 +76,7 @@ def _attention_inputs(config, batch: int, seq: int, window, packed: bool, dtype,
   import jax.numpy as jnp
   import numpy as np
 
-  from xling_jax import model as model_lib
+  from xling_jax.model import transformer as model_lib
 
   K, G, H = config.n_kv_heads, config.n_heads // config.n_kv_heads, config.head_dim
   kq, kk, kv = jax.random.split(jax.random.PRNGKey(seed), 3)
@@ -100,10 +100,10 @@ def attention_rows(preset: str, fused: str, dtype: str, timing: dict) -> list[di
   import jax
   import jax.numpy as jnp
 
-  from xling_jax import config as config_lib
+  from xling_jax.model import presets
   from xling_jax.kernels import attention as seam
 
-  config = config_lib.preset(preset)
+  config = presets.preset(preset)
   cap = config.attn_logit_softcap
   blocks = _blocks(FLAGS.attention_blocks, _EXTRA_BLOCKS[fused][0], ("block_q", "block_k"))
   rows = []
@@ -151,10 +151,10 @@ def sae_rows(preset: str, fused: str, dtype: str, timing: dict) -> list[dict]:
   import jax.numpy as jnp
 
   from sae import jumprelu
-  from xling_jax import config as config_lib
+  from xling_jax.model import presets
   from xling_jax.kernels import sae_stats as seam
 
-  d = config_lib.preset(preset).d_model
+  d = presets.preset(preset).d_model
   names = ("block_t", "block_w", "block_d") if fused == "pallas_triton" else ("block_t", "block_w")
   blocks = _blocks(FLAGS.sae_blocks, _EXTRA_BLOCKS[fused][1], names)
   params = jumprelu.random_params(jax.random.PRNGKey(1), d, FLAGS.sae_width, dtype=dtype)
@@ -197,7 +197,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv):
-  from xling_jax import io
+  from xling_jax.runtime import io
   if FLAGS.json:
     io.check_output_file(FLAGS.json, "--json")
   devices = common.setup_platform()

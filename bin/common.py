@@ -8,7 +8,7 @@ from pathlib import Path
 
 from absl import flags
 
-from xling_jax import languages
+from xling_jax.data import languages
 
 FLAGS = flags.FLAGS
 USAGE_EXIT = 2  # usage and input errors, as argparse and most Unix tools
@@ -120,14 +120,14 @@ def define_output_flags(default_out: str, progress: bool = True) -> None:
 
 def check_out() -> Path:
   """--out as a Path, after checking it can be written (fails before any work)."""
-  from xling_jax import io
+  from xling_jax.runtime import io
   return io.check_output_dir(FLAGS.out, "--out")
 
 
 def report_benchmark(measure, format_table, json_path: str | None) -> None:
   """The micro-benchmarks' main: check --json is writable first, measure, print the table,
   write the result to --json atomically."""
-  from xling_jax import io
+  from xling_jax.runtime import io
   if json_path:
     io.check_output_file(json_path, "--json")
   result = measure()
@@ -173,7 +173,7 @@ def load_saes(setup, layers, calibration_texts):
 def setup_platform() -> str:
   from absl import app
 
-  from xling_jax import platform
+  from xling_jax.runtime import platform
   given = [f"--{name}" for name in ("coordinator_address", "num_processes", "process_id")
            if FLAGS[name].value is not None]
   if given and not FLAGS.distributed:

@@ -61,7 +61,7 @@ flags.DEFINE_integer("max_length", None,
 
 def eval_config():
   """The flags as an EvalConfig; raises on bad values before anything loads."""
-  from xling_jax import evaluation
+  from xling_jax.evaluation import run as evaluation
   return evaluation.EvalConfig(
       tasks=FLAGS.tasks, langs=FLAGS.langs, source=FLAGS.source, data_dir=FLAGS.data_dir,
       common_ids=FLAGS.common_ids, num_fewshot=FLAGS.num_fewshot,
@@ -73,7 +73,8 @@ def eval_config():
 def main(argv):
   from pathlib import Path
 
-  from xling_jax import evaluation, toy
+  from xling_jax.evaluation import run as evaluation
+  from xling_jax.model import presets
   config = eval_config()
   out = common.check_out()
   if FLAGS.lora and not Path(FLAGS.lora).is_dir():
@@ -85,7 +86,7 @@ def main(argv):
     print(f"{m['task']}/{m['lang']}: no data ({m['reason']})", file=sys.stderr)
   devices = common.setup_platform()
   setup = common.load_model()
-  notes = [toy.toy_note(setup.config)] if setup.is_toy else []
+  notes = [presets.toy_note(setup.config)] if setup.is_toy else []
   for n in notes:
     print(n, file=sys.stderr)
   print(f"devices: {devices}", file=sys.stderr)

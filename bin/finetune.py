@@ -107,7 +107,7 @@ def eval_config(langs):
     raise app.UsageError("--eval_tasks needs --eval_data_dir (benchmark items on disk)")
   if not os.path.isdir(FLAGS.eval_data_dir):
     raise FileNotFoundError(f"--eval_data_dir={FLAGS.eval_data_dir}: no such directory")
-  from xling_jax import evaluation
+  from xling_jax.evaluation import run as evaluation
   return evaluation.EvalConfig(tasks=FLAGS.eval_tasks, langs=langs, data_dir=FLAGS.eval_data_dir,
                                limit=FLAGS.eval_limit)
 
@@ -115,7 +115,7 @@ def eval_config(langs):
 def check_flags():
   """(target, ref, weights, --out, the eval config or None, its prompts or None), checked and
   read before anything is loaded."""
-  from xling_jax.languages import validate_languages
+  from xling_jax.data.languages import validate_languages
   if FLAGS.target_lang == FLAGS.ref_lang:
     raise app.UsageError(f"--target_lang={FLAGS.target_lang} is also --ref_lang: the adapter "
                          "lifts one language toward another")
@@ -130,7 +130,7 @@ def check_flags():
   bench = eval_config((target, ref))
   prompts = None
   if bench is not None:
-    from xling_jax import evaluation
+    from xling_jax.evaluation import run as evaluation
     prompts = evaluation.collect_prompts(bench)
   return target, ref, weights, out, bench, prompts
 
@@ -142,7 +142,8 @@ def main(argv):
 
   from lora import finetune, objectives, train
   from lora.lora import LoraConfig
-  from xling_jax import corpora, toy
+  from xling_jax.data import corpora
+  from xling_jax.model import presets
 
   train_config = train.TrainConfig(
       steps=FLAGS.steps, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
@@ -168,7 +169,7 @@ def main(argv):
   saes = common.load_saes(setup, sorted(set(objective_layers) | set(report_layers)),
                           corpus.sentences[ref][:16])
   if setup.is_toy:
-    print(toy.toy_note(config), file=sys.stderr)
+    print(presets.toy_note(config), file=sys.stderr)
   print(f"devices: {devices}; corpus: {corpus.name} ({corpus.n_sentences} lines, "
         f"{FLAGS.eval_fraction:.0%} held out); SAEs: {saes.description}; objective layers "
         f"{list(objective_layers)}", file=sys.stderr)

@@ -70,16 +70,19 @@ def csv_text(record: dict) -> str:
 
 
 def main(argv):
-  from xling_jax.languages import validate_languages
+  from xling_jax.data.languages import validate_languages
   langs = validate_languages(FLAGS.langs)
   out = common.check_out()
   start = time.perf_counter()
-  from xling_jax import corpora, intrinsic, io, toy
+  from xling_jax.data import corpora
+  from xling_jax.analysis import intrinsic
+  from xling_jax.runtime import io
+  from xling_jax.model import presets
   corpus = corpora.load_corpus(FLAGS.corpus, langs, FLAGS.max_sentences)
   devices = common.setup_platform()
   setup = common.load_model()
   if setup.is_toy:
-    print(toy.toy_note(setup.config), file=sys.stderr)
+    print(presets.toy_note(setup.config), file=sys.stderr)
   n_bits = corpus.n_sentences if FLAGS.bpc_sentences is None else min(FLAGS.bpc_sentences,
                                                                         corpus.n_sentences)
   print(f"devices: {devices}; corpus: {corpus.name} ({corpus.n_sentences} sentences x "

@@ -33,7 +33,8 @@ from pathlib import Path
 from absl import app, flags
 
 from bin import common
-from xling_jax import languages, study_record
+from xling_jax.data import languages
+from xling_jax.study import record as study_record
 
 FLAGS = flags.FLAGS
 REPO = Path(__file__).resolve().parents[1]
@@ -249,7 +250,7 @@ def check_settings(out: Path, settings: dict) -> None:
 
 def run_stages(stages: list[Stage], out: Path) -> dict:
   """Run each stage not yet done, printing progress and a rough ETA; returns the timings."""
-  from xling_jax import io
+  from xling_jax.runtime import io
   timings_path = out / TIMINGS_FILE
   timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -285,7 +286,7 @@ def run_stages(stages: list[Stage], out: Path) -> dict:
 def n_model_layers() -> int:
   """The model's layer count, read without loading its weights."""
   from xling_jax import checkpoints
-  from xling_jax.config import load_config
+  from xling_jax.model.presets import load_config
   if FLAGS.config:
     return load_config(FLAGS.config).n_layers
   if FLAGS.checkpoint:
@@ -294,7 +295,9 @@ def n_model_layers() -> int:
 
 
 def main(argv):
-  from xling_jax import hub, io, study_page
+  from xling_jax.runtime import hub
+  from xling_jax.runtime import io
+  from xling_jax.study import page as study_page
   out = common.check_out()
   results_md = io.check_output_file(FLAGS.results_md or out / "RESULTS.md", "--results_md")
   for flag in ("analysis_corpus", "train_corpus", "bench_data_dir"):
@@ -309,7 +312,7 @@ def main(argv):
   io.write_json(out / SETTINGS_FILE, settings)
   command = shlex.join(["python", "-m", "bin.study", *sys.argv[1:]])
   timings = run_stages(stages, out)
-  from xling_jax.platform import describe_host
+  from xling_jax.runtime.platform import describe_host
   record = study_record.collect(out, settings, timings, command,
                                  [s.name for s in stages], machine=describe_host())
   io.write_json(out / "study.json", record)

@@ -98,7 +98,8 @@ def _source(config, layers):
     source = sources.NpyActivations(FLAGS.activations, config.batch_size, layer=layers[0],
                                     seed=config.seed, epochs=FLAGS.epochs)
     return source, "unknown", []
-  from xling_jax import corpora, toy
+  from xling_jax.data import corpora
+  from xling_jax.model import presets
   corpus = corpora.load_corpus(FLAGS.corpus, FLAGS.langs, FLAGS.max_sentences)
   setup = common.load_model()
   rows = harvest.tokenize(corpus.sentences, setup.tokenizer, FLAGS.max_len)
@@ -108,7 +109,7 @@ def _source(config, layers):
       name=f"{corpus.name} ({len(corpus.languages)} languages)", model=model,
       buffer_tokens=FLAGS.buffer_tokens, sentences_per_forward=FLAGS.sentences_per_forward,
       bucket=FLAGS.bucket, seed=config.seed, epochs=FLAGS.epochs, progress=FLAGS.progress)
-  notes = [toy.toy_note(setup.config)] if setup.is_toy else []
+  notes = [presets.toy_note(setup.config)] if setup.is_toy else []
   return source, FLAGS.checkpoint or model, notes
 
 

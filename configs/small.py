@@ -1,6 +1,7 @@
 """`--config=configs/small.py` (or `--config=small`): the small Gemma-2 preset."""
-from xling_jax import config as config_lib
+from xling_jax.model import config as config_lib
+from xling_jax.model import presets
 
 
 def get_config(**overrides) -> config_lib.ModelConfig:
-  return config_lib.small(**overrides)
+  return presets.small(**overrides)

@@ -1,6 +1,7 @@
 """`--config=configs/toy.py` (or `--config=toy`): the toy Gemma-2 preset."""
-from xling_jax import config as config_lib
+from xling_jax.model import config as config_lib
+from xling_jax.model import presets
 
 
 def get_config(**overrides) -> config_lib.ModelConfig:
-  return config_lib.toy(**overrides)
+  return presets.toy(**overrides)

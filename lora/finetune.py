@@ -50,7 +50,7 @@ class Finetuned:
 def check_start(out: str | Path, resume: bool) -> Path:
   """`out` as a Path once it is writable and, unless resuming, holds no checkpoints of an
   earlier run (which a fresh run would otherwise mix with its own)."""
-  from xling_jax import io
+  from xling_jax.runtime import io
   out = io.check_output_dir(out, "out")
   checkpoints = out / "checkpoints"
   if checkpoints.exists() and any(checkpoints.iterdir()) and not resume:
@@ -64,7 +64,7 @@ def score_benchmarks(setup, config, out: Path, *, prompts=None, adapter=None,
   """Benchmark scores as `bin.evaluate` computes them, in process on the loaded model (through
   `adapter` when given, saved in `adapter_dir`); its files go to `out`. The adapter comes from
   memory, not from the directory: in a multi-process run only process 0 writes it."""
-  from xling_jax import evaluation
+  from xling_jax.evaluation import run as evaluation
   result = evaluation.evaluate(setup, config, adapter=adapter, prompts=prompts)
   settings = dict(dataclasses.asdict(config),
                   lora=None if adapter_dir is None else str(adapter_dir))
@@ -93,7 +93,9 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   flag). Settings are checked before anything is computed (ValueError).
   """
   from lora import objectives, peft_io, report as report_lib, train as train_lib
-  from xling_jax import io, platform, toy
+  from xling_jax.runtime import io
+  from xling_jax.runtime import platform
+  from xling_jax.model import presets
   start = time.perf_counter()
   config = setup.config
   if target == ref:
@@ -115,7 +117,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
 
   train_split, heldout = train_lib.split_parallel(corpus.sentences[target], corpus.sentences[ref],
                                                   train.eval_fraction, train.seed)
-  notes = [toy.toy_note(config)] if setup.is_toy else []
+  notes = [presets.toy_note(config)] if setup.is_toy else []
 
   def activation(texts, adapter):
     return train_lib.corpus_activation(
@@ -135,7 +137,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
       mesh=setup.mesh)
   after = {lang: activation(t, result.adapter) for lang, t in texts.items()}
   if base_model_name is None:
-    from xling_jax.weights_package import HUB_IDS
+    from xling_jax.checkpoints.weights_package import HUB_IDS
     checkpoint = setup.provenance.get("checkpoint")
     base_model_name = HUB_IDS.get(checkpoint, checkpoint) or "xling-jax-toy"
   peft_dir = peft_io.save_peft(out / "peft", result.adapter, lora, config,

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xling_jax import layout
-from xling_jax.config import ModelConfig
-from xling_jax.model import Params, ProjectHook
+from xling_jax.model import layout
+from xling_jax.model.config import ModelConfig
+from xling_jax.model.transformer import Params, ProjectHook
 
 LORA_MODULES = layout.LINEAR_MODULES
 

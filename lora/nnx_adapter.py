@@ -18,8 +18,8 @@ import jax
 from flax import nnx
 
 from lora.lora import Adapter, LoraConfig, init_adapter, project_hook
-from xling_jax.config import ModelConfig
-from xling_jax.model import ProjectHook
+from xling_jax.model.config import ModelConfig
+from xling_jax.model.transformer import ProjectHook
 
 
 class LoraAdapter(nnx.Module):

@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from lora.lora import project_hook
-from xling_jax import activations
-from xling_jax import model as model_lib
-from xling_jax.config import ModelConfig
+from xling_jax.analysis import sae_stats
+from xling_jax.model import transformer as model_lib
+from xling_jax.model.config import ModelConfig
 
 RETAIN_KINDS = ("residual", "kl")
 
@@ -105,9 +105,9 @@ def reference(params, config: ModelConfig, saes, batch: Batch,
   """The frozen English reference for one batch (base params, no adapter, stop_gradient)."""
   kl = objective.w_retain > 0 and objective.retain == "kl"
   residuals = _residuals(params, config, batch.ref_tokens, batch.ref_mask, None, False)
-  weights = activations.stat_mask(batch.ref_tokens, batch.ref_mask, config.bos_id)
+  weights = sae_stats.stat_mask(batch.ref_tokens, batch.ref_mask, config.bos_id)
   ref = Reference(
-      activation=(activations.activation_from_residuals(residuals[jnp.asarray(objective.layers)], saes, weights)
+      activation=(sae_stats.activation_from_residuals(residuals[jnp.asarray(objective.layers)], saes, weights)
                   if objective.w_align > 0 else None),
       residuals=residuals if objective.w_retain > 0 and not kl else None,
       logits=_logits(params, config, residuals) if kl else None)
@@ -186,11 +186,11 @@ def loss_terms(adapter, params, config: ModelConfig, saes, batch: Batch, ref: Re
   target, english = residuals[:, :B], residuals[:, B:]
   terms = {}
   if objective.w_align > 0:
-    weights = activations.stat_mask(batch.target_tokens, batch.target_mask, config.bos_id)
-    act = activations.activation_from_residuals(target[jnp.asarray(objective.layers)], saes, weights)
+    weights = sae_stats.stat_mask(batch.target_tokens, batch.target_mask, config.bos_id)
+    act = sae_stats.activation_from_residuals(target[jnp.asarray(objective.layers)], saes, weights)
     terms["align"] = jnp.mean(((act - ref.activation) / ref.activation) ** 2)
   if objective.w_retain > 0:
-    weights = activations.stat_mask(batch.ref_tokens, batch.ref_mask, config.bos_id)
+    weights = sae_stats.stat_mask(batch.ref_tokens, batch.ref_mask, config.bos_id)
     terms["retain"] = (
         next_token_kl(_logits(params, config, english), ref.logits, weights)
         if objective.retain == "kl" else

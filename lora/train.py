@@ -26,11 +26,10 @@ import orbax.checkpoint as ocp
 
 from lora import DEFAULT_REMAT, objectives
 from lora.lora import Adapter, LoraConfig, init_adapter, layer_mask, project_hook
-from xling_jax import activations, io, train_checkpoints
-from xling_jax.config import ModelConfig
-# Re-exported: callers catch train.NonFiniteLossError; the log rewind keeps its old name.
-from xling_jax.train_checkpoints import NonFiniteLossError  # noqa: F401
-from xling_jax.train_checkpoints import rewind_log as _rewind_log  # noqa: F401
+from xling_jax.analysis import sae_stats
+from xling_jax.runtime import io
+from xling_jax.runtime import train_checkpoints
+from xling_jax.model.config import ModelConfig
 
 LOG_NAME = "train_log.jsonl"
 # TrainConfig fields that may change between a run and its resume without changing the result.
@@ -267,7 +266,7 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
   tc = train_config
   place = lambda batch: batch
   if mesh is not None:
-    from xling_jax import sharding as sharding_lib
+    from xling_jax.runtime import sharding as sharding_lib
     n_data = mesh.shape[sharding_lib.DATA]
     if tc.batch_size % n_data:
       raise ValueError(f"batch_size {tc.batch_size} must be a multiple of the mesh's data axis "
@@ -331,7 +330,7 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
 
 # ---- evaluation -----------------------------------------------------------------------------
 
-_layer_activations = jax.jit(activations.layer_activations,
+_layer_activations = jax.jit(sae_stats.layer_activations,
                              static_argnames=("config", "layers", "remat"))
 
 
@@ -347,7 +346,7 @@ def corpus_activation(params, config: ModelConfig, saes, layers: Sequence[int], 
     # Empty filler rows (BOS only: no statistic tokens) keep one compiled batch shape.
     enc = tokenizer.encode_batch(texts + [""] * (batch_size - len(texts)), add_bos=True,
                                  max_len=max_len, bucket=bucket)
-    n = float(np.asarray(activations.stat_mask(enc.tokens, enc.mask, config.bos_id)).sum())
+    n = float(np.asarray(sae_stats.stat_mask(enc.tokens, enc.mask, config.bos_id)).sum())
     acts = _layer_activations(params, config, saes, jnp.asarray(enc.tokens),
                               jnp.asarray(enc.mask), layers=layers,
                               hook=project_hook(adapter))

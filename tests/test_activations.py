@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 
 from sae import jumprelu
-from xling_jax import activations, model as model_lib, toy
-from xling_jax.activations import METRICS
-from xling_jax.toy_tokenizer import toy_tokenizer
+from xling_jax.analysis import corpus_stats
+from xling_jax.analysis import sae_stats
+from xling_jax.model import transformer as model_lib
+from sae import random_saes
+from tests import helpers
+from xling_jax.analysis.corpus_stats import METRICS
+from xling_jax.data.toy_tokenizer import toy_tokenizer
 
 from tests.conftest import run_on_fake_devices
 from tests.helpers import synthetic_stats
@@ -18,11 +22,11 @@ LANGS = ("en", "hi", "zh")
 
 @pytest.fixture(scope="module")
 def setup():
-  from xling_jax.corpora import embedded_sample
-  params, config = toy.toy_model(seed=0)
+  from xling_jax.data.corpora import embedded_sample
+  params, config = helpers.toy_model(seed=0)
   tok = toy_tokenizer(config.vocab_size)
   corpus = embedded_sample().subset(LANGS).head(9)
-  saes = toy.calibrated_random_saes(params, config, tok, corpus.sentences["en"], seed=0)
+  saes = random_saes.calibrated_random_saes(params, config, tok, corpus.sentences["en"], seed=0)
   return params, config, tok, saes, corpus.sentences
 
 
@@ -63,7 +67,7 @@ def _numpy_reference(params, config, tok, saes, sentences):
 @pytest.mark.slow
 def test_streaming_stats_equal_numpy_loops(setup):
   params, config, tok, saes, sentences = setup
-  stats = activations.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
+  stats = corpus_stats.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
                                    show_progress=False)
   for lang in LANGS:
     ref, counts, n_tokens = _numpy_reference(params, config, tok, saes, sentences[lang])
@@ -81,9 +85,9 @@ def test_streaming_stats_equal_numpy_loops(setup):
     (32, 64, True), (7, 64, False)])
 def test_batch_size_bucketing_and_fusion_do_not_change_numbers(setup, batch_size, bucket, fused):
   params, config, tok, saes, sentences = setup
-  base = activations.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
+  base = corpus_stats.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
                                   show_progress=False)
-  other = activations.corpus_stats(params, config, saes, tok, sentences, batch_size=batch_size,
+  other = corpus_stats.corpus_stats(params, config, saes, tok, sentences, batch_size=batch_size,
                                    bucket=bucket, fused=fused, show_progress=False)
   for lang in LANGS:
     for name in METRICS:
@@ -95,15 +99,15 @@ def test_batch_size_bucketing_and_fusion_do_not_change_numbers(setup, batch_size
 def test_layer_activations_is_differentiable_and_matches_stats(setup):
   params, config, tok, saes, sentences = setup
   enc = tok.encode_batch(list(sentences["hi"][:4]), bucket=16)
-  acts = activations.layer_activations(params, config, saes, enc.tokens, enc.mask)
-  stats = activations.corpus_stats(params, config, saes, tok, {"hi": sentences["hi"][:4]},
+  acts = sae_stats.layer_activations(params, config, saes, enc.tokens, enc.mask)
+  stats = corpus_stats.corpus_stats(params, config, saes, tok, {"hi": sentences["hi"][:4]},
                                    show_progress=False)
   np.testing.assert_allclose(acts, stats.metric("activation", "hi"), rtol=1e-5)
   sub = jax.tree.map(lambda a: a[np.array([1, 3])], saes)
   np.testing.assert_allclose(
-      activations.layer_activations(params, config, sub, enc.tokens, enc.mask, layers=(1, 3)),
+      sae_stats.layer_activations(params, config, sub, enc.tokens, enc.mask, layers=(1, 3)),
       np.asarray(acts)[[1, 3]], rtol=1e-6)
-  grad = jax.grad(lambda p: activations.layer_activations(
+  grad = jax.grad(lambda p: sae_stats.layer_activations(
       p, config, sub, enc.tokens, enc.mask, layers=(1, 3)).sum())(params)
   assert float(np.abs(np.asarray(grad["layers"]["up"])).sum()) > 0
 
@@ -111,7 +115,7 @@ def test_layer_activations_is_differentiable_and_matches_stats(setup):
 def test_empty_corpus_is_an_error(setup):
   params, config, tok, saes, _ = setup
   with pytest.raises(ValueError, match="no sentences"):
-    activations.language_sums(params, config, saes, tok, [])
+    corpus_stats.language_sums(params, config, saes, tok, [])
 
 
 def test_weighted_metrics_count_a_sentence_as_often_as_it_is_repeated():
@@ -122,11 +126,11 @@ def test_weighted_metrics_count_a_sentence_as_often_as_it_is_repeated():
   counts = np.random.default_rng(0).multinomial(len(sums.n_tokens),
                                                 np.full(len(sums.n_tokens), 1 / len(sums.n_tokens)))
   repeat = lambda a: np.repeat(a, counts, axis=0)
-  repeated = activations.LanguageSums({k: repeat(v) for k, v in sums.rows.items()},
+  repeated = corpus_stats.LanguageSums({k: repeat(v) for k, v in sums.rows.items()},
                                       repeat(sums.n_tokens), sums.feature_counts)
   for name in METRICS:
-    np.testing.assert_allclose(activations.weighted_metric(sums, name, counts[None])[0],
-                               activations.CorpusStats(("hi",), stats.layers,
+    np.testing.assert_allclose(corpus_stats.weighted_metric(sums, name, counts[None])[0],
+                               corpus_stats.CorpusStats(("hi",), stats.layers,
                                                        {"hi": repeated}).metric(name, "hi"),
                                rtol=1e-12, err_msg=name)
   with pytest.raises(ValueError, match="unknown metric 'gap'"):
@@ -139,7 +143,7 @@ def test_non_finite_residuals_are_an_error_not_a_report(setup):
   broken = jax.tree.map(lambda x: x, params)
   broken["layers"]["up"] = params["layers"]["up"].at[2].set(np.nan)
   with pytest.raises(FloatingPointError, match=r"'en': .*NaN/inf at layer\(s\) \[2, 3\]"):
-    activations.corpus_stats(broken, config, saes, tok, {"en": sentences["en"][:2]},
+    corpus_stats.corpus_stats(broken, config, saes, tok, {"en": sentences["en"][:2]},
                              show_progress=False)
 
 
@@ -148,22 +152,26 @@ import json, sys
 import jax
 jax.config.update("jax_default_matmul_precision", "highest")
 import numpy as np
-from xling_jax import activations, sharding, toy
-from xling_jax.corpora import embedded_sample
-from xling_jax.toy_tokenizer import toy_tokenizer
+from sae import random_saes
+from xling_jax.analysis import corpus_stats
+from xling_jax.data.corpora import embedded_sample
+from xling_jax.data.toy_tokenizer import toy_tokenizer
+from xling_jax.model import presets, transformer
+from xling_jax.runtime import sharding
 assert len(jax.devices()) == 8, jax.devices()
-params, config = toy.toy_model(seed=0)
+config = presets.toy()
+params = transformer.init_params(config, jax.random.PRNGKey(0))
 tok = toy_tokenizer(config.vocab_size)
 sents = embedded_sample().subset(("en", "ml")).head(10).sentences
-saes = toy.calibrated_random_saes(params, config, tok, sents["en"], seed=0)
+saes = random_saes.calibrated_random_saes(params, config, tok, sents["en"], seed=0)
 out = {}
-single = activations.corpus_stats(params, config, saes, tok, sents, batch_size=8, show_progress=False)
+single = corpus_stats.corpus_stats(params, config, saes, tok, sents, batch_size=8, show_progress=False)
 out["single"] = {l: single.metric("activation", l).tolist() for l in sents}
 out["single_counts"] = {l: single.per_language[l].feature_counts.sum() for l in sents}
 mesh = sharding.make_mesh((2, 4))
 for mode in sharding.PARAM_MODES:
   p = sharding.shard_params(params, mesh, mode)
-  s = activations.corpus_stats(p, config, saes, tok, sents, batch_size=8, mesh=mesh, show_progress=False)
+  s = corpus_stats.corpus_stats(p, config, saes, tok, sents, batch_size=8, mesh=mesh, show_progress=False)
   out[mode] = {l: s.metric("activation", l).tolist() for l in sents}
   out[mode + "_counts"] = {l: s.per_language[l].feature_counts.sum() for l in sents}
   out[mode + "_spec"] = str(p["layers"]["q"].sharding.spec)
@@ -186,18 +194,18 @@ def test_a_subset_of_layers_equals_those_layers_of_the_full_analysis(setup):
   the every-layer run's at that layer."""
   params, config, tok, saes, sentences = setup
   sentences = {lang: sentences[lang][:6] for lang in ("en", "hi")}
-  full = activations.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
+  full = corpus_stats.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
                                   show_progress=False)
   layers = (1, 3)
   subset = jax.tree.map(lambda x: x[np.asarray(layers)], saes)
-  part = activations.corpus_stats(params, config, subset, tok, sentences, batch_size=4,
+  part = corpus_stats.corpus_stats(params, config, subset, tok, sentences, batch_size=4,
                                   show_progress=False, layers=layers)
   assert part.layers == layers
   for lang in sentences:
     np.testing.assert_allclose(part.per_language[lang].feature_counts,
                                full.per_language[lang].feature_counts[list(layers)])
-    for name in activations.METRICS:
+    for name in corpus_stats.METRICS:
       np.testing.assert_allclose(part.metric(name, lang), full.metric(name, lang)[list(layers)],
                                  rtol=1e-5)
   with pytest.raises(ValueError, match="increasing layers"):
-    activations.corpus_stats(params, config, subset, tok, sentences, layers=(3, 1))
+    corpus_stats.corpus_stats(params, config, subset, tok, sentences, layers=(3, 1))

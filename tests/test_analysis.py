@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 import xling_jax as xj
-from xling_jax import activations, analysis, corpora, model_setup
+from xling_jax.analysis import run as analysis
+from xling_jax.data import corpora
+from xling_jax import model_setup
 
 from tests.conftest import REPO
+from xling_jax.analysis import corpus_stats
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +77,7 @@ def test_settings_are_checked_before_any_compute(toy, monkeypatch, change, messa
   def no_compute(*args, **kwargs):
     raise AssertionError("statistics computed before the settings were checked")
 
-  monkeypatch.setattr(activations, "corpus_stats", no_compute)
+  monkeypatch.setattr(corpus_stats, "corpus_stats", no_compute)
   with pytest.raises(ValueError, match=re.escape(message)):
     analysis.analyze(model, saes, corpus, analysis.AnalysisConfig(**change))
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sae import gemma_scope, jumprelu
-from xling_jax.toy_tokenizer import build_toy_tokenizer, default_sentences
+from xling_jax.data.toy_tokenizer import build_toy_tokenizer, default_sentences
 
 from tests.conftest import REPO, shared_data_or_skip
 

@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from xling_jax import batching
+from xling_jax.runtime import batching
 
 
 def test_batch_rows_caps_at_the_data_and_rounds_to_the_mesh():

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from tests.conftest import shared_data_or_skip
-from xling_jax import benchmark_items as bi
+from xling_jax.evaluation import benchmark_items as bi
 
 ARC = {"id": "Mercury_1", "question": "Which is a planet?", "choices": ["Sun", "Mars", "Moon"],
        "answer": 1, "answer_key": "B"}

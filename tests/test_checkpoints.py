@@ -9,8 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xling_jax import checkpoints, config as config_lib, model as model_lib
-from xling_jax.checkpoints import CheckpointError
+from xling_jax import checkpoints
+from xling_jax.checkpoints import kaggle
+from xling_jax.model import presets
+from xling_jax.model import transformer as model_lib
+from xling_jax.runtime.errors import CheckpointError
 
 
 def _assert_same_params(a, b):
@@ -108,7 +111,7 @@ def test_wrong_tensor_shape_names_file_and_tensor(hf_copy, toy_config):
 
 def test_layer_count_disagreement(hf_copy):
   with pytest.raises(CheckpointError, match=r"4 layers.*n_layers=6"):
-    checkpoints.load_params(hf_copy, config_lib.toy(n_layers=6))
+    checkpoints.load_params(hf_copy, presets.toy(n_layers=6))
 
 
 def test_truncated_safetensors_file(hf_copy):
@@ -138,7 +141,7 @@ def test_non_gemma2_config_rejected(hf_copy):
 
 
 def test_kaggle_wrong_shape_names_tensor(tmp_path, toy_config):
-  other = config_lib.toy(mlp_hidden=96)
+  other = presets.toy(mlp_hidden=96)
   ckpt = tmp_path / "kaggle"
   checkpoints.save_kaggle(ckpt, model_lib.init_params(other, jax.random.PRNGKey(1)), other)
   with pytest.raises(CheckpointError, match=r"transformer/layer_0/mlp/gating_einsum.*\(2, 64, 96\)"
@@ -151,7 +154,7 @@ def test_kaggle_wrong_shape_names_tensor(tmp_path, toy_config):
 
 @pytest.fixture(scope="module")
 def gemma3():
-  config = config_lib.toy_gemma3()
+  config = presets.toy_gemma3()
   return model_lib.init_params(config, jax.random.PRNGKey(2)), config
 
 
@@ -177,7 +180,7 @@ def test_kaggle_tensors_follow_the_gemma_library_layout(tmp_path, family, toy_pa
   checkpoints.save_hf(tmp_path / "hf", params, config)
   checkpoints.save_kaggle(tmp_path / "k", params, config)
   hf = load_file(str(tmp_path / "hf" / "model.safetensors"))
-  flat = checkpoints._flatten_kaggle(checkpoints._restore_orbax(tmp_path / "k"))
+  flat = kaggle.flatten_kaggle(kaggle.restore_orbax(tmp_path / "k"))
   N, K, H, D = config.n_heads, config.n_kv_heads, config.head_dim, config.d_model
   for i in (0, config.n_layers - 1):
     k, p = f"transformer/layer_{i}/", f"model.layers.{i}."

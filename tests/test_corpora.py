@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from tests.conftest import REPO, shared_data_or_skip
-from xling_jax import corpora
-from xling_jax.languages import LANGUAGES, LOW_RESOURCE, STUDY_LANGUAGES, validate_languages
+from xling_jax.data import corpora
+from xling_jax.data.languages import LANGUAGES, LOW_RESOURCE, STUDY_LANGUAGES, validate_languages
 
 # Letters (str.isalpha) of each script fall in these code point ranges.
 SCRIPT_RANGES = {
@@ -93,7 +93,7 @@ def test_embedded_sample_is_not_copied_from_the_shared_corpora():
 
 
 def test_corpora_module_does_not_import_datasets():
-  code = "import sys, xling_jax.corpora; sys.exit('datasets' in sys.modules)"
+  code = "import sys, xling_jax.data.corpora; sys.exit('datasets' in sys.modules)"
   assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 

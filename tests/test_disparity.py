@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import synthetic_stats
-from xling_jax import disparity
-from xling_jax.activations import METRICS, CorpusStats
+from xling_jax.analysis import disparity
+from xling_jax.analysis.corpus_stats import METRICS, CorpusStats
 
 
 def test_gap_and_band_summary_definitions():

@@ -11,8 +11,10 @@ import jax
 import pytest
 
 from sae import gemma_scope, jumprelu
-from xling_jax import checkpoints, config as config_lib, model as model_lib
-from xling_jax.toy_tokenizer import build_toy_tokenizer, default_sentences
+from xling_jax import checkpoints
+from xling_jax.model import presets
+from xling_jax.model import transformer as model_lib
+from xling_jax.data.toy_tokenizer import build_toy_tokenizer, default_sentences
 
 from tests.conftest import REPO
 from tests.helpers import write_arc_items
@@ -25,7 +27,7 @@ SAE_WIDTH = 64
 def gemma3_run(tmp_path_factory):
   """(checkpoint dir, tokenizer, SAE root, benchmark dir) for a toy Gemma 3."""
   root = tmp_path_factory.mktemp("gemma3_tools")
-  config = config_lib.toy_gemma3()
+  config = presets.toy_gemma3()
   checkpoints.save_hf(root / "ckpt", model_lib.init_params(config, jax.random.PRNGKey(5)), config)
   tok = build_toy_tokenizer(default_sentences(), config.vocab_size, root / "tok.model")
   saes = jumprelu.random_params(jax.random.PRNGKey(6), config.d_model, SAE_WIDTH,
@@ -50,7 +52,7 @@ def test_analyze_runs_on_gemma3_with_gemma_scope2_saes(gemma3_run, tmp_path):
        "--progress=false", f"--out={tmp_path}")
   stats = json.loads((tmp_path / "stats.json").read_text())
   assert stats["provenance"]["config"]["family"] == "gemma3"
-  n_layers = config_lib.toy_gemma3().n_layers
+  n_layers = presets.toy_gemma3().n_layers
   assert stats["languages"] == ["en", "hi", "ml"] and stats["layers"] == list(range(n_layers))
   assert all(len(stats["metrics"]["activation"][lang]) == n_layers for lang in ("en", "hi", "ml"))
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xling_jax import config as config_lib
-from xling_jax import gguf_file
-from xling_jax.config import ModelConfig
-from xling_jax.errors import CheckpointError
-from xling_jax.gguf_file import GGUFFile
-from xling_jax.tokenizer import Tokenizer
+from xling_jax.model import config as config_lib
+from xling_jax.model import presets
+from xling_jax.checkpoints import gguf_file
+from xling_jax.model.config import ModelConfig
+from xling_jax.runtime.errors import CheckpointError
+from xling_jax.checkpoints.gguf_file import GGUFFile
+from xling_jax.data.tokenizer import Tokenizer
 
 from tests.conftest import shared_data_or_skip
+from xling_jax.checkpoints import hf_config
 
 gguf = pytest.importorskip("gguf", reason="GGUF support needs pip install gguf")
 Q = gguf.GGMLQuantizationType
@@ -74,7 +76,7 @@ def _rand(shape, seed=0):
 @pytest.fixture
 def toy_file(tmp_path):
   """A toy_gemma3-shaped GGUF: an F32 norm, an F16, a Q8_0 and a Q4_0 tensor."""
-  config = config_lib.toy_gemma3()
+  config = presets.toy_gemma3()
   tensors = [("token_embd.weight", _rand((config.vocab_size, config.d_model)), Q.Q8_0),
              ("output_norm.weight", 1.0 + _rand((config.d_model,), 1), Q.F32),
              ("blk.0.attn_q.weight", _rand((config.q_width, config.d_model), 2), Q.F16),
@@ -190,22 +192,22 @@ def test_hf_config_of_a_preset_shape_takes_what_gguf_omits_from_the_preset(toy_f
   assert hf["model_type"] == "gemma3_text" and hf["tie_word_embeddings"] is True
   assert (hf["bos_token_id"], hf["eos_token_id"], hf["pad_token_id"]) == (2, 1, 0)
   assert hf["rms_norm_eps"] == 1e-6  # float32 metadata comes back as its shortest decimal
-  assert ModelConfig.from_hf_dict(hf) == config_lib.toy_gemma3()
+  assert hf_config.config_from_hf(hf) == presets.toy_gemma3()
 
 
 def test_hf_config_without_a_matching_preset_leaves_hf_defaults(tmp_path):
-  config = config_lib.toy_gemma3(n_layers=3, d_model=48)
+  config = presets.toy_gemma3(n_layers=3, d_model=48)
   path = write_gguf(tmp_path / "odd.gguf", metadata=_toy_gemma3_metadata(config), vocab=False)
   hf = GGUFFile(path).hf_config()
   assert not {"query_pre_attn_scalar", "layer_types", "rope_scaling", "vocab_size"} & set(hf)
-  got = ModelConfig.from_hf_dict(hf, vocab_size=512)
+  got = hf_config.config_from_hf(hf, vocab_size=512)
   assert (got.n_layers, got.d_model, got.n_kv_heads, got.head_dim) == (3, 48, 2, 16)
   assert got.query_pre_attn_scalar == 256  # Gemma3TextConfig's default
   assert [got.layer_kind(i) for i in range(3)] == [config_lib.AttentionKind(8, 10000.0)] * 3
 
 
 def test_hf_config_uses_the_optional_keys_a_file_states(tmp_path):
-  config = config_lib.toy_gemma3(n_layers=3, d_model=48)
+  config = presets.toy_gemma3(n_layers=3, d_model=48)
   arch = "gemma3"
   extra = {f"{arch}.rope.freq_base_swa": (5000.0, gguf.GGUFValueType.FLOAT32),
            f"{arch}.attention.sliding_window_pattern": ([False, True, False],
@@ -213,21 +215,21 @@ def test_hf_config_uses_the_optional_keys_a_file_states(tmp_path):
            f"{arch}.rope.scaling.type": ("linear", gguf.GGUFValueType.STRING),
            f"{arch}.rope.scaling.factor": (4.0, gguf.GGUFValueType.FLOAT32)}
   path = write_gguf(tmp_path / "stated.gguf", metadata=_toy_gemma3_metadata(config), extra=extra)
-  got = ModelConfig.from_hf_dict(GGUFFile(path).hf_config())
+  got = hf_config.config_from_hf(GGUFFile(path).hf_config())
   local, glob = config_lib.AttentionKind(8, 5000.0), config_lib.AttentionKind(None, 1e6, 4.0)
   assert [got.layer_kind(i) for i in range(3)] == [glob, local, glob]
   assert got.vocab_size == len(TOKENS)  # no token_embd: the tokenizer's size
 
 
 def test_gemma2_hf_config_reads_the_softcaps(tmp_path):
-  config = config_lib.toy()
+  config = presets.toy()
   metadata = {**_toy_gemma3_metadata(config), "rope_freq_base": 10000.0,
               "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
   tensors = [("token_embd.weight", _rand((config.vocab_size, config.d_model)), Q.F16)]
   path = write_gguf(tmp_path / "g2.gguf", arch="gemma2", metadata=metadata, tensors=tensors)
   hf = GGUFFile(path).hf_config()
   assert hf["model_type"] == "gemma2" and hf["vocab_size"] == config.vocab_size
-  assert ModelConfig.from_hf_dict(hf) == config
+  assert hf_config.config_from_hf(hf) == config
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -277,7 +279,7 @@ def test_hand_written_model_proto_parses_as_sentencepiece_s_own(toy_file):
 
 
 def test_tokenizer_from_a_gguf_without_vocabulary_names_the_file(tmp_path):
-  from xling_jax.tokenizer import TokenizerError
+  from xling_jax.data.tokenizer import TokenizerError
   path = write_gguf(tmp_path / "novocab.gguf", metadata={"block_count": 1}, vocab=False)
   with pytest.raises(TokenizerError) as e:
     Tokenizer.load(path)
@@ -289,14 +291,14 @@ def test_tokenizer_from_a_gguf_without_vocabulary_names_the_file(tmp_path):
 def test_real_gemma3_270m_config_is_the_preset(gemma3_270m_gguf):
   f = GGUFFile(gemma3_270m_gguf)
   assert f.architecture == "gemma3" and len(f.names()) == 236
-  assert ModelConfig.from_hf_dict(f.hf_config()) == config_lib.gemma3_270m()
+  assert hf_config.config_from_hf(f.hf_config()) == presets.gemma3_270m()
 
 
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_real_gemma3_270m_tokenizer_matches_transformers_on_flores(gemma3_270m_gguf,
                                                                    gemma3_270m_hf_tokenizer):
-  from xling_jax.corpora import load_text_dir
+  from xling_jax.data.corpora import load_text_dir
   corpus = load_text_dir(shared_data_or_skip("parallel", "flores200_sib200"))
   assert len(corpus.languages) == 10 and corpus.n_sentences == 1004
   ours, theirs = Tokenizer.load(gemma3_270m_gguf), gemma3_270m_hf_tokenizer

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from xling_jax import checkpoints
-from xling_jax import model as model_lib
-from xling_jax.corpora import load_text_dir
-from xling_jax.tokenizer import Tokenizer
+from xling_jax.model import transformer as model_lib
+from xling_jax.data.corpora import load_text_dir
+from xling_jax.data.tokenizer import Tokenizer
 
 from tests.conftest import shared_data_or_skip
 

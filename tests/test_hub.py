@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from xling_jax import checkpoints, hub
+from xling_jax import checkpoints
+from xling_jax.runtime import hub
 
 
 def test_hub_ids_and_local_looking_paths(tmp_path, monkeypatch):

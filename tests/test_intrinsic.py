@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from xling_jax import intrinsic
-from xling_jax.toy_tokenizer import toy_tokenizer
+from xling_jax.analysis import intrinsic
+from xling_jax.data.toy_tokenizer import toy_tokenizer
 
 from tests.conftest import REPO
 from tests.helpers import hf_base

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xling_jax import io
+from xling_jax.runtime import io
 
 
 def test_output_dir_checks(tmp_path):

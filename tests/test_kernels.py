@@ -15,7 +15,10 @@ import pytest
 from jax import export
 
 from sae import jumprelu
-from xling_jax import activations, config as config_lib, model as model_lib, scoring
+from xling_jax.analysis import sae_stats
+from xling_jax.model import presets
+from xling_jax.model import transformer as model_lib
+from xling_jax.evaluation import scoring
 from xling_jax.kernels import attention as attention_seam, sae_stats as sae_stats_seam, select
 from xling_jax.kernels.attention import mosaic as attention_mosaic, triton as attention_triton
 from xling_jax.kernels.sae_stats import mosaic as sae_mosaic, triton as sae_triton
@@ -145,7 +148,7 @@ def test_attention_packed_scoring_masks(impl, window):
 
 @pytest.mark.parametrize("impl", FUSED)
 def test_attention_padding_rows_are_finite(impl):
-  # A row with no real token (the filler rows `activations.language_sums` pads batches with)
+  # A row with no real token (the filler rows `sae_stats.language_sums` pads batches with)
   # and a row whose padding starts inside a block; large scores would overflow a naive exp.
   q, k, v = _qkv(3, 3, 32, 1, 2, 16, q_scale=30.0)
   mask = _lm_mask(_padded((32, 0, 19), 32), None)
@@ -264,9 +267,9 @@ def test_batch_stats_through_fused_sae_stats(impl, use_impl, toy_params, toy_con
                                 n_layers=toy_config.n_layers, input_std=2.0)
   tokens = jnp.asarray(np.random.default_rng(5).integers(4, 500, (2, 24)))
   mask = jnp.asarray(_padded((24, 15), 24))
-  ref = activations.batch_stats(toy_params, toy_config, saes, tokens, mask)
+  ref = sae_stats.batch_stats(toy_params, toy_config, saes, tokens, mask)
   use_impl("sae_stats", impl)
-  out = activations.batch_stats(toy_params, toy_config, saes, tokens, mask)
+  out = sae_stats.batch_stats(toy_params, toy_config, saes, tokens, mask)
   for key in ("l0", "distinct_features", "feature_counts"):
     np.testing.assert_array_equal(np.asarray(out[key]), np.asarray(ref[key]), err_msg=key)
   for key in ("activation", "resid_norm"):
@@ -291,7 +294,7 @@ def _lowers_for(platform, fn, *shapes):
                                              ("tpu", attention_mosaic)])
 @pytest.mark.parametrize("preset", ["gemma2_2b", "gemma3_1b"])
 def test_attention_lowers_at_gemma_shapes(platform, kernel, preset):
-  c = config_lib.preset(preset)
+  c = presets.preset(preset)
   B, T, K, G, H = 4, 256, c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
   q = jax.ShapeDtypeStruct((B, T, K, G, H), jnp.bfloat16)
   kv = jax.ShapeDtypeStruct((B, T, K, H), jnp.bfloat16)

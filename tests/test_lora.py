@@ -7,7 +7,7 @@ import pytest
 
 from lora import lora as lora_lib
 from tests.helpers import random_adapter
-from xling_jax import model as model_lib
+from xling_jax.model import transformer as model_lib
 
 
 def _batch(vocab, seq=20, seed=1):

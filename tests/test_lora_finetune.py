@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lora import finetune, objectives, peft_io, train
-from xling_jax import corpora, model_setup
+from xling_jax.data import corpora
+from xling_jax import model_setup
 
 from tests.conftest import REPO
 

@@ -28,8 +28,10 @@ from lora import lora as lora_lib
 from lora import objectives, train
 from sae import jumprelu
 from tests.helpers import assert_peft_matches_ours, random_adapter
-from xling_jax import corpora, toy
-from xling_jax.toy_tokenizer import toy_tokenizer
+from xling_jax.data import corpora
+from sae import random_saes as toy
+from xling_jax.data.toy_tokenizer import toy_tokenizer
+from xling_jax.runtime import train_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,7 +110,8 @@ def small_run(toy_params, toy_config):
 def test_objective_terms_match_their_definitions(small_run):
   """align / retain (kl) / lm recomputed from separate forward passes, `activations`'
   layer_activations and optax's cross-entropy, against the one stacked pass of `loss_terms`."""
-  from xling_jax import activations, model as model_lib
+  from xling_jax.analysis import sae_stats
+  from xling_jax.model import transformer as model_lib
   r = small_run
   cfg, params, saes = r["config"], r["params"], r["saes"]
   objective = objectives.ObjectiveConfig(layers=(1,), w_align=1.0, w_retain=2.0, w_lm=0.5,
@@ -124,13 +127,13 @@ def test_objective_terms_match_their_definitions(small_run):
   @jax.jit
   def expected(adapter, batch):
     tt, tm, rt, rm = batch
-    act = lambda t, m, adapter: activations.layer_activations(
+    act = lambda t, m, adapter: sae_stats.layer_activations(
         params, cfg, saes, t, m, hook=lora_lib.project_hook(adapter), layers=(1,))
     a_en = act(rt, rm, None)
     align = jnp.mean(((act(tt, tm, adapter) - a_en) / a_en) ** 2)
     logits = lambda t, m, adapter: model_lib.forward(params, cfg, t, m,
                                                        hook=lora_lib.project_hook(adapter)).logits
-    w = activations.stat_mask(rt, rm, cfg.bos_id)
+    w = sae_stats.stat_mask(rt, rm, cfg.bos_id)
     p_base = jax.nn.softmax(logits(rt, rm, None))
     kl = jnp.sum(p_base * (jnp.log(p_base) - jax.nn.log_softmax(logits(rt, rm, adapter))), -1)
     retain = jnp.sum(kl * w) / jnp.sum(w)
@@ -154,7 +157,7 @@ def test_chunked_lm_loss_and_its_gradient_equal_the_full_logits_ones(toy_params,
                                                                       chunk_tokens):
   """Several chunks with a padded tail (5, 7) and one chunk (4096) against optax's
   cross-entropy on the full [B, T, V] logits, for the loss and for d loss / d hidden."""
-  from xling_jax import model as model_lib
+  from xling_jax.model import transformer as model_lib
   rng = np.random.default_rng(0)
   tokens = jnp.asarray(rng.integers(3, toy_config.vocab_size, (3, 9)), jnp.int32)
   mask = jnp.asarray([[1] * 9, [1] * 6 + [0] * 3, [1] * 4 + [0] * 5], jnp.int32)
@@ -237,7 +240,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(small_run, tmp_pa
   args = (r["params"], r["config"], r["saes"], stream, r["lora_config"], r["objective"], tc,
           tmp_path / "ckpt")
   expected = r"non-finite value at step 5 \(.*loss=nan.*Last good checkpoint: step 4 in "
-  with pytest.raises(train.NonFiniteLossError, match=expected):
+  with pytest.raises(train_checkpoints.NonFiniteLossError, match=expected):
     train.train(*args, log_path=tmp_path / "log.jsonl", loss_fn=nan_on_fifth_batch,
                 echo=lambda _: None)
   assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["2", "4"]  # no partial save
@@ -419,7 +422,7 @@ def test_log_rewind_survives_a_line_cut_by_a_kill(tmp_path):
   log = tmp_path / "train_log.jsonl"
   log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
                  '{"step": 3, "loss": 1.2}\n{"step": 4, "lo')
-  train._rewind_log(log, 2)
+  train_checkpoints.rewind_log(log, 2)
   assert [json.loads(l)["step"] for l in log.read_text().splitlines()] == [1, 2]
 
 

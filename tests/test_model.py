@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xling_jax import config as config_lib, model as model_lib
+from xling_jax.model import presets
+from xling_jax.model import transformer as model_lib
+from xling_jax.checkpoints import hf_config
 
 
 def _tokens(seed, shape, vocab=512):
@@ -43,7 +45,7 @@ def test_sliding_window_changes_long_sequences_only(toy_params, toy_config):
 
 
 def test_gemma2_2b_preset_matches_the_released_model():
-  c = config_lib.gemma2_2b()
+  c = presets.gemma2_2b()
   assert (c.n_layers, c.d_model, c.mlp_hidden, c.n_heads, c.n_kv_heads, c.head_dim) == (
       26, 2304, 9216, 8, 4, 256)
   assert (c.vocab_size, c.sliding_window, c.attn_logit_softcap, c.final_logit_softcap) == (
@@ -51,32 +53,32 @@ def test_gemma2_2b_preset_matches_the_released_model():
   assert c.query_pre_attn_scalar ** -0.5 == 1 / 16 and not c.qk_norm
   assert [c.is_local_layer(i) for i in range(4)] == [True, False, True, False]
   assert {k.rope_base for k in c.attention_kinds} == {10000.0}
-  assert config_lib.ModelConfig.from_hf_dict(c.to_hf_dict()) == c
+  assert hf_config.config_from_hf(hf_config.config_to_hf(c)) == c
 
 
 def test_gemma3_presets_match_the_released_models():
-  c = config_lib.gemma3_270m()
+  c = presets.gemma3_270m()
   assert (c.n_layers, c.d_model, c.mlp_hidden, c.n_heads, c.n_kv_heads, c.head_dim) == (
       18, 640, 2048, 4, 1, 256)
   assert [i for i in range(18) if not c.is_local_layer(i)] == [5, 11, 17]
   assert (c.vocab_size, c.sliding_window, c.attn_logit_softcap, c.final_logit_softcap) == (
       262144, 512, None, None)
   assert c.qk_norm and c.layer_kind(5).rope_base == 1e6 and c.layer_kind(0).rope_base == 1e4
-  big = config_lib.gemma3_4b()
+  big = presets.gemma3_4b()
   assert big.layer_kind(5).rope_scale == 8.0 and big.layer_kind(0).rope_scale == 1.0
   assert (big.vocab_size, big.sliding_window) == (262208, 1024)
-  assert config_lib.gemma3_27b().query_pre_attn_scalar == 168
-  assert config_lib.gemma2_27b().query_pre_attn_scalar == 144
-  assert config_lib.gemma2_9b().kaggle_gating_transposed
-  assert not config_lib.gemma2_2b().kaggle_gating_transposed
-  for c in (config_lib.gemma3_270m(), big):
-    assert config_lib.ModelConfig.from_hf_dict(c.to_hf_dict()) == c
+  assert presets.gemma3_27b().query_pre_attn_scalar == 168
+  assert presets.gemma2_27b().query_pre_attn_scalar == 144
+  assert presets.gemma2_9b().kaggle_gating_transposed
+  assert not presets.gemma2_2b().kaggle_gating_transposed
+  for c in (presets.gemma3_270m(), big):
+    assert hf_config.config_from_hf(hf_config.config_to_hf(c)) == c
 
 
-@pytest.mark.parametrize("name", sorted(config_lib.PRESETS))
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_every_preset_runs_at_full_size_under_eval_shape(name):
   """Shapes of the whole forward pass at the released size, without allocating a weight."""
-  config = config_lib.preset(name, param_dtype="bfloat16", compute_dtype="bfloat16")
+  config = presets.preset(name, param_dtype="bfloat16", compute_dtype="bfloat16")
   params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.bfloat16),
                         model_lib.param_shapes(config), is_leaf=lambda s: isinstance(s, tuple))
   tokens = jax.ShapeDtypeStruct((2, 32), jnp.int32)
@@ -86,22 +88,22 @@ def test_every_preset_runs_at_full_size_under_eval_shape(name):
 
 
 def test_hf_config_of_a_multimodal_gemma3_is_its_text_model():
-  text = config_lib.gemma3_4b().to_hf_dict()
+  text = hf_config.config_to_hf(presets.gemma3_4b())
   multimodal = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
                 "text_config": {k: v for k, v in text.items() if k != "model_type"},
                 "vision_config": {"hidden_size": 1152}}
-  assert config_lib.ModelConfig.from_hf_dict(multimodal) == config_lib.gemma3_4b()
+  assert hf_config.config_from_hf(multimodal) == presets.gemma3_4b()
   with pytest.raises(ValueError, match="text_config"):
-    config_lib.ModelConfig.from_hf_dict({"model_type": "gemma3", "vision_config": {}})
+    hf_config.config_from_hf({"model_type": "gemma3", "vision_config": {}})
 
 
 def test_legacy_gemma3_rope_keys_give_the_same_config():
   """Older config.json files name rope_theta / rope_local_base_freq / rope_scaling and a
   sliding_window_pattern instead of rope_parameters and layer_types."""
-  c = config_lib.gemma3_4b()
-  hf = {k: v for k, v in c.to_hf_dict().items() if k not in ("rope_parameters", "layer_types")}
+  c = presets.gemma3_4b()
+  hf = {k: v for k, v in hf_config.config_to_hf(c).items() if k not in ("rope_parameters", "layer_types")}
   hf.update(sliding_window_pattern=6, rope_scaling={"rope_type": "linear", "factor": 8.0})
-  assert config_lib.ModelConfig.from_hf_dict(hf) == c
+  assert hf_config.config_from_hf(hf) == c
 
 
 def test_projection_hook_sees_every_linear_module_and_changes_the_output(toy_params, toy_config):
@@ -153,7 +155,7 @@ def test_bfloat16_compute_stays_close_to_float32(toy_params, toy_config):
 
 @pytest.mark.parametrize("on_device", [False, True])
 def test_init_params_shapes_scales_and_determinism(on_device):
-  config = config_lib.preset("toy", param_dtype="bfloat16")
+  config = presets.preset("toy", param_dtype="bfloat16")
   params = model_lib.init_params(config, jax.random.PRNGKey(3), on_device=on_device)
   model_lib.check_params(params, config)  # raises on any shape mismatch
   assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(params))

@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xling_jax import checkpoints, config as config_lib, model as model_lib
+from xling_jax import checkpoints
+from xling_jax.model import config as config_lib
+from xling_jax.model import presets
+from xling_jax.model import transformer as model_lib
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -37,9 +40,9 @@ def _batch(vocab, seq=20, seed=1):
 # Gemma 3 variants: the toy's GQA (4 heads over 2 kv heads, linear RoPE x8 on the global
 # layer, query scalar 24 != head_dim 16) and an MQA one with unscaled RoPE and 2 global layers.
 FAMILIES = {
-    "gemma2": config_lib.toy(),
-    "gemma3_gqa": config_lib.toy_gemma3(),
-    "gemma3_mqa": config_lib.toy_gemma3(
+    "gemma2": presets.toy(),
+    "gemma3_gqa": presets.toy_gemma3(),
+    "gemma3_mqa": presets.toy_gemma3(
         n_heads=2, n_kv_heads=1, n_layers=13, query_pre_attn_scalar=16,
         attention_kinds=(config_lib.AttentionKind(8, 10000.0),
                          config_lib.AttentionKind(None, 1e6))),

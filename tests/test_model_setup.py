@@ -9,7 +9,7 @@ import pytest
 
 from sae import gemma_scope, jumprelu
 from xling_jax import model_setup
-from xling_jax.errors import NonFiniteError
+from xling_jax.runtime.errors import NonFiniteError
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from lora import objectives, peft_io, train
 from lora.nnx_adapter import LoraAdapter
 from sae import jumprelu
 from xling_jax import checkpoints
-from xling_jax import config as config_lib
-from xling_jax import model as model_lib
+from xling_jax.model import presets
+from xling_jax.model import transformer as model_lib
 from xling_jax.nnx_model import Gemma2, Gemma3, GemmaModel
 
-FAMILIES = {"toy": (config_lib.toy, Gemma2), "toy_gemma3": (config_lib.toy_gemma3, Gemma3)}
+FAMILIES = {"toy": (presets.toy, Gemma2), "toy_gemma3": (presets.toy_gemma3, Gemma3)}
 
 
 def _tokens(config, B=2, T=12, seed=0):
@@ -99,7 +99,7 @@ def test_lora_steps_through_nnx_optimizer_equal_the_functional_trainer(tmp_path)
   """4 steps of clip -> AdamW (weight decay on) -> layer mask with every objective term on,
   through nnx.Optimizer over a LoraAdapter and through train.make_train_step; then the PEFT
   export of the module's adapter."""
-  config = config_lib.toy()
+  config = presets.toy()
   model = GemmaModel.from_config(config, 0)
   params = model.params
   lora_config = lora_lib.LoraConfig(rank=2, alpha=4, modules=("q", "up", "down"), layers=(1, 2))

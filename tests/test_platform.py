@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from xling_jax import io, platform
+from xling_jax.runtime import io
+from xling_jax.runtime import platform
 from tests.conftest import REPO
 from tests.helpers import write_arc_items
 

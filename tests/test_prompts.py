@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from xling_jax import prompts
-from xling_jax.benchmark_items import Item, TaskData
+from xling_jax.evaluation import prompts
+from xling_jax.evaluation.benchmark_items import Item, TaskData
 
 
 def arc(i, lang="en", question=None):

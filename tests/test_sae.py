@@ -11,7 +11,7 @@ import pytest
 
 from sae import gemma_scope as gs
 from sae import jumprelu as jr
-from xling_jax import model as model_lib
+from xling_jax.model import transformer as model_lib
 
 D, W = 64, 256
 

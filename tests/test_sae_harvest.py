@@ -10,8 +10,9 @@ import pytest
 from sae import gemma_scope as gs
 from sae.train import harvest, loop, sources
 from sae.train.config import SAETrainConfig
-from xling_jax import corpora, model as model_lib
-from xling_jax.toy_tokenizer import toy_tokenizer
+from xling_jax.data import corpora
+from xling_jax.model import transformer as model_lib
+from xling_jax.data.toy_tokenizer import toy_tokenizer
 
 LAYERS = (3, 1)
 

@@ -22,7 +22,7 @@ from sae import jumprelu as jr
 from sae.train import features, loop, normalize, objective, optim, sources
 from sae.train import step as step_lib
 from sae.train.config import SAETrainConfig
-from xling_jax import train_checkpoints
+from xling_jax.runtime import train_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 

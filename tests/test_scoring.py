@@ -8,9 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from xling_jax import model as model_lib, prompts, scoring
-from xling_jax.benchmark_items import Item
-from xling_jax.toy_tokenizer import toy_tokenizer
+from xling_jax.model import transformer as model_lib
+from xling_jax.evaluation import prompts
+from xling_jax.evaluation import scoring
+from xling_jax.evaluation.benchmark_items import Item
+from xling_jax.data.toy_tokenizer import toy_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xling_jax import sharding
+from xling_jax.runtime import sharding
 
 from tests.conftest import run_on_fake_devices
 
@@ -13,10 +13,13 @@ _SCRIPT = r"""
 import json
 import jax
 jax.config.update("jax_default_matmul_precision", "highest")
-from xling_jax import scoring, sharding, toy
-from xling_jax.toy_tokenizer import toy_tokenizer
+from xling_jax.data.toy_tokenizer import toy_tokenizer
+from xling_jax.evaluation import scoring
+from xling_jax.model import presets, transformer
+from xling_jax.runtime import sharding
 assert len(jax.devices()) == 8
-params, config = toy.toy_model(seed=0)
+config = presets.toy()
+params = transformer.init_params(config, jax.random.PRNGKey(0))
 tok = toy_tokenizer(config.vocab_size)
 items = [scoring.encode_item(tok, "Question: Which planet is largest?\nAnswer:",
                              [" Jupiter", " Mars", " a small grey moon"]),
@@ -54,10 +57,13 @@ jax.config.update("jax_default_matmul_precision", "highest")
 import numpy as np
 from lora import lora as lora_lib, objectives, train
 from sae import jumprelu
-from xling_jax import corpora, sharding, toy
-from xling_jax.toy_tokenizer import toy_tokenizer
+from xling_jax.data import corpora
+from xling_jax.data.toy_tokenizer import toy_tokenizer
+from xling_jax.model import presets, transformer
+from xling_jax.runtime import sharding
 assert len(jax.devices()) == 8
-params, config = toy.toy_model(seed=0)
+config = presets.toy()
+params = transformer.init_params(config, jax.random.PRNGKey(0))
 corpus = corpora.load_corpus("embedded", ("es", "en"))
 split = train.ParallelSplit(corpus.sentences["es"][:12], corpus.sentences["en"][:12])
 tc = train.TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=1, bucket=32, save_every=3)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from xling_jax import study_page
+from xling_jax.study import page as study_page
 
 from tests.conftest import REPO, shared_data_or_skip
 

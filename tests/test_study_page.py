@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
-from xling_jax import study_page
+from xling_jax.study import page as study_page
 
 from tests.conftest import REPO
 

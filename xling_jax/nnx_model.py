@@ -23,9 +23,9 @@ import jax
 from flax import nnx
 
 from xling_jax import checkpoints
-from xling_jax import model as model_lib
-from xling_jax.config import ModelConfig
-from xling_jax.model import ForwardOutput, Params, ProjectHook
+from xling_jax.model import transformer as model_lib
+from xling_jax.model.config import ModelConfig
+from xling_jax.model.transformer import ForwardOutput, Params, ProjectHook
 
 
 class GemmaModel(nnx.Module):

@@ -40,8 +40,9 @@ from sae.train import report as report_lib
 from sae.train import step as step_lib
 from sae.train.config import SAETrainConfig
 from sae.train.sources import ActivationSource, check_enough
-from xling_jax import io, train_checkpoints
-from xling_jax.progress import Progress
+from xling_jax.runtime import io
+from xling_jax.runtime import train_checkpoints
+from xling_jax.runtime.progress import Progress
 
 CHECKPOINTS = "checkpoints"
 LOG_NAME = "train_log.jsonl"

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from xling_jax import io
+from xling_jax.runtime import io
 
 CURVES = ("loss", "mse", "l0", "fvu", "dead_fraction", "dense_fraction")
 

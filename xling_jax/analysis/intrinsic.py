@@ -1,0 +1,68 @@
+"""What a language costs the model before any SAE: tokenisation cost and bits per character.
+
+Definitions (per language, over the sentences given; a parallel corpus makes them comparable):
+  tokens_per_sentence = mean over sentences of len(encode(s)) (no BOS);
+  bytes_per_token     = sum UTF-8 bytes / sum tokens;
+  chars_per_token     = sum characters (code points) / sum tokens;
+  bits_per_char       = -sum_s log2 p(s | BOS) / sum characters, every token of s scored;
+  bits_per_sentence   = -sum_s log2 p(s | BOS) / sentences: on parallel text the same content in
+                        every language, so it compares languages without favouring any script.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from xling_jax.evaluation import scoring
+from xling_jax.runtime.progress import Progress
+
+
+def tokenization_cost(tokenizer, texts_by_lang: Mapping[str, Sequence[str]]) -> dict[str, dict]:
+  """{lang: {sentences, tokens, chars, bytes, tokens_per_sentence, bytes_per_token,
+  chars_per_token}}."""
+  out = {}
+  for lang, texts in texts_by_lang.items():
+    if not texts:
+      raise ValueError(f"{lang!r}: no sentences")
+    tokens = sum(len(tokenizer.encode(t)) for t in texts)
+    chars = sum(len(t) for t in texts)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    out[lang] = {"sentences": len(texts), "tokens": tokens, "chars": chars, "bytes": n_bytes,
+                 "tokens_per_sentence": tokens / len(texts),
+                 "bytes_per_token": n_bytes / max(tokens, 1),
+                 "chars_per_token": chars / max(tokens, 1)}
+  return out
+
+
+def sentence_items(tokenizer, texts: Sequence[str]) -> list[scoring.EncodedItem]:
+  """Each sentence as a one-choice item: context BOS, continuation every token of the sentence."""
+  bos = tokenizer.encode("", add_bos=True)
+  return [scoring.EncodedItem(tuple(bos), (tuple(tokenizer.encode(t)),)) for t in texts]
+
+
+def bits_per_char(params, config, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], *,
+                  batch_size: int = 8, mesh=None, show_progress: bool = True) -> dict[str, dict]:
+  """{lang: {sentences, chars, tokens, nats, bits_per_char, bits_per_sentence,
+  bits_per_token}} under the model (see the module docstring). Sentences longer than the
+  model's context are an error, never silently cut."""
+  total = sum(len(v) for v in texts_by_lang.values())
+  progress = Progress(total, "bits per character", enabled=show_progress)
+  out = {}
+  for lang, texts in texts_by_lang.items():
+    progress.label = f"bits per character [{lang}]"
+    items = sentence_items(tokenizer, texts)
+    result = scoring.score(params, config, items, batch_size=batch_size, mesh=mesh,
+                           on_batch=progress.update)
+    if result.too_long:
+      raise ValueError(f"{lang!r}: sentence {result.too_long[0] + 1} is longer than the model's "
+                       f"{config.max_seq_len} tokens")
+    nats = -sum(ll[0] for ll in result.loglikelihoods)
+    if not math.isfinite(nats):
+      raise FloatingPointError(f"{lang!r}: the log-likelihood is not finite (damaged weights?)")
+    chars = sum(len(t) for t in texts)
+    tokens = sum(len(it.continuations[0]) for it in items)
+    bits = nats / math.log(2)
+    out[lang] = {"sentences": len(texts), "chars": chars, "tokens": tokens, "nats": nats,
+                 "bits_per_char": bits / chars, "bits_per_sentence": bits / len(texts),
+                 "bits_per_token": bits / tokens}
+  return out

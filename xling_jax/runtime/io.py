@@ -1,0 +1,116 @@
+"""Result files: checked before any compute, written atomically after it.
+
+A run writes its results only once they are complete, each file under a temporary name in the
+same directory and then renamed over the old one, so a failed, killed or empty run never leaves
+a half-written file nor replaces a user's previous results. In a multi-process run only
+process 0 writes (`platform.is_primary_process`); the others compute the same results and
+discard them here, so that no tool needs a branch of its own for it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from xling_jax.runtime.platform import is_primary_process
+
+
+class OutputError(ValueError):
+  """Results could not be written where the user asked."""
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+  """`path` as a Path, after checking that a directory can be created or written there; call
+  before loading anything, so a bad place fails in seconds, not after the whole run. `what`
+  names the setting in the message."""
+  out = Path(path).expanduser()
+  if out.exists() and not out.is_dir():
+    raise OutputError(f"{what}={path}: is an existing file, not a directory; choose a directory")
+  _check_writable(out, f"{what}={path}")
+  return out
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+  """`path` as a Path, after checking that a file can be written there (see check_output_dir)."""
+  out = Path(path).expanduser()
+  if out.is_dir():
+    raise OutputError(f"{what}={path}: is a directory; give a file name")
+  _check_writable(out.parent, f"{what}={path}")
+  return out
+
+
+def _check_writable(directory: Path, label: str) -> None:
+  """Files can be made in `directory`, or in the nearest existing folder above it."""
+  existing = next(p for p in (directory, *directory.parents) if p.exists())
+  if not existing.is_dir():
+    raise OutputError(f"{label}: {existing} is a file, so no directory can be made under it")
+  try:  # os.access says yes to root and to read-only mounts alike: try the real thing
+    fd, probe = tempfile.mkstemp(dir=existing, prefix=".xling-write-check-")
+  except OSError as e:
+    raise OutputError(f"{label}: cannot write in {existing} ({e.strerror}); choose a writable "
+                      "directory") from None
+  os.close(fd)
+  os.unlink(probe)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[Any]:
+  """`open(path, mode)` on a temporary sibling that replaces `path` only when the block ends
+  without an error; the parent directory is created. Outside process 0 of a multi-process
+  run the block writes into a buffer that is dropped."""
+  if not is_primary_process():
+    yield _io.BytesIO() if "b" in mode else _io.StringIO()
+    return
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
+    with os.fdopen(fd, mode, **kwargs) as f:
+      yield f
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  with atomic_open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  with atomic_open(path, "wb") as f:
+    f.write(data)
+
+
+def remove(path: str | os.PathLike) -> None:
+  """Delete `path` if it is there (a stale result the new ones would contradict)."""
+  if is_primary_process():
+    Path(path).unlink(missing_ok=True)
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+  """`line` and a newline at the end of `path` (a log, whose earlier lines a kill must keep)."""
+  if is_primary_process():
+    with Path(path).open("a", encoding="utf-8") as f:
+      f.write(line + "\n")
+
+
+def json_text(value: Any) -> str:
+  """JSON with non-ASCII text kept; NaN/inf are refused (JSON has none: clean them first)."""
+  return json.dumps(value, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+  write_text(path, json_text(value))
