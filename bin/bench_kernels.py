@@ -163,7 +163,7 @@ def sae_rows(preset: str, fused: str, dtype: str, timing: dict) -> list[dict]:
   variants = {"reference": ("reference", {})} | {
       f"{fused} {tiles or 'default'}": (fused, tiles) for tiles in blocks}
   calls = {name: (jax.jit(lambda x, p, w, impl=impl, tiles=tiles: seam.sae_stats(
-      x, p, w, impl=impl, **tiles)), (x, params, weights))
+      x, p.W_enc, p.b_enc, p.threshold, w, impl=impl, **tiles)), (x, params, weights))
       for name, (impl, tiles) in variants.items()}
   ms = _median_ms(calls, **timing)
   mass_ref, fired_ref = calls["reference"][0](x, params, weights)

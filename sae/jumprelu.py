@@ -12,7 +12,7 @@ files that subtract `b_dec` are folded into `b_enc` on load, see `gemma_scope`).
 
 The stacked form is the same class with a leading `[L, ...]` axis on every leaf. Because it is a
 pytree, `lax.scan` slices it per layer, so it can be passed as `observe_xs` to
-`xling_jax.model.scan_blocks` and encoded inside the layer scan, never materialising
+`xling_jax.model.transformer.scan_blocks` and encoded inside the layer scan, never materialising
 `[L, batch, seq, W]`.
 """
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Sequence
 import flax.struct
 import jax
 import jax.numpy as jnp
+
+from xling_jax.kernels.sae_stats import reference
 
 PARAM_NAMES = ("W_enc", "b_enc", "threshold", "W_dec", "b_dec")
 
@@ -59,19 +61,16 @@ class ReconstructionMetrics:
   l0: jax.Array
 
 
+# The formulas live in the kernel seam's reference, which every fused kernel is tested against.
+
 def pre_activations(params: JumpReLUParams, x: jax.Array) -> jax.Array:
-  """x [..., d] -> float32 pre-activations [..., W]. The input is cast to the params' dtype and
-  the product accumulates in float32, so bf16 weights still compare to the threshold in f32."""
-  pre = jnp.matmul(x.astype(params.W_enc.dtype), params.W_enc,
-                   preferred_element_type=jnp.float32)
-  return pre + params.b_enc.astype(jnp.float32)
+  """x [..., d] -> float32 pre-activations [..., W] (`reference.pre_activations`)."""
+  return reference.pre_activations(x, params.W_enc, params.b_enc)
 
 
 def encode(params: JumpReLUParams, x: jax.Array) -> jax.Array:
   """x [..., d] -> codes f [..., W] in the params' dtype: relu(pre) * (pre > threshold)."""
-  pre = pre_activations(params, x)
-  f = jnp.where(pre > params.threshold.astype(jnp.float32), jnp.maximum(pre, 0.0), 0.0)
-  return f.astype(params.W_enc.dtype)
+  return reference.codes(x, params.W_enc, params.b_enc, params.threshold)
 
 
 def decode(params: JumpReLUParams, f: jax.Array) -> jax.Array:

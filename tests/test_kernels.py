@@ -207,6 +207,11 @@ def test_packed_scoring_through_fused_attention(impl, use_impl, toy_params, toy_
 
 # ---- SAE statistics ----------------------------------------------------------------------------
 
+def _encoder(params):
+  """The seam takes the encoder as plain arrays."""
+  return params.W_enc, params.b_enc, params.threshold
+
+
 def _dyadic_sae(seed, B, T, D, W, dtype):
   """Inputs on coarse binary grids: every product and sum is exact in float32 (and the inputs
   exact in bf16), so pre-activations are bit-identical in any summation order, and thresholds
@@ -228,8 +233,8 @@ def test_sae_stats_exact_on_exact_arithmetic(impl, dtype):
   x, params, weights = _dyadic_sae(0, 2, 40, 64, 256, dtype)  # T = 40: a partial token block
   pre = np.asarray(jumprelu.pre_activations(params, x))
   assert (pre == np.asarray(params.threshold, np.float32)).sum() > 20  # ties are exercised
-  ref = sae_stats_seam.sae_stats(x, params, weights, impl="reference")
-  out = sae_stats_seam.sae_stats(x, params, weights, impl=impl, **SAE_TILES[impl])
+  ref = sae_stats_seam.sae_stats(x, *_encoder(params), weights, impl="reference")
+  out = sae_stats_seam.sae_stats(x, *_encoder(params), weights, impl=impl, **SAE_TILES[impl])
   for a, b in zip(out, ref):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -239,8 +244,8 @@ def test_sae_stats_random_inputs(impl):
   params = jumprelu.random_params(jax.random.PRNGKey(0), 64, 256)
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 24, 64))
   weights = jnp.asarray(_padded((24, 10, 0), 24), jnp.float32)
-  mass_ref, fired_ref = sae_stats_seam.sae_stats(x, params, weights, impl="reference")
-  mass, fired = sae_stats_seam.sae_stats(x, params, weights, impl=impl, **SAE_TILES[impl])
+  mass_ref, fired_ref = sae_stats_seam.sae_stats(x, *_encoder(params), weights, impl="reference")
+  mass, fired = sae_stats_seam.sae_stats(x, *_encoder(params), weights, impl=impl, **SAE_TILES[impl])
   np.testing.assert_array_equal(np.asarray(fired), np.asarray(fired_ref))  # same active sets
   np.testing.assert_allclose(np.asarray(mass), np.asarray(mass_ref), rtol=1e-5, atol=1e-6)
 
@@ -253,7 +258,7 @@ def test_sae_stats_gradient_is_the_reference_gradient(impl):
   weights = jnp.asarray(_padded((16, 9), 16), jnp.float32)
 
   def mass(impl, tiles):
-    return lambda x: sae_stats_seam.sae_stats(x, params, weights, impl=impl, **tiles)[0].sum()
+    return lambda x: sae_stats_seam.sae_stats(x, *_encoder(params), weights, impl=impl, **tiles)[0].sum()
 
   np.testing.assert_allclose(np.asarray(jax.grad(mass(impl, SAE_TILES[impl]))(x)),
                              np.asarray(jax.grad(mass("reference", {}))(x)), rtol=1e-6)
@@ -308,7 +313,7 @@ def test_sae_stats_lowers_at_gemma_scope_shape(platform, kernel):
   params = jax.eval_shape(lambda: jumprelu.random_params(
       jax.random.PRNGKey(0), 2304, 16384, dtype=jnp.bfloat16))
   _lowers_for(platform, kernel.sae_stats, jax.ShapeDtypeStruct((4, 256, 2304), jnp.bfloat16),
-              params, jax.ShapeDtypeStruct((4, 256), jnp.float32))
+              *_encoder(params), jax.ShapeDtypeStruct((4, 256), jnp.float32))
 
 
 def test_auto_choice_per_platform(monkeypatch):

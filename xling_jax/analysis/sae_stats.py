@@ -36,7 +36,8 @@ def layer_row_sums(resid: jax.Array, sae_params, weights: jax.Array) -> dict[str
   reduction kernels that take half as long as the SAE GEMM itself: BENCHMARKS.md; the fused
   kernels of the seam `xling_jax.kernels.sae_stats` never write them.)"""
   # summed: code mass per row and feature; fired: tokens per row where feature w fires.
-  summed, fired = sae_stats_seam.sae_stats(resid, sae_params, weights)  # [B, W] each
+  summed, fired = sae_stats_seam.sae_stats(resid, sae_params.W_enc, sae_params.b_enc,
+                                          sae_params.threshold, weights)  # [B, W] each
   return {
       "activation": summed.sum(-1),
       "l0": fired.sum(-1),

@@ -1,8 +1,8 @@
 """What both fused SAE-statistics kernels share: the step after one [tokens, features] tile of
 pre-activations is ready, done where the tile is (registers or VMEM), never in memory.
 
-It repeats `jumprelu.encode` and `reference.sae_stats` operation for operation on the tile: the
-strict float32 threshold test, the codes rounded to the params' dtype and back, then the
+It repeats `reference.codes` and `reference.sae_stats` operation for operation on the tile: the
+strict float32 threshold test, the codes rounded to W_enc's dtype and back, then the
 weighted sums. Only the order of the float additions differs (along D inside the matmul, along
 T across tiles), so active sets agree wherever the pre-activations agree bit for bit.
 """

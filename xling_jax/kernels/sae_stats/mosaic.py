@@ -14,7 +14,6 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from sae import jumprelu
 from xling_jax.kernels.sae_stats import epilogue
 
 BLOCK_T, BLOCK_W = 256, 256
@@ -38,24 +37,25 @@ def _kernel(x_ref, w_ref, b_ref, thr_ref, wt_ref, mass_ref, fired_ref, *, codes_
       pre, thr_ref[...], wt_ref[...], codes_dtype, (mass_ref[...], fired_ref[...]))
 
 
-def sae_stats(x: jax.Array, params: jumprelu.JumpReLUParams, weights: jax.Array, *,
+def sae_stats(x: jax.Array, W_enc: jax.Array, b_enc: jax.Array, threshold: jax.Array,
+              weights: jax.Array, *,
               block_t: int = BLOCK_T, block_w: int = BLOCK_W,
               interpret: bool = False) -> tuple[jax.Array, jax.Array]:
   """Same contract as `reference.sae_stats`: x [B, T, D], weights [B, T] -> (mass, fired)
   [B, W] float32. `interpret` runs the kernel in Pallas's interpreter (any backend)."""
   B, T, D = x.shape
-  W = params.d_sae
+  W = W_enc.shape[-1]
   if not (supports(D, W, block_w) or interpret):
     raise ValueError(f"pallas_mosaic sae_stats needs W % {block_w} == 0 with block_w a "
                      f"multiple of 128, got W={W}")
   Tp = -(-T // block_t) * block_t
   # Padded tokens weigh 0: whatever they encode to adds nothing.
-  x = jnp.pad(x.astype(params.W_enc.dtype), ((0, 0), (0, Tp - T), (0, 0)))
+  x = jnp.pad(x.astype(W_enc.dtype), ((0, 0), (0, Tp - T), (0, 0)))
   weights = jnp.pad(weights.astype(jnp.float32), ((0, 0), (0, Tp - T)))[..., None]
   features = pl.BlockSpec((1, block_w), lambda b, w, t: (0, w))
   sums = pl.BlockSpec((None, 1, block_w), lambda b, w, t: (b, 0, w))
   mass, fired = pl.pallas_call(
-      functools.partial(_kernel, codes_dtype=params.W_enc.dtype),
+      functools.partial(_kernel, codes_dtype=W_enc.dtype),
       grid=(B, W // block_w, Tp // block_t),
       in_specs=[pl.BlockSpec((None, block_t, D), lambda b, w, t: (b, t, 0)),
                 pl.BlockSpec((D, block_w), lambda b, w, t: (0, w)), features, features,
@@ -65,6 +65,6 @@ def sae_stats(x: jax.Array, params: jumprelu.JumpReLUParams, weights: jax.Array,
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "arbitrary")),
       interpret=interpret, name="xling_sae_stats",
-  )(x, params.W_enc, params.b_enc.astype(jnp.float32).reshape(1, W),
-    params.threshold.astype(jnp.float32).reshape(1, W), weights)
+  )(x, W_enc, b_enc.astype(jnp.float32).reshape(1, W),
+    threshold.astype(jnp.float32).reshape(1, W), weights)
   return mass[:, 0], fired[:, 0]

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from sae import jumprelu
 from xling_jax.kernels.sae_stats import epilogue
 
 BLOCK_T, BLOCK_W, BLOCK_D = 64, 128, 64
@@ -53,25 +52,26 @@ def _kernel(x_ref, w_ref, b_ref, thr_ref, wt_ref, mass_ref, fired_ref, *, block_
   mass_ref[...], fired_ref[...] = mass[0], fired[0]
 
 
-def sae_stats(x: jax.Array, params: jumprelu.JumpReLUParams, weights: jax.Array, *,
+def sae_stats(x: jax.Array, W_enc: jax.Array, b_enc: jax.Array, threshold: jax.Array,
+              weights: jax.Array, *,
               block_t: int = BLOCK_T, block_w: int = BLOCK_W, block_d: int = BLOCK_D,
               interpret: bool = False) -> tuple[jax.Array, jax.Array]:
   """Same contract as `reference.sae_stats`: x [B, T, D], weights [B, T] -> (mass, fired)
   [B, W] float32. `interpret` runs the kernel in Pallas's interpreter (any backend)."""
   B, T, D = x.shape
-  W = params.d_sae
+  W = W_enc.shape[-1]
   if not supports(D, W, block_w, block_d):
     raise ValueError(f"pallas_triton sae_stats needs D % {block_d} == 0 and W % {block_w} == 0 "
                      f"(power-of-two blocks >= 16), got D={D}, W={W}")
   Tp = -(-T // block_t) * block_t
   # Padded tokens weigh 0: whatever they encode to adds nothing.
-  x = jnp.pad(x.astype(params.W_enc.dtype), ((0, 0), (0, Tp - T), (0, 0)))
+  x = jnp.pad(x.astype(W_enc.dtype), ((0, 0), (0, Tp - T), (0, 0)))
   weights = jnp.pad(weights.astype(jnp.float32), ((0, 0), (0, Tp - T)))
   features = pl.BlockSpec((block_w,), lambda b, w: (w,))
   sums = pl.BlockSpec((None, block_w), lambda b, w: (b, w))
   return pl.pallas_call(
       functools.partial(_kernel, block_t=block_t, block_d=block_d,
-                        codes_dtype=params.W_enc.dtype),
+                        codes_dtype=W_enc.dtype),
       grid=(B, W // block_w),
       in_specs=[pl.BlockSpec((None, Tp, D), lambda b, w: (b, 0, 0)),
                 pl.BlockSpec((D, block_w), lambda b, w: (0, w)), features, features,
@@ -80,5 +80,5 @@ def sae_stats(x: jax.Array, params: jumprelu.JumpReLUParams, weights: jax.Array,
       out_shape=[jax.ShapeDtypeStruct((B, W), jnp.float32)] * 2,
       compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=3),
       interpret=interpret, name="xling_sae_stats",
-  )(x, params.W_enc, params.b_enc.astype(jnp.float32), params.threshold.astype(jnp.float32),
+  )(x, W_enc, b_enc.astype(jnp.float32), threshold.astype(jnp.float32),
     weights)
