@@ -90,7 +90,11 @@ def main(argv):
   for n in notes:
     print(n, file=sys.stderr)
   print(f"devices: {devices}", file=sys.stderr)
-  result = evaluation.evaluate(setup, config, adapter=FLAGS.lora, prompts=prompts,
+  hook = None
+  if FLAGS.lora:
+    from lora import lora, peft_io
+    hook = lora.project_hook(peft_io.load_peft(FLAGS.lora, setup.config))
+  result = evaluation.evaluate(setup, config, hook=hook, prompts=prompts,
                                progress=FLAGS.progress)
   for n in result.notes:
     print(n, file=sys.stderr)

@@ -65,7 +65,8 @@ def score_benchmarks(setup, config, out: Path, *, prompts=None, adapter=None,
   `adapter` when given, saved in `adapter_dir`); its files go to `out`. The adapter comes from
   memory, not from the directory: in a multi-process run only process 0 writes it."""
   from xling_jax.evaluation import run as evaluation
-  result = evaluation.evaluate(setup, config, adapter=adapter, prompts=prompts)
+  from lora.lora import project_hook
+  result = evaluation.evaluate(setup, config, hook=project_hook(adapter), prompts=prompts)
   settings = dict(dataclasses.asdict(config),
                   lora=None if adapter_dir is None else str(adapter_dir))
   run = {"flags": settings, "toy": setup.is_toy, "provenance": setup.provenance}

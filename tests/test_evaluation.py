@@ -91,8 +91,10 @@ def test_peft_adapter_directory_scores_through_the_adapter(tmp_path, toy_setup):
   peft_io.save_peft(tmp_path / "trained", random_adapter(model_config, lora_config, b_std=0.5),
                     lora_config, model_config)
 
-  def loglikelihoods(adapter):
-    records = evaluation.evaluate(toy_setup, config, adapter=adapter).records
+  def loglikelihoods(adapter_dir):
+    hook = None if adapter_dir is None else lora_lib.project_hook(
+        peft_io.load_peft(adapter_dir, model_config))
+    records = evaluation.evaluate(toy_setup, config, hook=hook).records
     assert len(records) == 3
     return np.array([r["loglikelihoods"] for r in records])
 

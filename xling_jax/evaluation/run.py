@@ -152,11 +152,12 @@ class EvalResult:
   notes: tuple[str, ...]
 
 
-def evaluate(setup, config: EvalConfig, *, adapter=None, prompts: Prompts | None = None,
+def evaluate(setup, config: EvalConfig, *, hook=None, prompts: Prompts | None = None,
              progress: bool = False) -> EvalResult:
   """Score `setup` (a `model_setup.ModelSetup`) on `config`'s items.
 
-  `adapter`: None, a LoRA adapter pytree, or a PEFT adapter directory. `prompts`: from
+  `hook`: None, or the model's `ProjectHook` (a LoRA adapter: `lora.lora.project_hook`, or
+  `Finetuned.hook()`), so scoring knows no adapter format. `prompts`: from
   `collect_prompts(config)` when the caller read them already. All items of the run are scored
   in one pass, so batches stay full and lengths from every task and language share the few
   compiled shapes. NaN/inf log-likelihoods raise NonFiniteError.
@@ -172,7 +173,7 @@ def evaluate(setup, config: EvalConfig, *, adapter=None, prompts: Prompts | None
                  f"batches of {rows}")
   bar = Progress(len(encoded), "scoring", unit="items", enabled=progress)
   result = scoring.score(setup.params, setup.config, encoded, batch_size=rows, max_len=max_len,
-                         hook=_hook(adapter, setup.config), mesh=setup.mesh,
+                         hook=hook, mesh=setup.mesh,
                          on_batch=bar.update)
   too_long = [{"task": all_prompts[i].item.task, "lang": all_prompts[i].item.lang,
                "id": all_prompts[i].item.id, "input_tokens": encoded[i].max_input_len,
@@ -189,15 +190,6 @@ def evaluate(setup, config: EvalConfig, *, adapter=None, prompts: Prompts | None
     n_long = sum(1 for t in too_long if t["task"] == task and t["lang"] == lang)
     scores.setdefault(task, {})[lang] = dict(scoring.aggregate(mine), n_too_long=n_long)
   return EvalResult(config, scores, records, too_long, prompts.missing, max_len, tuple(notes))
-
-
-def _hook(adapter, config):
-  if adapter is None:
-    return None
-  from lora import lora, peft_io  # only runs with an adapter need the LoRA package
-  if isinstance(adapter, (str, os.PathLike)):
-    adapter = peft_io.load_peft(adapter, config)
-  return lora.project_hook(adapter)
 
 
 def _check_finite(scored) -> None:
