@@ -93,7 +93,9 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   already). `run_config` is what report.json records as the settings (the tool passes every
   flag). Settings are checked before anything is computed (ValueError).
   """
-  from lora import objectives, peft_io, report as report_lib, train as train_lib
+  from lora import data, objectives, peft_io, report as report_lib, train as train_lib
+  from lora.lora import project_hook
+  from xling_jax.analysis import corpus_stats
   from xling_jax.runtime import io
   from xling_jax.runtime import platform
   from xling_jax.model import presets
@@ -108,7 +110,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   objective = objective or objectives.ObjectiveConfig(
       layers=(objectives.default_objective_layer(config.n_layers),))
   objective.check(config)
-  report_layers = tuple(objective.layers if report_layers is None else report_layers)
+  report_layers = tuple(sorted(set(objective.layers if report_layers is None else report_layers)))
   needed = sorted(set(objective.layers) | set(report_layers))
   absent = [l for l in needed if l not in saes.layers]
   if absent:
@@ -116,27 +118,30 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
                      f"need {absent} too")
   out = check_start(out, resume)
 
-  train_split, heldout = train_lib.split_parallel(corpus.sentences[target], corpus.sentences[ref],
+  train_split, heldout = data.split_parallel(corpus.sentences[target], corpus.sentences[ref],
                                                   train.eval_fraction, train.seed)
   notes = [presets.toy_note(config)] if setup.is_toy else []
 
-  def activation(texts, adapter):
-    return train_lib.corpus_activation(
-        setup.params, config, saes.select(report_layers), report_layers, setup.tokenizer, texts,
-        adapter=adapter, batch_size=train.batch_size, max_len=train.max_len,
-        bucket=train.bucket).tolist()
-
   texts = {target: heldout.target, ref: heldout.ref}
-  before = {lang: activation(t, None) for lang, t in texts.items()}
+
+  def activation(adapter) -> dict[str, list[float]]:
+    """The analysis's activation (corpus_stats) of the held-out lines at the report layers."""
+    stats = corpus_stats.corpus_stats(
+        setup.params, config, saes.select(report_layers), setup.tokenizer, texts,
+        batch_size=train.batch_size, bucket=train.bucket, max_len=train.max_len,
+        hook=project_hook(adapter), mesh=setup.mesh, layers=report_layers, show_progress=False)
+    return stats.metrics("activation")
+
+  before = activation(None)
   scores_before = (None if bench is None else
                    score_benchmarks(setup, bench, out / "eval_before", prompts=bench_prompts))
   log_path = out / train_lib.LOG_NAME
   result = train_lib.train(
       setup.params, config, saes.select(objective.layers),
-      train_lib.BatchStream(train_split, setup.tokenizer, train), lora, objective, train,
+      data.BatchStream(train_split, setup.tokenizer, train), lora, objective, train,
       out / "checkpoints", resume=resume, log_path=log_path, echo=echo, remat=remat,
       mesh=setup.mesh)
-  after = {lang: activation(t, result.adapter) for lang, t in texts.items()}
+  after = activation(result.adapter)
   if base_model_name is None:
     from xling_jax.checkpoints.weights_package import HUB_IDS
     checkpoint = setup.provenance.get("checkpoint")

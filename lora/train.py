@@ -16,7 +16,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +25,8 @@ import optax
 import orbax.checkpoint as ocp
 
 from lora import DEFAULT_REMAT, objectives
-from lora.lora import Adapter, LoraConfig, init_adapter, layer_mask, project_hook
-from xling_jax.analysis import sae_stats
+from lora.data import BatchStream
+from lora.lora import Adapter, LoraConfig, init_adapter, layer_mask
 from xling_jax.runtime import io
 from xling_jax.runtime import train_checkpoints
 from xling_jax.model.config import ModelConfig
@@ -100,73 +100,6 @@ def make_optimizer(train_config: TrainConfig, mask: np.ndarray) -> optax.Gradien
       optax.clip_by_global_norm(train_config.clip_norm),
       optax.adamw(make_schedule(train_config), weight_decay=train_config.weight_decay),
       freeze_inactive_layers(mask))
-
-
-# ---- data -----------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class ParallelSplit:
-  """Line-aligned target-language and reference (English) sentences."""
-  target: tuple[str, ...]
-  ref: tuple[str, ...]
-
-  def __post_init__(self):
-    if len(self.target) != len(self.ref):
-      raise ValueError(f"parallel split: {len(self.target)} target vs {len(self.ref)} "
-                       "reference sentences; line i must be the same sentence in both")
-
-  def __len__(self) -> int:
-    return len(self.target)
-
-
-def split_parallel(target: Sequence[str], ref: Sequence[str], eval_fraction: float,
-                   seed: int) -> tuple[ParallelSplit, ParallelSplit]:
-  """(train, held-out): a seeded random `eval_fraction` of the lines (at least one) is held out;
-  both keep corpus order."""
-  whole = ParallelSplit(tuple(target), tuple(ref))
-  n = len(whole)
-  n_eval = max(1, int(round(n * eval_fraction)))
-  if n - n_eval < 1:
-    raise ValueError(f"a corpus of {n} parallel lines cannot be split into train and held-out "
-                     f"parts (eval_fraction={eval_fraction})")
-  held = set(np.random.default_rng(seed).permutation(n)[:n_eval].tolist())
-
-  def take(keep):
-    rows = [i for i in range(n) if (i in held) == keep]
-    return ParallelSplit(tuple(whole.target[i] for i in rows), tuple(whole.ref[i] for i in rows))
-
-  return take(False), take(True)
-
-
-class BatchStream:
-  """Batches of the training split by data position: lines are visited in a fresh permutation
-  each epoch, the permutation of epoch e seeded by (rng key, e). `batch(p)` is pure in p."""
-
-  def __init__(self, split: ParallelSplit, tokenizer, train_config: TrainConfig):
-    self.split, self.tokenizer, self.tc = split, tokenizer, train_config
-    self._perms: dict[tuple, np.ndarray] = {}
-
-  def _perm(self, rng: np.ndarray, epoch: int) -> np.ndarray:
-    key = (tuple(np.asarray(rng).ravel().tolist()), epoch)
-    if key not in self._perms:
-      self._perms[key] = np.random.default_rng(list(key[0]) + [epoch]).permutation(len(self.split))
-    return self._perms[key]
-
-  def indices(self, rng: np.ndarray, position: int) -> np.ndarray:
-    n = len(self.split)
-    pos = np.arange(position, position + self.tc.batch_size)
-    return np.array([self._perm(rng, int(p // n))[p % n] for p in pos])
-
-  def batch(self, rng: np.ndarray, position: int) -> objectives.Batch:
-    """Target and English rows of the same lines, padded to one common width."""
-    idx = self.indices(rng, position)
-    enc = [self.tokenizer.encode_batch([texts[i] for i in idx], add_bos=True,
-                                       max_len=self.tc.max_len, bucket=self.tc.bucket)
-           for texts in (self.split.target, self.split.ref)]
-    width = max(e.tokens.shape[1] for e in enc)
-    pad = lambda x, fill: np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=fill)
-    (tt, tm), (rt, rm) = [(pad(e.tokens, self.tokenizer.pad_id), pad(e.mask, 0)) for e in enc]
-    return objectives.Batch(*map(jnp.asarray, (tt, tm, rt, rm)))
 
 
 # ---- the step -------------------------------------------------------------------------------
@@ -326,30 +259,3 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
     manager.wait_until_finished()
     manager.close()
   return TrainResult({"scale": lora_config.scale, "layers": state.layers}, state.step, metrics)
-
-
-# ---- evaluation -----------------------------------------------------------------------------
-
-_layer_activations = jax.jit(sae_stats.layer_activations,
-                             static_argnames=("config", "layers", "remat"))
-
-
-def corpus_activation(params, config: ModelConfig, saes, layers: Sequence[int], tokenizer,
-                      sentences: Sequence[str], *, adapter: Adapter | None = None,
-                      batch_size: int = 8, max_len: int = 128, bucket: int = 64) -> np.ndarray:
-  """Activation per layer [len(layers)] over all statistic tokens of `sentences` (the analysis
-  definition: token-weighted mean of sum_i f_i); `saes` stacked over `layers`."""
-  layers = tuple(layers)
-  total, count = np.zeros(len(layers)), 0.0
-  for start in range(0, len(sentences), batch_size):
-    texts = list(sentences[start:start + batch_size])
-    # Empty filler rows (BOS only: no statistic tokens) keep one compiled batch shape.
-    enc = tokenizer.encode_batch(texts + [""] * (batch_size - len(texts)), add_bos=True,
-                                 max_len=max_len, bucket=bucket)
-    n = float(np.asarray(sae_stats.stat_mask(enc.tokens, enc.mask, config.bos_id)).sum())
-    acts = _layer_activations(params, config, saes, jnp.asarray(enc.tokens),
-                              jnp.asarray(enc.mask), layers=layers,
-                              hook=project_hook(adapter))
-    total += np.asarray(acts, np.float64) * n
-    count += n
-  return total / max(count, 1.0)

@@ -12,6 +12,7 @@ from xling_jax.data import corpora
 from xling_jax import model_setup
 
 from tests.conftest import REPO
+from xling_jax.analysis import corpus_stats
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_settings_are_checked_before_anything_trains(toy, tmp_path, monkeypatch,
     raise AssertionError("work started before the settings were checked")
 
   monkeypatch.setattr(train, "train", no_training)
-  monkeypatch.setattr(train, "corpus_activation", no_training)
+  monkeypatch.setattr(corpus_stats, "corpus_stats", no_training)
   kwargs = {"target": "mr", "objective": objectives.ObjectiveConfig(layers=(2,)), **kwargs}
   with pytest.raises(ValueError, match=re.escape(message)):
     finetune.finetune(model, saes, corpus, out=tmp_path / "out", **kwargs)

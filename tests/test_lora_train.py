@@ -25,11 +25,12 @@ import optax
 import pytest
 
 from lora import lora as lora_lib
-from lora import objectives, train
+from lora import data, objectives, train
 from sae import jumprelu
 from tests.helpers import assert_peft_matches_ours, random_adapter
+from xling_jax.analysis import corpus_stats
 from xling_jax.data import corpora
-from sae import random_saes as toy
+from sae import random_saes
 from xling_jax.data.toy_tokenizer import toy_tokenizer
 from xling_jax.runtime import train_checkpoints
 
@@ -56,8 +57,8 @@ def test_inactive_layers_never_move(toy_config):
 
 def test_split_and_batch_order_are_pure_functions():
   corpus = corpora.load_corpus("embedded", ("es", "en"))
-  a_train, a_held = train.split_parallel(corpus.sentences["es"], corpus.sentences["en"], 0.25, 3)
-  b_train, b_held = train.split_parallel(corpus.sentences["es"], corpus.sentences["en"], 0.25, 3)
+  a_train, a_held = data.split_parallel(corpus.sentences["es"], corpus.sentences["en"], 0.25, 3)
+  b_train, b_held = data.split_parallel(corpus.sentences["es"], corpus.sentences["en"], 0.25, 3)
   assert (a_train, a_held) == (b_train, b_held)
   assert len(a_held) == round(0.25 * corpus.n_sentences)
   assert set(a_train.ref).isdisjoint(a_held.ref)
@@ -66,13 +67,13 @@ def test_split_and_batch_order_are_pure_functions():
     j = corpus.sentences["en"].index(line)
     assert a_train.target[i] == corpus.sentences["es"][j]
   tc = train.TrainConfig(batch_size=5)
-  stream = train.BatchStream(a_train, toy_tokenizer(512), tc)
+  stream = data.BatchStream(a_train, toy_tokenizer(512), tc)
   rng = np.asarray(jax.random.PRNGKey(0), np.uint32)
   n = len(a_train)
   order = np.concatenate([stream.indices(rng, p) for p in range(0, 2 * n, 5)])[:2 * n]
   assert sorted(order[:n]) == list(range(n)) and sorted(order[n:]) == list(range(n))
   assert not np.array_equal(order[:n], order[n:])  # a fresh permutation each epoch
-  np.testing.assert_array_equal(stream.indices(rng, 7), train.BatchStream(
+  np.testing.assert_array_equal(stream.indices(rng, 7), data.BatchStream(
       a_train, None, tc).indices(rng, 7))
   other = np.asarray(jax.random.PRNGKey(1), np.uint32)
   assert not np.array_equal(stream.indices(other, 0), stream.indices(rng, 0))
@@ -96,10 +97,10 @@ def test_train_config_validation():
 def small_run(toy_params, toy_config):
   """Short English/Spanish lines (one padded width, T=32), LoRA on two modules, one SAE."""
   corpus = corpora.load_corpus("embedded", ("es", "en"))
-  split = train.ParallelSplit(corpus.sentences["es"][:12], corpus.sentences["en"][:12])
+  split = data.ParallelSplit(corpus.sentences["es"][:12], corpus.sentences["en"][:12])
   tc = train.TrainConfig(steps=10, batch_size=2, lr=1e-2, warmup_steps=1, bucket=32,
                          save_every=2, log_every=1)
-  stream = train.BatchStream(split, toy_tokenizer(toy_config.vocab_size), tc)
+  stream = data.BatchStream(split, toy_tokenizer(toy_config.vocab_size), tc)
   saes = jumprelu.random_params(jax.random.PRNGKey(7), toy_config.d_model, 64, n_layers=1,
                                 input_std=2.0)
   return dict(params=toy_params, config=toy_config, saes=saes, stream=stream, train_config=tc,
@@ -326,11 +327,10 @@ def target(toy_params, toy_config):
   picks where one happens to be."""
   tokenizer = toy_tokenizer(toy_config.vocab_size)
   corpus = corpora.load_corpus("embedded")
-  saes = toy.calibrated_random_saes(toy_params, toy_config, tokenizer, corpus.sentences["en"][:16], seed=0)
+  saes = random_saes.calibrated_random_saes(toy_params, toy_config, tokenizer, corpus.sentences["en"][:16], seed=0)
   layers = tuple(range(toy_config.n_layers))
-  act = {lang: train.corpus_activation(toy_params, toy_config, saes, layers, tokenizer,
-                                       corpus.sentences[lang], batch_size=16)
-         for lang in corpus.languages}
+  act = corpus_stats.corpus_stats(toy_params, toy_config, saes, tokenizer, corpus.sentences,
+                                  show_progress=False).metrics("activation")
   gap, lang, layer = max(((act["en"][l] - act[lang][l]) / act["en"][l], lang, l)
                          for lang in corpus.languages if lang != "en" for l in layers)
   assert gap > 0.1, f"the toy setup has no language below English by 10% ({gap:.3f})"

@@ -55,7 +55,7 @@ import json, tempfile
 import jax
 jax.config.update("jax_default_matmul_precision", "highest")
 import numpy as np
-from lora import lora as lora_lib, objectives, train
+from lora import data, lora as lora_lib, objectives, train
 from sae import jumprelu
 from xling_jax.data import corpora
 from xling_jax.data.toy_tokenizer import toy_tokenizer
@@ -65,9 +65,9 @@ assert len(jax.devices()) == 8
 config = presets.toy()
 params = transformer.init_params(config, jax.random.PRNGKey(0))
 corpus = corpora.load_corpus("embedded", ("es", "en"))
-split = train.ParallelSplit(corpus.sentences["es"][:12], corpus.sentences["en"][:12])
+split = data.ParallelSplit(corpus.sentences["es"][:12], corpus.sentences["en"][:12])
 tc = train.TrainConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=1, bucket=32, save_every=3)
-stream = train.BatchStream(split, toy_tokenizer(config.vocab_size), tc)
+stream = data.BatchStream(split, toy_tokenizer(config.vocab_size), tc)
 saes = jumprelu.random_params(jax.random.PRNGKey(7), config.d_model, 64, n_layers=1, input_std=2.0)
 lc = lora_lib.LoraConfig(rank=2, alpha=4, modules=("q", "up"))
 obj = objectives.ObjectiveConfig(layers=(1,), w_align=1.0, w_retain=1.0, w_lm=0.5)

@@ -132,7 +132,7 @@ def load_saes(setup: ModelSetup, source: str | Path | None = None,
 
   from sae import gemma_scope
   from xling_jax.runtime import hub
-  from sae import random_saes as toy
+  from sae import random_saes
   n_layers = setup.config.n_layers
   layers = tuple(range(n_layers)) if layers is None else tuple(int(l) for l in layers)
   bad = [l for l in layers if not 0 <= l < n_layers]
@@ -146,8 +146,8 @@ def load_saes(setup: ModelSetup, source: str | Path | None = None,
     if calibration_texts is None:
       from xling_jax.data import corpora
       calibration_texts = corpora.embedded_sample().sentences["en"][:16]
-    size = toy.TOY_SAE_WIDTH if source is None else gemma_scope.width_size(width)
-    every = toy.calibrated_random_saes(setup.params, setup.config, setup.tokenizer,
+    size = random_saes.TOY_SAE_WIDTH if source is None else gemma_scope.width_size(width)
+    every = random_saes.calibrated_random_saes(setup.params, setup.config, setup.tokenizer,
                                        calibration_texts, width=size, seed=seed)
     saes = jax.tree.map(lambda x: x[np.asarray(layers)], every)
     return SAESetup(saes, layers, f"random SAEs (width {size}, seed {seed})")
