@@ -107,9 +107,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   missing = [lang for lang in (target, ref) if lang not in corpus.languages]
   if missing:
     raise ValueError(f"corpus {corpus.name} has no {', '.join(missing)}")
-  objective = objective or objectives.ObjectiveConfig(
-      layers=(objectives.default_objective_layer(config.n_layers),))
-  objective.check(config)
+  objective = (objective or objectives.ObjectiveConfig()).for_model(config)
   report_layers = tuple(sorted(set(objective.layers if report_layers is None else report_layers)))
   needed = sorted(set(objective.layers) | set(report_layers))
   absent = [l for l in needed if l not in saes.layers]

@@ -35,26 +35,28 @@ from xling_jax.model.config import ModelConfig
 RETAIN_KINDS = ("residual", "kl")
 
 
-
 def default_objective_layer(n_layers: int) -> int:
   """Layer 20 of Gemma-2-2B's 26 (the paper's), at the same relative depth elsewhere."""
   return round(20 * (n_layers - 1) / 25)
 
+
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
   """Weights of the three terms, the objective layers S and the kind of retain term.
-  `layers` index the model's blocks; the SAEs handed to the objective are stacked in this order."""
-  layers: tuple[int, ...] = (20,)
+  `layers` index the model's blocks; the SAEs handed to the objective are stacked in this order.
+  None: the default depth of the model it trains (`default_objective_layer`, see `for_model`)."""
+  layers: tuple[int, ...] | None = None
   w_align: float = 1.0
   w_retain: float = 1.0
   w_lm: float = 0.0
   retain: str = "residual"
 
   def __post_init__(self):
-    if not self.layers or len(set(self.layers)) != len(self.layers):
-      raise ValueError(f"ObjectiveConfig.layers={self.layers!r}: expected a non-empty, "
-                       "duplicate-free tuple of block indices")
-    object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
+    if self.layers is not None:
+      if not self.layers or len(set(self.layers)) != len(self.layers):
+        raise ValueError(f"ObjectiveConfig.layers={self.layers!r}: expected a non-empty, "
+                         "duplicate-free tuple of block indices")
+      object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
     if self.retain not in RETAIN_KINDS:
       raise ValueError(f"ObjectiveConfig.retain={self.retain!r}; choose one of {RETAIN_KINDS}")
     weights = (self.w_align, self.w_retain, self.w_lm)
@@ -65,10 +67,13 @@ class ObjectiveConfig:
   def weight(self, term: str) -> float:
     return getattr(self, f"w_{term}")
 
-  def check(self, config: ModelConfig) -> None:
-    bad = [l for l in self.layers if not 0 <= l < config.n_layers]
+  def for_model(self, config: ModelConfig) -> "ObjectiveConfig":
+    """This objective on `config`'s model: default layers resolved, every layer checked."""
+    layers = self.layers or (default_objective_layer(config.n_layers),)
+    bad = [l for l in layers if not 0 <= l < config.n_layers]
     if bad:
       raise ValueError(f"objective layers {bad} out of range for a {config.n_layers}-layer model")
+    return dataclasses.replace(self, layers=layers)
 
 
 class Batch(NamedTuple):

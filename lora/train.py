@@ -205,7 +205,7 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
       raise ValueError(f"batch_size {tc.batch_size} must be a multiple of the mesh's data axis "
                        f"({n_data}) to split batches over devices")
     place = lambda batch: jax.device_put(batch, sharding_lib.batch_sharding(mesh))
-  objective.check(config)
+  objective = objective.for_model(config)
   checkpoint_dir = Path(checkpoint_dir)
   mask = layer_mask(config, lora_config)
   tx = make_optimizer(tc, mask)

@@ -84,3 +84,14 @@ def test_check_adapter_names_the_bad_module(toy_config):
   adapter["layers"]["up"]["b"] = jnp.zeros((4, 2, 99))
   with pytest.raises(ValueError, match=r"up: a \(4, 64, 2\), b \(4, 2, 99\)"):
     lora_lib.check_adapter(adapter, toy_config)
+
+
+def test_default_objective_layer_follows_the_model_it_trains():
+  from lora import objectives
+  from xling_jax.model import presets
+  default = objectives.ObjectiveConfig()
+  assert default.for_model(presets.gemma2_2b()).layers == (20,)  # the paper's layer
+  assert default.for_model(presets.gemma3_270m()).layers == (14,)  # same depth, 18 layers
+  assert default.for_model(presets.toy()).layers == (2,)
+  with pytest.raises(ValueError, match="objective layers \\[20\\] out of range for a 18-layer"):
+    objectives.ObjectiveConfig(layers=(20,)).for_model(presets.gemma3_270m())

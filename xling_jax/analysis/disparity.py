@@ -16,15 +16,13 @@ import numpy as np
 
 from xling_jax.analysis.corpus_stats import CorpusStats, weighted_metric
 
-GEMMA2_2B_BANDS = {"early": (0, 8), "middle": (9, 17), "deep": (18, 25)}
 _BOOTSTRAP_CHUNK = 100
 
 
 def default_bands(n_layers: int) -> dict[str, tuple[int, int]]:
-  """Inclusive layer ranges. Gemma-2-2B's 26 layers use the study's bands (early 0-8, middle
-  9-17, deep 18-25); other depths are cut into three near-equal contiguous thirds."""
-  if n_layers == 26:
-    return dict(GEMMA2_2B_BANDS)
+  """Inclusive layer ranges: three near-equal contiguous thirds of the model's depth, the first
+  ones a layer longer where the depth does not divide (Gemma-2-2B's 26 layers give the paper's
+  early 0-8, middle 9-17, deep 18-25)."""
   if n_layers < 3:
     return {"all": (0, n_layers - 1)}
   cuts = np.array_split(np.arange(n_layers), 3)
