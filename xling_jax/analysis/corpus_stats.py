@@ -15,10 +15,16 @@ from xling_jax.runtime import batching
 from xling_jax.runtime import errors
 from xling_jax.model.config import ModelConfig
 from xling_jax.runtime.progress import Progress
-from xling_jax.analysis.sae_stats import ROW_SUMS, batch_stats
+from xling_jax.analysis.sae_stats import batch_stats, norm_stats
 
 METRICS = ("activation", "l0", "mean_active", "resid_norm", "sentence_activation",
-           "sentence_distinct_features")
+           "sentence_distinct_features", "sentence_mass", "direction_activation")
+# Metrics that exist only when their sums were computed (the direction control).
+_NEEDS_ROWS = {"direction_activation": "direction_activation"}
+
+
+# Batch outputs summed over batches rather than kept per sentence: [n layers, X] each.
+POOLED = ("feature_counts", "sum_x")
 
 
 @dataclasses.dataclass
@@ -28,6 +34,7 @@ class LanguageSums:
   n_tokens: np.ndarray  # [n_sentences]
   feature_counts: np.ndarray  # [L, W] token firing counts
   truncated: tuple[int, ...] = ()
+  pooled: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # other POOLED sums
 
 
 @dataclasses.dataclass
@@ -36,6 +43,13 @@ class CorpusStats:
   languages: tuple[str, ...]
   layers: tuple[int, ...]
   per_language: dict[str, LanguageSums]
+  direction_norms: tuple[float, ...] | None = None  # R_l of the direction control, per layer
+
+  @property
+  def metric_names(self) -> tuple[str, ...]:
+    """The METRICS these sums give (the direction control only when it was computed)."""
+    rows = next(iter(self.per_language.values())).rows
+    return tuple(m for m in METRICS if _NEEDS_ROWS.get(m, "activation") in rows)
 
   def n_tokens(self, lang: str) -> int:
     return int(self.per_language[lang].n_tokens.sum())
@@ -49,6 +63,7 @@ class CorpusStats:
     return weighted_metric(s, name, np.ones((1, len(s.n_tokens))))[0]
 
   def metrics(self, name: str) -> dict[str, list[float]]:
+    """{lang: [L]} of one metric."""
     return {lang: self.metric(name, lang).tolist() for lang in self.languages}
 
 
@@ -57,13 +72,17 @@ def weighted_metric(sums: LanguageSums, name: str, weights: np.ndarray) -> np.nd
   sentence counts (ones: the corpus itself; multinomial counts: a bootstrap resample).
 
   activation = sum f / tokens; l0 = active count / tokens; mean_active = sum f / active count;
-  resid_norm = sum ||x|| / tokens; sentence_activation = mean over sentences of the sentence's
-  mean-pooled code mass; sentence_distinct_features = mean over sentences of the number of
-  features that fire in the sentence. Sentences without statistic tokens do not count in the
-  two sentence means.
+  resid_norm = sum ||x|| / tokens; direction_activation = the code mass of every token rescaled
+  to the reference's mean norm R_l / tokens; sentence_activation = mean over sentences of the
+  sentence's mean-pooled code mass; sentence_mass = mean over sentences of the sentence's summed
+  code mass (content-matched on a parallel corpus: no division by the language's token count);
+  sentence_distinct_features = mean over sentences of the number of features that fire in the
+  sentence. Sentences without statistic tokens do not count in the sentence means.
   """
   w, n, rows = np.asarray(weights, np.float64), sums.n_tokens, sums.rows
-  if name in ("activation", "l0", "resid_norm"):
+  if name in ("activation", "l0", "resid_norm", "direction_activation"):
+    if name not in rows:
+      raise ValueError(f"metric {name!r} was not computed in this pass")
     return (w @ rows[name]) / np.maximum(w @ n, 1.0)[:, None]
   if name == "mean_active":
     return (w @ rows["activation"]) / np.maximum(w @ rows["l0"], 1.0)
@@ -72,6 +91,8 @@ def weighted_metric(sums: LanguageSums, name: str, weights: np.ndarray) -> np.nd
   if name == "sentence_activation":
     per_sentence = rows["activation"] / np.maximum(n, 1.0)[:, None]
     return (w @ (per_sentence * has[:, None])) / n_sentences
+  if name == "sentence_mass":
+    return (w @ (rows["activation"] * has[:, None])) / n_sentences
   if name == "sentence_distinct_features":
     return (w @ (rows["distinct_features"] * has[:, None])) / n_sentences
   raise ValueError(f"unknown metric {name!r}; choose one of {METRICS}")
@@ -81,7 +102,7 @@ def check_finite(sums: LanguageSums, lang: str, layers: Sequence[int] | None = N
   """NaN/inf statistics mean NaN/inf residuals or SAE codes: an error, never a report of them
   (NaN compares false, so codes would silently count as inactive). `layers` names the sums'
   columns (default 0, 1, ...)."""
-  bad = sorted({int(l) for key in ROW_SUMS for l in np.nonzero(~np.isfinite(sums.rows[key]))[1]}
+  bad = sorted({int(l) for row in sums.rows.values() for l in np.nonzero(~np.isfinite(row))[1]}
                | {int(l) for l in np.nonzero(~np.isfinite(sums.feature_counts).all(-1))[0]})
   if layers is not None:
     bad = [layers[i] for i in bad]
@@ -91,11 +112,12 @@ def check_finite(sums: LanguageSums, lang: str, layers: Sequence[int] | None = N
         "checkpoint's weights or the SAEs are damaged (or the dtype overflows)")
 
 
-def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Sequence[str], *,
-                  batch_size: int = 16, bucket: int | None = 64, max_len: int | None = None,
-                  hook=None, mesh=None, progress: Progress | None = None,
-                  fused: bool = True, layers: tuple[int, ...] | None = None) -> LanguageSums:
-  """Stream one language's sentences through `batch_stats`.
+def stream_sentences(config: ModelConfig, tokenizer, sentences: Sequence[str], step, *,
+                     batch_size: int = 16, bucket: int | None = 64, max_len: int | None = None,
+                     mesh=None, progress: Progress | None = None) -> LanguageSums:
+  """Stream one language's sentences through `step(tokens, mask)`, a jitted batch statistic
+  returning row sums [n, B] per key, n_tokens [B], and `POOLED` sums [n, X] that add up over
+  batches (feature_counts [n, W]; sum_x [n, D]).
 
   Sentences are sorted by length so batches pad little, each batch is padded with empty rows to
   `batch_size` (one compiled shape per length bucket; `batching.batch_rows` caps it at the
@@ -111,9 +133,9 @@ def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Seque
   lengths = np.array([len(tokenizer.encode(s)) for s in sentences])
   order = np.argsort(lengths, kind="stable")
   n = len(sentences)
-  rows = {k: None for k in ROW_SUMS}
+  rows: dict[str, np.ndarray] = {}
   n_tokens = np.zeros(n, np.float64)
-  feature_counts = None
+  pooled: dict[str, np.ndarray] = {}
   truncated: list[int] = []
 
   def dispatch(idx):
@@ -122,47 +144,86 @@ def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Seque
     truncated.extend(int(idx[r]) for r in enc.truncated if r < len(idx))
     mask = np.asarray(enc.mask).copy()
     mask[len(idx):] = 0  # filler rows contribute nothing
-    return batch_stats(params, config, saes, place(np.asarray(enc.tokens)), place(mask), hook,
-                       fused=fused, layers=layers)
+    return step(place(np.asarray(enc.tokens)), place(mask))
 
   def collect(idx, out):
-    nonlocal feature_counts
     out = batching.fetch(out)
     k = len(idx)
-    for key in ROW_SUMS:
-      if rows[key] is None:
-        rows[key] = np.zeros((n, out[key].shape[0]), np.float64)
-      rows[key][idx] = out[key][:, :k].T
+    for key, value in out.items():
+      if key in POOLED:
+        pooled[key] = pooled.get(key, 0.0) + np.asarray(value, np.float64)
+      elif key != "n_tokens":
+        if key not in rows:
+          rows[key] = np.zeros((n, value.shape[0]), np.float64)
+        rows[key][idx] = value[:, :k].T
     n_tokens[idx] = out["n_tokens"][:k]
-    counts = out["feature_counts"].astype(np.float64)
-    feature_counts = counts if feature_counts is None else feature_counts + counts
     if progress is not None:
       progress.update(k)
 
   batching.pipelined((order[i:i + batch_size] for i in range(0, n, batch_size)), dispatch,
                      collect)
-  return LanguageSums(rows=rows, n_tokens=n_tokens, feature_counts=feature_counts,
-                      truncated=tuple(sorted(truncated)))
+  return LanguageSums(rows=rows, n_tokens=n_tokens, feature_counts=pooled.pop("feature_counts", None),
+                      truncated=tuple(sorted(truncated)), pooled=pooled)
+
+
+def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Sequence[str], *,
+                  batch_size: int = 16, bucket: int | None = 64, max_len: int | None = None,
+                  hook=None, mesh=None, progress: Progress | None = None,
+                  fused: bool = True, layers: tuple[int, ...] | None = None,
+                  direction_norms: np.ndarray | None = None) -> LanguageSums:
+  """One language's sums from `batch_stats` (see `stream_sentences` for the batching);
+  `direction_norms` [n layers] adds the direction-only control."""
+  norms = None if direction_norms is None else np.asarray(direction_norms, np.float32)
+  step = lambda tokens, mask: batch_stats(params, config, saes, tokens, mask, hook, fused=fused,
+                                          layers=layers, direction_norms=norms)
+  return stream_sentences(config, tokenizer, sentences, step, batch_size=batch_size,
+                          bucket=bucket, max_len=max_len, mesh=mesh, progress=progress)
+
+
+def reference_norms(params, config: ModelConfig, tokenizer, sentences: Sequence[str], *,
+                    layers: tuple[int, ...], batch_size: int = 16, bucket: int | None = 64,
+                    max_len: int | None = None, hook=None, mesh=None,
+                    progress: Progress | None = None) -> np.ndarray:
+  """R_l [n layers]: the mean residual norm per statistic token of `sentences` (the reference
+  language's `resid_norm`), from a pass without SAEs."""
+  step = lambda tokens, mask: norm_stats(params, config, tokens, mask, hook, layers=layers)
+  sums = stream_sentences(config, tokenizer, sentences, step, batch_size=batch_size,
+                          bucket=bucket, max_len=max_len, mesh=mesh, progress=progress)
+  return sums.rows["resid_norm"].sum(0) / max(float(sums.n_tokens.sum()), 1.0)
 
 
 def corpus_stats(params, config: ModelConfig, saes, tokenizer,
                  texts_by_lang: Mapping[str, Sequence[str]], *, batch_size: int = 16,
                  bucket: int | None = 64, max_len: int | None = None, hook=None, mesh=None,
                  show_progress: bool = True, fused: bool = True,
-                 layers: Sequence[int] | None = None) -> CorpusStats:
+                 layers: Sequence[int] | None = None,
+                 direction_ref: str | None = None) -> CorpusStats:
   """Statistics for every language of a corpus (`{lang: sentences}`) at `layers` (default every
-  model layer; `saes` stacked over them in that order)."""
+  model layer; `saes` stacked over them in that order). `direction_ref` (a language of the
+  corpus) adds the direction-only control: its mean residual norms R_l come from a first pass
+  without SAEs, then every language's tokens are also encoded at norm R_l."""
   layers = tuple(range(config.n_layers)) if layers is None else tuple(int(l) for l in layers)
   bad = [l for l in layers if not 0 <= l < config.n_layers]
   if bad or not layers or list(layers) != sorted(set(layers)):
     raise ValueError(f"layers {list(layers)}: expected increasing layers of 0..{config.n_layers - 1}")
+  if direction_ref is not None and direction_ref not in texts_by_lang:
+    raise ValueError(f"direction_ref={direction_ref} is not one of the corpus's languages")
   per_language = {}
   total = sum(len(v) for v in texts_by_lang.values())
+  if direction_ref is not None:
+    total += len(texts_by_lang[direction_ref])
   progress = Progress(total, "analysing", enabled=show_progress)
+  batching_kw = dict(batch_size=batch_size, bucket=bucket, max_len=max_len, hook=hook, mesh=mesh,
+                     progress=progress)
+  norms = None
+  if direction_ref is not None:
+    progress.label = f"reference norms [{direction_ref}]"
+    norms = reference_norms(params, config, tokenizer, texts_by_lang[direction_ref],
+                            layers=layers, **batching_kw)
   for lang, sentences in texts_by_lang.items():
     progress.label = f"analysing [{lang}]"
-    per_language[lang] = language_sums(
-        params, config, saes, tokenizer, sentences, batch_size=batch_size, bucket=bucket,
-        max_len=max_len, hook=hook, mesh=mesh, progress=progress, fused=fused, layers=layers)
+    per_language[lang] = language_sums(params, config, saes, tokenizer, sentences, fused=fused,
+                                       layers=layers, direction_norms=norms, **batching_kw)
     check_finite(per_language[lang], lang, layers)
-  return CorpusStats(languages=tuple(texts_by_lang), layers=layers, per_language=per_language)
+  return CorpusStats(languages=tuple(texts_by_lang), layers=layers, per_language=per_language,
+                     direction_norms=None if norms is None else tuple(norms.tolist()))

@@ -4,8 +4,13 @@ Definitions (the paper does not publish its formulas; these are ours):
   gap(l, L) % = 100 * (A[l, ref] - A[l, L]) / A[l, ref]   (positive = L activates less than ref)
   band summary: per language, the mean and the max of the gap over the band's layers; for the
   low-resource group, the max and the mean of those per-language numbers.
+  excess over the norm (l, L) = gap(l, L) of the activation - gap(l, L) of resid_norm: how much
+  more (or less) the SAE codes differ than the plain residual norm does. Its verdict per cell:
+  "exceeds_norm" when its bootstrap interval lies above 0, "below_norm" below 0, otherwise
+  "norm_explained" (the SAE gap is what the norm alone predicts).
 Confidence intervals come from a paired bootstrap over sentences: a parallel corpus has the same
-sentence i in every language, so one resample of sentence indices serves all languages.
+sentence i in every language, so one resample of sentence indices serves all languages. They
+hold the model and the SAEs fixed: they say nothing about SAE retraining.
 """
 from __future__ import annotations
 
@@ -87,32 +92,44 @@ def band_summary(gaps: Mapping[str, np.ndarray], bands: Mapping[str, tuple[int, 
 
 @dataclasses.dataclass(frozen=True)
 class BootstrapCI:
-  """2.5/97.5 percentiles (or `level`) of each quantity, from `n_resamples` resamples."""
+  """2.5/97.5 percentiles (or `level`) of each quantity, from `n_resamples` resamples.
+  `gap_by_metric`: the gaps of the control metrics; `excess_over_norm`: of the activation gap
+  minus the resid_norm gap (both only when those metrics were resampled)."""
   metric: dict[str, dict[str, list[float]]]  # lang -> {"lo": [L], "hi": [L]}
   gap: dict[str, dict[str, list[float]]]
   band_group: dict[str, dict[str, list[float]]]  # band -> {"group_max": [lo, hi], "group_mean": [...]}
   n_resamples: int
   level: float
+  gap_by_metric: dict[str, dict[str, dict[str, list[float]]]] = dataclasses.field(
+      default_factory=dict)
+  excess_over_norm: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
 
 
 def bootstrap(stats: CorpusStats, *, metric: str = "activation", ref: str = "en",
               bands: Mapping[str, tuple[int, int]], group: Sequence[str],
-              n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> BootstrapCI:
-  """Paired bootstrap over sentences for the metric, the gaps and the band summaries."""
+              n_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+              controls: Sequence[str] = ()) -> BootstrapCI:
+  """Paired bootstrap over sentences for the metric, the gaps and the band summaries; the gaps
+  of the `controls` metrics and, with resid_norm among them, the excess over the norm, from the
+  same resamples."""
   n = {stats.n_sentences(lang) for lang in stats.languages}
   if len(n) != 1:
     raise ValueError(f"paired bootstrap needs a parallel corpus; sentence counts differ: {n}")
   n_sent = n.pop()
   rng = np.random.default_rng(seed)
-  chunks = {lang: [] for lang in stats.languages}
+  names = (metric, *[m for m in controls if m != metric])
+  chunks = {name: {lang: [] for lang in stats.languages} for name in names}
   # Resamples are drawn in chunks so the [chunk, sentences] count matrix stays small.
   for start in range(0, n_resamples, _BOOTSTRAP_CHUNK):
     size = min(_BOOTSTRAP_CHUNK, n_resamples - start)
     counts = rng.multinomial(n_sent, np.full(n_sent, 1.0 / n_sent), size=size).astype(np.float64)
-    for lang in stats.languages:
-      chunks[lang].append(weighted_metric(stats.per_language[lang], metric, counts))
-  values = {lang: np.concatenate(parts) for lang, parts in chunks.items()}
-  gaps = gap_pct(values, ref)  # each [R, L]
+    for name in names:
+      for lang in stats.languages:
+        chunks[name][lang].append(weighted_metric(stats.per_language[lang], name, counts))
+  gaps_of = {name: gap_pct({lang: np.concatenate(parts) for lang, parts in by_lang.items()}, ref)
+             for name, by_lang in chunks.items()}  # each [R, L]
+  values = {lang: np.concatenate(parts) for lang, parts in chunks[metric].items()}
+  gaps = gaps_of[metric]
   q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
 
   def interval(a):
@@ -130,10 +147,34 @@ def bootstrap(stats: CorpusStats, *, metric: str = "activation", ref: str = "en"
         "group_max": np.nanpercentile(per_lang_max.max(0), q).tolist(),
         "group_mean": np.nanpercentile(per_lang_mean.mean(0), q).tolist(),
     }
+  others = [lang for lang in stats.languages if lang != ref]
+  excess = ({lang: interval(gaps[lang] - gaps_of["resid_norm"][lang]) for lang in others}
+            if "resid_norm" in gaps_of and metric != "resid_norm" else {})
   return BootstrapCI(
       metric={lang: interval(v) for lang, v in values.items()},
       gap={lang: interval(g) for lang, g in gaps.items() if lang != ref},
-      band_group=band_group, n_resamples=n_resamples, level=level)
+      band_group=band_group, n_resamples=n_resamples, level=level,
+      gap_by_metric={name: {lang: interval(gaps_of[name][lang]) for lang in others}
+                     for name in names if name != metric},
+      excess_over_norm=excess)
+
+
+def norm_control(gap_by_metric: Mapping[str, Mapping[str, np.ndarray]],
+                 ci: BootstrapCI | None) -> dict:
+  """{"excess": {lang: [L]}, "excess_ci": {lang: {"lo", "hi"}} | None, "verdict": {lang: [L]}
+  | None}: the activation gap minus the resid_norm gap per cell, and (with a bootstrap) whether
+  it survives the norm control (see the module docstring)."""
+  act, norm = gap_by_metric["activation"], gap_by_metric["resid_norm"]
+  excess = {lang: np.asarray(act[lang]) - np.asarray(norm[lang]) for lang in act}
+  if ci is None or not ci.excess_over_norm:
+    return {"excess": excess, "excess_ci": None, "verdict": None}
+
+  def verdict(lo, hi):
+    return "exceeds_norm" if lo > 0 else "below_norm" if hi < 0 else "norm_explained"
+
+  return {"excess": excess, "excess_ci": ci.excess_over_norm,
+          "verdict": {lang: [verdict(lo, hi) for lo, hi in zip(c["lo"], c["hi"])]
+                      for lang, c in ci.excess_over_norm.items()}}
 
 
 def firing_rates(stats: CorpusStats, lang: str) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Analysis outputs: stats.json (every number), disparity.csv, report.md, heatmap.png, layers.png."""
+"""Analysis outputs: stats.json (every number), disparity.csv, report.md, heatmap.png, layers.png,
+controls.png (each gap beside its residual-norm and direction-only controls)."""
 from __future__ import annotations
 
 import csv
@@ -31,14 +32,24 @@ def _clean(value: Any) -> Any:
 def build_stats_json(stats: CorpusStats, *, gaps: Mapping[str, np.ndarray], ref: str,
                      bands: Mapping[str, tuple[int, int]], band_summary: Mapping,
                      group: Sequence[str], ci: BootstrapCI | None, top: Mapping | None,
-                     config: Mapping, provenance: Mapping) -> dict:
+                     config: Mapping, provenance: Mapping,
+                     gap_by_metric: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                     norm_control: Mapping | None = None,
+                     sae_quality: Mapping | None = None) -> dict:
   """The machine-readable record of a run; readable without this package. `group`: the
-  low-resource languages whose band max/mean `band_summary` holds."""
+  low-resource languages whose band max/mean `band_summary` holds; `gap_by_metric`: {metric:
+  {lang: [L]}} the gap under every metric; `norm_control`: `disparity.norm_control`;
+  `sae_quality`: `sae_quality.corpus_quality`."""
   return _clean({
       "languages": list(stats.languages),
       "reference_language": ref,
       "layers": list(stats.layers),
-      "metrics": {name: stats.metrics(name) for name in METRICS},
+      "metrics": {name: stats.metrics(name) for name in stats.metric_names},
+      "gap_by_metric": gap_by_metric,
+      "controls": None if norm_control is None else {
+          "reference_norms": stats.direction_norms, **norm_control,
+          "gap_ci": None if ci is None else ci.gap_by_metric},
+      "sae_quality": sae_quality,
       "gap_vs_en" if ref == "en" else f"gap_vs_{ref}": {l: g for l, g in gaps.items() if l != ref},
       "bands": {k: list(v) for k, v in bands.items()},
       "band_summary": band_summary,
@@ -72,23 +83,38 @@ def titles(record: Mapping, corpus: str, toy: bool) -> dict[str, str]:
   """{"gap": report.md and heatmap.png, "layers": layers.png}; layers.png plots activation."""
   prefix = "TOY model: " if toy else ""
   return {"gap": f"{prefix}SAE activation gap vs {record['reference_language']} ({corpus})",
-          "layers": f"{prefix}SAE activation per layer ({corpus})"}
+          "layers": f"{prefix}SAE activation per layer ({corpus})",
+          "controls": f"{prefix}Gap vs {record['reference_language']} under the SAE and its "
+                      f"controls ({corpus})"}
+
+
+def _gap_key(record: Mapping) -> str:
+  return f"gap_vs_{record['reference_language']}"
 
 
 def disparity_csv(record: Mapping) -> str:
-  """One row per (language, layer): every metric, the gap, and its CI when present."""
-  gaps = record["gap_vs_en"] if "gap_vs_en" in record else next(
-      v for k, v in record.items() if k.startswith("gap_vs_"))
+  """One row per (language, layer): every metric, the gap and its CI when present, the gap
+  under every other metric, the excess over the norm control and its verdict."""
+  gaps = record[_gap_key(record)]
   boot = record.get("bootstrap") or {}
+  metrics = [m for m in METRICS if m in record["metrics"]]
+  by_metric = record.get("gap_by_metric") or {}
+  others = [m for m in metrics if m in by_metric and m != "activation"]
+  controls = record.get("controls") or {}
   text = StringIO()
   w = csv.writer(text)
-  w.writerow(["language", "layer", *METRICS, "gap_pct", "gap_ci_lo", "gap_ci_hi"])
+  w.writerow(["language", "layer", *metrics, "gap_pct", "gap_ci_lo", "gap_ci_hi",
+              *[f"gap_{m}_pct" for m in others], "excess_over_norm", "norm_verdict"])
+  none = [None] * len(record["layers"])
   for lang in record["languages"]:
     for i, layer in enumerate(record["layers"]):
-      gap = gaps.get(lang, [None] * len(record["layers"]))[i]
       ci = boot.get("gap", {}).get(lang)
-      w.writerow([lang, layer, *[record["metrics"][m][lang][i] for m in METRICS], gap,
-                  None if ci is None else ci["lo"][i], None if ci is None else ci["hi"][i]])
+      w.writerow([lang, layer, *[record["metrics"][m][lang][i] for m in metrics],
+                  gaps.get(lang, none)[i],
+                  None if ci is None else ci["lo"][i], None if ci is None else ci["hi"][i],
+                  *[by_metric[m].get(lang, none)[i] for m in others],
+                  (controls.get("excess") or {}).get(lang, none)[i],
+                  (controls.get("verdict") or {}).get(lang, none)[i]])
   return text.getvalue()
 
 
@@ -133,7 +159,71 @@ def summary_markdown(record: Mapping, title: str, notes: list[str] = ()) -> str:
     l0 = np.mean(record["metrics"]["l0"][lang])
     lines.append(f"| {lang} | {record['n_sentences'][lang]} | {record['n_tokens'][lang]} | "
                  f"{act:.3f} | {l0:.2f} |")
+  lines += controls_markdown(record) + quality_markdown(record)
   return "\n".join(lines) + "\n"
+
+
+VERDICT_MARK = {"exceeds_norm": "▲", "below_norm": "▼", "norm_explained": "="}
+
+
+def controls_markdown(record: Mapping) -> list[str]:
+  """The gap of every cell beside its controls, with the norm verdict."""
+  by_metric, controls = record.get("gap_by_metric"), record.get("controls")
+  if not by_metric or not controls:
+    return []
+  ref = record["reference_language"]
+  verdict = controls.get("verdict") or {}
+  direction = "direction_activation" in by_metric
+  lines = ["", "## Controls: SAE gap, residual-norm gap" + (", direction-only gap" if direction
+                                                             else ""), "",
+           "Per cell: the SAE activation gap / the gap of the plain mean residual norm ||x|| (no "
+           "SAE)" + (" / the SAE gap with every token rescaled to "
+                     f"`{ref}`'s mean norm at that layer (direction only)" if direction else "")
+           + ", in %. "
+           + ("Mark: ▲ the SAE gap exceeds the norm gap (the interval of their difference lies "
+              "above 0), ▼ it falls below it, = the norm explains it (the interval holds 0)."
+              if verdict else "No verdicts: they need the bootstrap."), ""]
+  layers = record["layers"]
+  lines += ["| language | " + " | ".join(f"L{l}" for l in layers) + " |",
+            "|---|" + "---|" * len(layers)]
+  for lang in [l for l in record["languages"] if l != ref]:
+    cells = []
+    for i in range(len(layers)):
+      parts = [_fmt(by_metric["activation"][lang][i], 1), _fmt(by_metric["resid_norm"][lang][i], 1)]
+      if direction:
+        parts.append(_fmt(by_metric["direction_activation"][lang][i], 1))
+      mark = VERDICT_MARK.get((verdict.get(lang) or [None] * len(layers))[i], "")
+      cells.append(" / ".join(parts) + (f" {mark}" if mark else ""))
+    lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+  if "sentence_mass" in by_metric:
+    lines += ["", "Per sentence (content-matched: the summed code mass of a sentence, not divided "
+                  "by the language's token count), the gap in % per layer:", "",
+              "| language | " + " | ".join(f"L{l}" for l in layers) + " |",
+              "|---|" + "---|" * len(layers)]
+    for lang in [l for l in record["languages"] if l != ref]:
+      lines.append(f"| {lang} | " + " | ".join(_fmt(v, 1) for v in by_metric["sentence_mass"][lang])
+                   + " |")
+  return lines
+
+
+def quality_markdown(record: Mapping) -> list[str]:
+  """Each SAE's fit per language: FVU and the LM loss it costs when spliced in."""
+  quality = record.get("sae_quality")
+  if not quality:
+    return []
+  layers = record["layers"]
+  lines = ["", "## SAE quality per language", "",
+           f"On the first {quality['sentences']} sentences of each language: FVU (unexplained "
+           "variance of the residual around the language's mean) / the increase of the "
+           "next-token loss (nats per token) with that layer's residual replaced by its "
+           "reconstruction. The clean loss is in the last column.", "",
+           "| language | " + " | ".join(f"L{l}" for l in layers) + " | clean loss |",
+           "|---|" + "---|" * (len(layers) + 1)]
+  for lang in record["languages"]:
+    cells = [f"{_fmt(f, 3)} / {_fmt(d, 3)}" for f, d in zip(quality["fvu"][lang],
+                                                        quality["delta_lm_loss"][lang])]
+    lines.append(f"| {lang} | " + " | ".join(cells) + f" | {_fmt(quality['clean_lm_loss'][lang], 3)} |")
+  return lines
 
 
 def heatmap_png(record: Mapping, title: str) -> bytes | None:
@@ -143,7 +233,7 @@ def heatmap_png(record: Mapping, title: str) -> bytes | None:
   import matplotlib.pyplot as plt
 
   ref = record["reference_language"]
-  gaps = record["gap_vs_en"] if "gap_vs_en" in record else record[f"gap_vs_{ref}"]
+  gaps = record[_gap_key(record)]
   langs = [l for l in record["languages"] if l != ref]
   if not langs:
     return None
@@ -156,6 +246,44 @@ def heatmap_png(record: Mapping, title: str) -> bytes | None:
   ax.set_xlabel("layer")
   ax.set_title(title, fontsize=10)
   fig.colorbar(im, ax=ax, label=f"activation gap vs {ref} (%)")
+  return _png(fig)
+
+
+def controls_png(record: Mapping, title: str) -> bytes | None:
+  """One panel per language: its gap per layer under the SAE activation and under each control
+  (None without controls or without a language besides the reference)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  by_metric = record.get("gap_by_metric")
+  ref = record["reference_language"]
+  langs = [l for l in record["languages"] if l != ref]
+  if not by_metric or not langs:
+    return None
+  shown = [(m, label) for m, label in (
+      ("activation", "SAE activation"), ("resid_norm", "residual norm (no SAE)"),
+      ("direction_activation", "SAE, direction only"), ("sentence_mass", "SAE, per sentence"))
+      if m in by_metric]
+  cols = min(3, len(langs))
+  rows = -(-len(langs) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False,
+                           sharex=True)
+  layers = record["layers"]
+  for ax, lang in zip(axes.flat, langs):
+    for metric, label in shown:
+      values = [np.nan if v is None else v for v in by_metric[metric][lang]]
+      ax.plot(layers, values, marker="o", markersize=3, linewidth=1.4, label=label)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xticks(layers)
+    ax.set_title(lang, fontsize=9)
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(langs):]:
+    ax.axis("off")
+  axes.flat[0].legend(fontsize=7)
+  fig.supxlabel("layer", fontsize=9)
+  fig.supylabel(f"gap vs {ref} (%)", fontsize=9)
+  fig.suptitle(title, fontsize=10)
   return _png(fig)
 
 
@@ -206,6 +334,7 @@ def write_report(out_dir: Path, record: Mapping, *, corpus: str, toy: bool,
       "markdown": ("report.md", summary_markdown(record, title["gap"], list(notes))),
       "heatmap": ("heatmap.png", heatmap_png(record, title["gap"])),
       "layers": ("layers.png", layers_png(record, title["layers"])),
+      "controls": ("controls.png", controls_png(record, title["controls"])),
   }
   paths = {}
   for kind, (name, data) in rendered.items():

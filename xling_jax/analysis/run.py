@@ -33,7 +33,10 @@ class AnalysisConfig:
   the group whose band max/mean the summary reports (those of the corpus's languages in it);
   `bootstrap`: paired resamples over sentences for the intervals (0: none); `batch_size`
   sentences per batch (capped at the corpus size), padded to a multiple of `bucket` tokens and
-  cut at `max_len`; `neuronpedia`: the SAE set id for feature links (Gemma Scope only)."""
+  cut at `max_len`; `neuronpedia`: the SAE set id for feature links (Gemma Scope only);
+  `quality_sentences`: the first N sentences per language on which each SAE's reconstruction
+  (FVU) and the LM loss with it spliced in are measured (0: all; None: up to
+  DEFAULT_QUALITY_SENTENCES; `sae_quality`)."""
   ref_lang: str = "en"
   layers: tuple[int, ...] | None = None
   bands: Mapping[str, tuple[int, int]] | None = None
@@ -45,20 +48,31 @@ class AnalysisConfig:
   max_len: int | None = None
   seed: int = 0
   neuronpedia: str | None = None
+  quality_sentences: int | None = None
+
+
+# The quality pass runs the model once per analysed layer more: 100 sentences per language
+# keep it to a few minutes for the 270M on a 2-core CPU.
+DEFAULT_QUALITY_SENTENCES = 100
+# The controls every gap is reported beside (their gaps are also bootstrapped).
+CONTROLS = ("resid_norm", "direction_activation", "sentence_mass")
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """What `check` resolved: the analysed layers, the bands and the low-resource group."""
+  """What `check` resolved: the analysed layers, the bands, the low-resource group and the
+  sentences per language of the quality pass (0: all)."""
   layers: tuple[int, ...]
   bands: dict[str, tuple[int, int]]
   group: tuple[str, ...]
+  quality_sentences: int = 0
 
 
-def check(config: AnalysisConfig, n_layers: int, languages) -> Plan:
-  """Resolve and check the settings against the model's depth and the corpus's languages;
-  ValueError names the first setting that cannot work. Costs nothing: call it before loading
-  SAEs or computing anything."""
+def check(config: AnalysisConfig, n_layers: int, languages,
+          n_sentences: int | None = None) -> Plan:
+  """Resolve and check the settings against the model's depth and the corpus's languages (and
+  its sentences per language, when given); ValueError names the first setting that cannot work.
+  Costs nothing: call it before loading SAEs or computing anything."""
   from xling_jax.analysis import disparity
   from xling_jax.data.languages import validate_languages
   languages = tuple(languages)
@@ -76,11 +90,20 @@ def check(config: AnalysisConfig, n_layers: int, languages) -> Plan:
     raise ValueError(f"bands {bands} reach past the model's last layer ({n_layers - 1})")
   if not disparity.band_columns(layers, bands):
     raise ValueError(f"layers={list(layers)}: none of them lies in a band of {bands}")
-  for name, least in (("bootstrap", 0), ("top_k", 1), ("batch_size", 1)):
-    if getattr(config, name) < least:
-      raise ValueError(f"{name}={getattr(config, name)}: expected an integer >= {least}")
+  quality = config.quality_sentences
+  for name, value, least in (("bootstrap", config.bootstrap, 0), ("top_k", config.top_k, 1),
+                             ("batch_size", config.batch_size, 1),
+                             ("quality_sentences", 0 if quality is None else quality, 0)):
+    if value < least:
+      raise ValueError(f"{name}={value}: expected an integer >= {least}")
+  if quality is None:
+    quality = (DEFAULT_QUALITY_SENTENCES if n_sentences is None
+               else min(DEFAULT_QUALITY_SENTENCES, n_sentences))
+  elif n_sentences is not None and quality > n_sentences:
+    raise ValueError(f"quality_sentences={quality}: the corpus has {n_sentences} sentences per "
+                     "language (0 = all of them)")
   group = tuple(l for l in low_resource if l in languages and l != config.ref_lang)
-  return Plan(layers, bands, group)
+  return Plan(layers, bands, group, quality)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +177,7 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
   settings (the tools pass every flag; default this config). Everything is checked before the
   first batch runs (ValueError).
   """
-  from xling_jax.analysis import corpus_stats
+  from xling_jax.analysis import corpus_stats, sae_quality
   from xling_jax.runtime import batching
   from xling_jax.analysis import disparity
   from xling_jax.runtime import platform
@@ -164,7 +187,7 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
   model_config = setup.config
   plan = check(config if config.layers is not None
                else dataclasses.replace(config, layers=saes.layers),
-               model_config.n_layers, corpus.languages)
+               model_config.n_layers, corpus.languages, corpus.n_sentences)
   if plan.layers != tuple(saes.layers):
     raise ValueError(f"the SAEs cover layers {list(saes.layers)}, the analysis asks for "
                      f"{list(plan.layers)}")
@@ -173,17 +196,25 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
                      f"{model_config.d_model}")
   ref = config.ref_lang
   batch_size = batching.batch_rows(config.batch_size, corpus.n_sentences, setup.mesh)
+  batching_kw = dict(batch_size=batch_size, bucket=config.bucket, max_len=config.max_len,
+                     mesh=setup.mesh, show_progress=show_progress)
   stats = corpus_stats.corpus_stats(
       setup.params, model_config, saes.params, setup.tokenizer, corpus.sentences,
-      batch_size=batch_size, bucket=config.bucket, max_len=config.max_len, mesh=setup.mesh,
-      show_progress=show_progress, layers=plan.layers)
-  gaps = disparity.gap_pct({lang: stats.metric("activation", lang) for lang in corpus.languages},
-                           ref)
+      layers=plan.layers, direction_ref=ref, **batching_kw)
+  quality = sae_quality.corpus_quality(
+      setup.params, model_config, saes.params, setup.tokenizer, corpus.sentences,
+      layers=plan.layers, sentences=plan.quality_sentences, **batching_kw)
+  gap_by_metric = {
+      name: disparity.gap_pct({lang: stats.metric(name, lang) for lang in corpus.languages}, ref)
+      for name in stats.metric_names}
+  gaps = gap_by_metric["activation"]
   summary = disparity.band_summary({l: g for l, g in gaps.items() if l != ref}, plan.bands,
                                    plan.group, plan.layers)
   ci = (disparity.bootstrap(stats, ref=ref, bands=plan.bands, group=plan.group,
-                            n_resamples=config.bootstrap, seed=config.seed)
+                            n_resamples=config.bootstrap, seed=config.seed, controls=CONTROLS)
         if config.bootstrap > 0 else None)
+  others = {name: {l: g for l, g in by_lang.items() if l != ref}
+            for name, by_lang in gap_by_metric.items()}
   top = disparity.top_features(stats, k=min(config.top_k, saes.params.d_sae), ref=ref,
                                neuronpedia=config.neuronpedia)
   if run_config is None:
@@ -193,6 +224,9 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
                     seconds=round(time.perf_counter() - start, 2))
   record = report.build_stats_json(stats, gaps=gaps, ref=ref, bands=plan.bands,
                                    band_summary=summary, group=plan.group, ci=ci, top=top,
-                                   config=run_config, provenance=provenance)
+                                   config=run_config, provenance=provenance,
+                                   gap_by_metric=others,
+                                   norm_control=disparity.norm_control(others, ci),
+                                   sae_quality=quality)
   notes = (presets.toy_note(model_config),) if setup.is_toy else ()
   return Analysis(record, stats, corpus.name, setup.is_toy, notes)

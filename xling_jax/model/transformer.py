@@ -267,7 +267,8 @@ def scan_blocks(params: Params, config: ModelConfig, x: jax.Array,
                 observe: Callable[[jax.Array, Any], Any] | None = None,
                 observe_xs: Any = None, hook: ProjectHook | None = None,
                 positions: jax.Array | None = None, pair_mask: jax.Array | None = None,
-                remat: bool | str = False) -> tuple[jax.Array, Any]:
+                remat: bool | str = False, edit: Callable[[jax.Array, Any], jax.Array] | None = None,
+                edit_xs: Any = None) -> tuple[jax.Array, Any]:
   """Run every block with one `lax.scan`.
 
   x [B, T, D] embeddings; attention_mask [B, T]. After each block, `observe(resid, xs_l)` is
@@ -275,6 +276,8 @@ def scan_blocks(params: Params, config: ModelConfig, x: jax.Array,
   `observe_xs` (a pytree with leading axis L); its results are stacked to a leading L axis.
   This is how residuals are captured, and how the analysis fuses per-layer SAE statistics
   without materialising every layer's activations. Returns (last block output, stacked results).
+  `edit(resid, edit_xs_l)`, when given, replaces each block's output before the next block (and
+  `observe`) sees it: splicing an SAE reconstruction into the residual stream, for example.
   `hook` changes the linear maps (see ProjectHook). `positions` [B, T] default to
   `positions_from_mask`; `pair_mask` [B, T, S] restricts which keys each query sees on top of
   causality (for packing several continuations after one context).
@@ -299,14 +302,16 @@ def scan_blocks(params: Params, config: ModelConfig, x: jax.Array,
   hook_xs = None if hook is None else hook.xs
 
   def body(carry, xs):
-    layer, kind, hook_l, obs_x = xs
+    layer, kind, hook_l, obs_x, edit_x = xs
     out = block(c, layer, carry, (cos[kind], sin[kind]), masks[kind], hook, hook_l)
+    if edit is not None:
+      out = edit(out, edit_x)
     return out, (None if observe is None else observe(out, obs_x))
 
   if remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
   kinds = jnp.asarray(c.layer_kinds, jnp.int32)
-  return jax.lax.scan(body, x, (layers, kinds, hook_xs, observe_xs))
+  return jax.lax.scan(body, x, (layers, kinds, hook_xs, observe_xs, edit_xs))
 
 
 def forward(params: Params, config: ModelConfig, tokens: jax.Array,
