@@ -144,7 +144,7 @@ def test_all_languages_and_tasks_on_the_shared_benchmarks(toy_setup, tmp_path):
   for task, per_lang in scores.items():
     for lang, s in per_lang.items():
       assert s["n"] + s["n_too_long"] == 2, (task, lang)
-      assert set(s) == {"acc", "acc_norm", "acc_bytes", "n", "stderr", "n_too_long"}
+      assert set(s) == {"acc", "acc_norm", "acc_bytes", "margin", "n", "stderr", "n_too_long"}
   assert sorted(m["lang"] for m in result.missing) == sorted(LANGS[1:])
   assert {m["task"] for m in result.missing} == {"hellaswag"}
   n_long = sum(s["n_too_long"] for per_lang in scores.values() for s in per_lang.values())

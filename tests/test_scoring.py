@@ -174,12 +174,14 @@ def test_item_record_uses_characters_for_acc_norm_and_bytes_for_acc_bytes():
 
 
 def test_aggregate_means_and_standard_errors():
-  records = [{"gold": g, "pred": p, "pred_norm": q, "pred_bytes": 0}
+  records = [{"gold": g, "pred": p, "pred_norm": q, "pred_bytes": 0,
+              "loglikelihoods": [-1.0 - (i != g) for i in range(4)]}
              for g, p, q in [(0, 0, 1), (1, 0, 1), (2, 2, 2), (0, 0, 0), (3, 1, 3)]]
   out = scoring.aggregate(records)
   acc = [1.0, 0.0, 1.0, 1.0, 0.0]
   assert out["n"] == 5 and out["acc"] == pytest.approx(0.6) and out["acc_norm"] == pytest.approx(0.8)
   assert out["acc_bytes"] == pytest.approx(0.4)
   assert out["stderr"]["acc"] == pytest.approx(statistics.stdev(acc) / math.sqrt(5))
+  assert out["margin"] == pytest.approx(1.0) and out["stderr"]["margin"] == 0.0
   assert scoring.aggregate(records[:1])["stderr"]["acc"] is None
   assert scoring.aggregate([])["acc"] is None

@@ -31,7 +31,7 @@ from xling_jax.runtime.errors import NonFiniteError
 from xling_jax.runtime.progress import Progress
 
 SOURCES = ("dir", "hf")
-METRICS = scoring.METRICS
+METRICS = (*scoring.METRICS, "margin")
 
 
 class EvalDataError(ValueError):

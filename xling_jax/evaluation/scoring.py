@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,7 @@ from xling_jax.evaluation.prompts import Prompt
 MIN_ROW = 64
 MIN_TARGETS = 16
 METRICS = ("acc", "acc_norm", "acc_bytes")
-_PREDICTION = {"acc": "pred", "acc_norm": "pred_norm", "acc_bytes": "pred_bytes"}
+PREDICTION_KEY = {"acc": "pred", "acc_norm": "pred_norm", "acc_bytes": "pred_bytes"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,9 +247,19 @@ def mean_stderr(values: Sequence[float]) -> float | None:
   return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
 
 
+def margin(record: Mapping) -> float:
+  """The gold answer's log-likelihood margin (nats): loglik(gold) - the best other choice's. A
+  continuous score that moves before the argmax flips (0 with a single choice)."""
+  lls = np.asarray(record["loglikelihoods"], np.float64)
+  others = np.delete(lls, record["gold"])
+  return float(lls[record["gold"]] - others.max()) if others.size else 0.0
+
+
 def aggregate(records: Sequence[dict]) -> dict:
-  """{acc, acc_norm, acc_bytes, n, stderr: {metric: value}} over item records (None when empty)."""
-  hits = {m: [float(r[_PREDICTION[m]] == r["gold"]) for r in records] for m in METRICS}
+  """{acc, acc_norm, acc_bytes, margin, n, stderr: {metric: value}} over item records (None
+  when empty); margin is the mean gold log-likelihood margin."""
+  hits = {m: [float(r[PREDICTION_KEY[m]] == r["gold"]) for r in records] for m in METRICS}
+  hits["margin"] = [margin(r) for r in records]
   out: dict[str, Any] = {m: (sum(v) / len(v) if v else None) for m, v in hits.items()}
   out["n"] = len(records)
   out["stderr"] = {m: mean_stderr(v) for m, v in hits.items()}
