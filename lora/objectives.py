@@ -1,4 +1,4 @@
-"""The activation-aware LoRA objective: align + retain + lm.
+"""The activation-aware LoRA objective: align + retain + lm, and the norm control.
 
 One step sees a target-language batch and the parallel English batch (same lines).
 
@@ -11,8 +11,13 @@ One step sees a target-language batch and the parallel English batch (same lines
            because residual norms grow with depth); "kl": mean over tokens of
            KL(p_base || p_adapted) of the next-token distributions.
   lm     = next-token cross-entropy of the adapted model on the target text.
+  norm   = mean over objective layers S of ((N_t - N_en_base) / N_en_base)^2, N a layer's mean
+           residual norm per statistic token: the align term with the SAE taken out, the
+           control that shows whether an SAE objective only moves the residual norm.
 
-  loss = w_align * align + w_retain * retain + w_lm * lm
+  loss = w_align * align + w_retain * retain + w_lm * lm + w_norm * norm
+
+With align's weight 0 the objective needs no SAE (the lm and norm controls).
 
 The frozen English reference (`reference`) is computed once per batch from the base params and
 is never differentiated. The adapted model runs once per step on the target and English rows
@@ -50,6 +55,7 @@ class ObjectiveConfig:
   w_retain: float = 1.0
   w_lm: float = 0.0
   retain: str = "residual"
+  w_norm: float = 0.0
 
   def __post_init__(self):
     if self.layers is not None:
@@ -59,9 +65,9 @@ class ObjectiveConfig:
       object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
     if self.retain not in RETAIN_KINDS:
       raise ValueError(f"ObjectiveConfig.retain={self.retain!r}; choose one of {RETAIN_KINDS}")
-    weights = (self.w_align, self.w_retain, self.w_lm)
+    weights = (self.w_align, self.w_retain, self.w_lm, self.w_norm)
     if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
-      raise ValueError(f"objective weights (align, retain, lm) = {weights}: expected "
+      raise ValueError(f"objective weights (align, retain, lm, norm) = {weights}: expected "
                        "non-negative weights, at least one positive")
 
   def weight(self, term: str) -> float:
@@ -86,11 +92,18 @@ class Batch(NamedTuple):
 
 
 class Reference(NamedTuple):
-  """The frozen model on the English batch: activation [|S|], and (as the retain kind needs)
-  residuals [L, B, T, D] or logits [B, T, V]; unused fields are None."""
+  """The frozen model on the English batch: activation and resid_norm [|S|], and (as the retain
+  kind needs) residuals [L, B, T, D] or logits [B, T, V]; unused fields are None."""
   activation: jax.Array | None
   residuals: jax.Array | None
   logits: jax.Array | None
+  resid_norm: jax.Array | None = None
+
+
+def mean_norm(residuals: jax.Array, weights: jax.Array) -> jax.Array:
+  """residuals [n, B, T, D], weights [B, T] -> [n] mean ||x|| over the weighted tokens."""
+  norms = jnp.linalg.norm(residuals.astype(jnp.float32), axis=-1)
+  return jnp.einsum("nbt,bt->n", norms, weights) / jnp.maximum(weights.sum(), 1.0)
 
 
 def _residuals(params, config: ModelConfig, tokens, mask, adapter,
@@ -115,7 +128,9 @@ def reference(params, config: ModelConfig, saes, batch: Batch,
       activation=(sae_stats.activation_from_residuals(residuals[jnp.asarray(objective.layers)], saes, weights)
                   if objective.w_align > 0 else None),
       residuals=residuals if objective.w_retain > 0 and not kl else None,
-      logits=_logits(params, config, residuals) if kl else None)
+      logits=_logits(params, config, residuals) if kl else None,
+      resid_norm=(mean_norm(residuals[jnp.asarray(objective.layers)], weights)
+                  if objective.w_norm > 0 else None))
   return jax.tree.map(jax.lax.stop_gradient, ref)
 
 
@@ -203,6 +218,10 @@ def loss_terms(adapter, params, config: ModelConfig, saes, batch: Batch, ref: Re
   if objective.w_lm > 0:
     terms["lm"] = next_token_nll(params, config, target[-1], batch.target_tokens,
                                  batch.target_mask)
+  if objective.w_norm > 0:
+    weights = sae_stats.stat_mask(batch.target_tokens, batch.target_mask, config.bos_id)
+    norm = mean_norm(target[jnp.asarray(objective.layers)], weights)
+    terms["norm"] = jnp.mean(((norm - ref.resid_norm) / ref.resid_norm) ** 2)
   return terms
 
 

@@ -109,14 +109,14 @@ def small_run(toy_params, toy_config):
 
 
 def test_objective_terms_match_their_definitions(small_run):
-  """align / retain (kl) / lm recomputed from separate forward passes, `activations`'
+  """align / retain (kl) / lm / norm recomputed from separate forward passes, `sae_stats`'
   layer_activations and optax's cross-entropy, against the one stacked pass of `loss_terms`."""
   from xling_jax.analysis import sae_stats
   from xling_jax.model import transformer as model_lib
   r = small_run
   cfg, params, saes = r["config"], r["params"], r["saes"]
   objective = objectives.ObjectiveConfig(layers=(1,), w_align=1.0, w_retain=2.0, w_lm=0.5,
-                                         retain="kl")
+                                         retain="kl", w_norm=0.7)
   adapter = random_adapter(cfg, r["lora_config"])
   batch = r["stream"].batch(np.asarray(jax.random.PRNGKey(0), np.uint32), 4)
 
@@ -141,7 +141,15 @@ def test_objective_terms_match_their_definitions(small_run):
     nll = optax.softmax_cross_entropy_with_integer_labels(logits(tt, tm, adapter)[:, :-1],
                                                           tt[:, 1:])
     lm = jnp.sum(nll * tm[:, 1:]) / jnp.sum(tm[:, 1:])
-    return {"align": align, "retain": retain, "lm": lm}
+
+    def norm(t, m, adapter):  # mean ||x|| at layer 1 over real, non-BOS tokens
+      x = model_lib.forward(params, cfg, t, m, hook=lora_lib.project_hook(adapter)).residuals[1]
+      w = sae_stats.stat_mask(t, m, cfg.bos_id)
+      return jnp.sum(jnp.linalg.norm(x, axis=-1) * w) / jnp.sum(w)
+
+    n_en = norm(rt, rm, None)
+    norm_term = ((norm(tt, tm, adapter) - n_en) / n_en) ** 2
+    return {"align": align, "retain": retain, "lm": lm, "norm": norm_term}
 
   total, terms = ours(adapter, batch)
   want = expected(adapter, batch)
@@ -149,8 +157,9 @@ def test_objective_terms_match_their_definitions(small_run):
   for name in want:
     assert float(want[name]) > 0
     np.testing.assert_allclose(terms[name], want[name], rtol=1e-5, err_msg=name)
-  np.testing.assert_allclose(total, want["align"] + 2 * want["retain"] + 0.5 * want["lm"],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      total, want["align"] + 2 * want["retain"] + 0.5 * want["lm"] + 0.7 * want["norm"],
+      rtol=1e-5)
 
 
 @pytest.mark.parametrize("chunk_tokens", [5, 7, 4096])
