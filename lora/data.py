@@ -29,17 +29,22 @@ class ParallelSplit:
     return len(self.target)
 
 
-def split_parallel(target: Sequence[str], ref: Sequence[str], eval_fraction: float,
-                   seed: int) -> tuple[ParallelSplit, ParallelSplit]:
-  """(train, held-out): a seeded random `eval_fraction` of the lines (at least one) is held out;
-  both keep corpus order."""
-  whole = ParallelSplit(tuple(target), tuple(ref))
-  n = len(whole)
+def heldout_rows(n: int, eval_fraction: float, seed: int) -> tuple[int, ...]:
+  """The held-out line numbers of an n-line corpus, in corpus order: a seeded random
+  `eval_fraction` of the lines, at least one, leaving at least one to train on."""
   n_eval = max(1, int(round(n * eval_fraction)))
   if n - n_eval < 1:
     raise ValueError(f"a corpus of {n} parallel lines cannot be split into train and held-out "
                      f"parts (eval_fraction={eval_fraction})")
-  held = set(np.random.default_rng(seed).permutation(n)[:n_eval].tolist())
+  return tuple(sorted(np.random.default_rng(seed).permutation(n)[:n_eval].tolist()))
+
+
+def split_parallel(target: Sequence[str], ref: Sequence[str], eval_fraction: float,
+                   seed: int) -> tuple[ParallelSplit, ParallelSplit]:
+  """(train, held-out) by `heldout_rows`; both keep corpus order."""
+  whole = ParallelSplit(tuple(target), tuple(ref))
+  n = len(whole)
+  held = set(heldout_rows(n, eval_fraction, seed))
 
   def take(keep):
     rows = [i for i in range(n) if (i in held) == keep]

@@ -11,6 +11,11 @@ activation gain and the reference's retention on held-out lines, and leave a PEF
     run.report["gain_pct"]["ml"]                     # % change per reported layer
     xj.forward(model.params, model.config, tokens, mask, hook=run.hook())   # the adapted model
 
+Beside the gain on the training corpus's held-out lines, each language of `measured` (target,
+reference, a related and an unrelated one) is measured before and after on `eval_corpus` (or on
+those held-out lines without one): bits per character, mean residual norm and SAE code mass per
+reported layer, so that an adapter's effect can be told from the objective it was trained on.
+
 Written under `out`: peft/ (adapter_model.safetensors + adapter_config.json, which
 `peft.PeftModel.from_pretrained` loads), checkpoints/ (orbax; `resume=True` continues exactly),
 train_log.jsonl, report.json and report.md, and with `bench` eval_before/ and eval_after/.
@@ -81,7 +86,8 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
              train: TrainConfig = TrainConfig(), report_layers: Sequence[int] | None = None,
              resume: bool = False, remat: bool | str = DEFAULT_REMAT, bench=None,
              bench_prompts=None, base_model_name: str | None = None,
-             echo: Callable[[str], None] = print, run_config: Mapping | None = None) -> Finetuned:
+             echo: Callable[[str], None] = print, run_config: Mapping | None = None,
+             eval_corpus=None, compare: Sequence[str] | None = None) -> Finetuned:
   """Train a LoRA adapter that lifts `target`'s SAE activation at the objective layers toward
   the frozen model's `ref` activation (the objective: `lora.objectives`), on the lines of
   `corpus` (a ParallelCorpus holding both languages) not held out for the report.
@@ -91,11 +97,15 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   align + retain at the paper's relative depth (`objectives.default_objective_layer`). `bench`:
   an `evaluation.EvalConfig` scored before and after (its prompts in `bench_prompts` when read
   already). `run_config` is what report.json records as the settings (the tool passes every
-  flag). Settings are checked before anything is computed (ValueError).
+  flag). `eval_corpus`: a ParallelCorpus (FLORES) for the gain, retention and per-language
+  measurements; `compare`: the related and unrelated languages measured beside target and
+  reference (default `languages.comparison_languages`, those the measured text has). Settings
+  are checked before anything is computed (ValueError).
   """
   from lora import data, objectives, peft_io, report as report_lib, train as train_lib
   from lora.lora import project_hook
-  from xling_jax.analysis import corpus_stats
+  from xling_jax.analysis import corpus_stats, intrinsic
+  from xling_jax.data import languages
   from xling_jax.runtime import io
   from xling_jax.runtime import platform
   from xling_jax.model import presets
@@ -114,23 +124,43 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   if absent:
     raise ValueError(f"the SAEs cover layers {list(saes.layers)}; the objective and the report "
                      f"need {absent} too")
+  measure_source = eval_corpus or corpus
+  if compare is None:
+    compare = [lang for lang in languages.comparison_languages(target, ref)
+               if lang is not None and lang in measure_source.languages]
+  measured = tuple(dict.fromkeys((target, ref, *compare)))
+  absent = [lang for lang in measured if lang not in measure_source.languages]
+  if absent:
+    raise ValueError(f"corpus {measure_source.name} has no {', '.join(absent)} to measure")
   out = check_start(out, resume)
 
+  rows = data.heldout_rows(corpus.n_sentences, train.eval_fraction, train.seed)
   train_split, heldout = data.split_parallel(corpus.sentences[target], corpus.sentences[ref],
-                                                  train.eval_fraction, train.seed)
+                                             train.eval_fraction, train.seed)
   notes = [presets.toy_note(config)] if setup.is_toy else []
-
   texts = {target: heldout.target, ref: heldout.ref}
+  measure_texts = ({lang: eval_corpus.sentences[lang] for lang in measured} if eval_corpus else
+                   {lang: tuple(corpus.sentences[lang][i] for i in rows) for lang in measured})
 
-  def activation(adapter) -> dict[str, list[float]]:
-    """The analysis's activation (corpus_stats) of the held-out lines at the report layers."""
-    stats = corpus_stats.corpus_stats(
-        setup.params, config, saes.select(report_layers), setup.tokenizer, texts,
+  def stats(adapter, texts_by_lang):
+    """The analysis's statistics (corpus_stats) at the report layers, through `adapter`."""
+    return corpus_stats.corpus_stats(
+        setup.params, config, saes.select(report_layers), setup.tokenizer, texts_by_lang,
         batch_size=train.batch_size, bucket=train.bucket, max_len=train.max_len,
         hook=project_hook(adapter), mesh=setup.mesh, layers=report_layers, show_progress=False)
-    return stats.metrics("activation")
 
-  before = activation(None)
+  def measure(adapter) -> dict:
+    """{bits_per_char: {lang}, resid_norm: {lang: [L]}, code_mass: {lang: [L]}} of measured."""
+    s = stats(adapter, measure_texts)
+    bits = intrinsic.bits_per_char(setup.params, config, setup.tokenizer, measure_texts,
+                                   batch_size=train.batch_size, mesh=setup.mesh,
+                                   show_progress=False, hook=project_hook(adapter))
+    return {"bits_per_char": {lang: b["bits_per_char"] for lang, b in bits.items()},
+            "resid_norm": s.metrics("resid_norm"), "code_mass": s.metrics("activation")}
+
+  echo(f"measuring {', '.join(measured)} before training ...")
+  before = stats(None, texts).metrics("activation")
+  measured_before = measure(None)
   scores_before = (None if bench is None else
                    score_benchmarks(setup, bench, out / "eval_before", prompts=bench_prompts))
   log_path = out / train_lib.LOG_NAME
@@ -139,7 +169,9 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
       data.BatchStream(train_split, setup.tokenizer, train), lora, objective, train,
       out / "checkpoints", resume=resume, log_path=log_path, echo=echo, remat=remat,
       mesh=setup.mesh)
-  after = activation(result.adapter)
+  echo("measuring after training ...")
+  after = stats(result.adapter, texts).metrics("activation")
+  measured_after = measure(result.adapter)
   if base_model_name is None:
     from xling_jax.checkpoints.weights_package import HUB_IDS
     checkpoint = setup.provenance.get("checkpoint")
@@ -152,6 +184,19 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
       "gain_pct": {lang: report_lib.gain_pct(after[lang], before[lang]) for lang in texts},
       "retention_pct": {lang: report_lib.retention_pct(after[lang], before[lang])
                         for lang in texts},
+      "gap_closure_pct": report_lib.retention_pct(after[target], before[ref]),
+      "measured": {
+          "languages": list(measured),
+          "text": eval_corpus.source if eval_corpus else "the held-out lines",
+          "sentences": len(next(iter(measure_texts.values()))),
+          "gain_pct": {target: report_lib.gain_pct(measured_after["code_mass"][target],
+                                                   measured_before["code_mass"][target])},
+          "retention_pct": {ref: report_lib.retention_pct(measured_after["code_mass"][ref],
+                                                          measured_before["code_mass"][ref])},
+          "gap_closure_pct": report_lib.retention_pct(measured_after["code_mass"][target],
+                                                      measured_before["code_mass"][ref])},
+      **{name: {"before": measured_before[name], "after": measured_after[name]}
+         for name in ("bits_per_char", "resid_norm", "code_mass")},
       "objective_layers": list(objective.layers), "steps": result.step,
       "final_terms": report_lib.final_terms(log_path, result.step),
       "train_lines": len(train_split), "heldout_lines": len(heldout), "toy": setup.is_toy,

@@ -1,5 +1,7 @@
 """The before/after report of an activation-aware LoRA run: the paper's two headline numbers per
-layer (the target's gain %, the reference's retention %), the last loss terms, and Markdown."""
+layer (the target's gain %, the reference's retention %), the gap closure (the target's code mass
+after as a % of the reference's before: what the align term sets it to), the per-language
+measurements (bits per character, residual norm, code mass), the last loss terms, and Markdown."""
 from __future__ import annotations
 
 import json
@@ -33,12 +35,45 @@ def final_terms(log_path: str | Path, step: int) -> dict[str, float]:
                           "(was the training log deleted?)")
 
 
+def fmt_pct(value) -> str:
+  return "n/a" if value is None else f"{value:.1f}%"
+
+
+def measured_markdown(report: Mapping) -> list[str]:
+  """Bits per character, mean residual norm and code mass per measured language, before and
+  after (the residual norm and code mass as their mean over the reported layers)."""
+  measured = report.get("measured")
+  if not measured:
+    return []
+  lines = ["", f"Measured on {measured['sentences']} sentences of {measured['text']} "
+           "(residual norm and code mass: mean over the reported layers):", "",
+           "| language | bits/char before | after | resid norm before | after | code mass before "
+           "| after |", "|---|---|---|---|---|---|---|"]
+  mean = lambda values: sum(values) / len(values)
+  for lang in measured["languages"]:
+    b, r, c = report["bits_per_char"], report["resid_norm"], report["code_mass"]
+    lines.append(f"| {lang} | {b['before'][lang]:.4f} | {b['after'][lang]:.4f} | "
+                 f"{mean(r['before'][lang]):.4g} | {mean(r['after'][lang]):.4g} | "
+                 f"{mean(c['before'][lang]):.4g} | {mean(c['after'][lang]):.4g} |")
+  return lines
+
+
 def markdown(report: Mapping, notes: Sequence[str] = ()) -> str:
   t, r = report["target_lang"], report["ref_lang"]
   lines = [f"# {'TOY model: ' if report['toy'] else ''}activation-aware LoRA, {t} -> {r}", ""]
   lines += [f"> {n}" for n in notes] + ([""] if notes else [])
+  weights = (report.get("flags") or {}).get("objective") or {}
   lines += [f"Held-out lines: {report['heldout_lines']}; objective layers "
-            f"{report['objective_layers']}; {report['steps']} steps.", "",
+            f"{report['objective_layers']}; {report['steps']} steps.", ""]
+  if "gap_closure_pct" in report:
+    closure = ", ".join(f"L{l} {fmt_pct(v)}" for l, v in zip(report["layers"],
+                                                            report["gap_closure_pct"]))
+    lines += [f"Gap closure ({t} after as % of {r} before): {closure}."
+              + (f" The align term trains {t}'s code mass at the objective layers toward {r}'s "
+                 "value before training, so closure near 100% there is the objective's set "
+                 "point, not a measured effect: read it beside the control adapters and the "
+                 "per-language measurements below." if weights.get("w_align", 1) else ""), ""]
+  lines += [
             f"| layer | {t} before | {t} after | {t} gain % | {r} before | {r} after | "
             f"{r} retention % |", "|---|---|---|---|---|---|---|"]
   fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
@@ -47,6 +82,7 @@ def markdown(report: Mapping, notes: Sequence[str] = ()) -> str:
         f"| {layer} | {report['before'][t][i]:.4g} | {report['after'][t][i]:.4g} | "
         f"{fmt(report['gain_pct'][t][i], '+.2f')} | {report['before'][r][i]:.4g} | "
         f"{report['after'][r][i]:.4g} | {fmt(report['retention_pct'][r][i], '.2f')} |")
+  lines += measured_markdown(report)
   bench = report.get("benchmarks")
   if bench:
     lines += ["", "| task | lang | metric | before | after |", "|---|---|---|---|---|"]

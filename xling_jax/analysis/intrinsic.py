@@ -41,10 +41,11 @@ def sentence_items(tokenizer, texts: Sequence[str]) -> list[scoring.EncodedItem]
 
 
 def bits_per_char(params, config, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], *,
-                  batch_size: int = 8, mesh=None, show_progress: bool = True) -> dict[str, dict]:
+                  batch_size: int = 8, mesh=None, show_progress: bool = True,
+                  hook=None) -> dict[str, dict]:
   """{lang: {sentences, chars, tokens, nats, bits_per_char, bits_per_sentence,
-  bits_per_token}} under the model (see the module docstring). Sentences longer than the
-  model's context are an error, never silently cut."""
+  bits_per_token}} under the model (through `hook`, an adapter, when given; see the module
+  docstring). Sentences longer than the model's context are an error, never silently cut."""
   total = sum(len(v) for v in texts_by_lang.values())
   progress = Progress(total, "bits per character", enabled=show_progress)
   out = {}
@@ -52,7 +53,7 @@ def bits_per_char(params, config, tokenizer, texts_by_lang: Mapping[str, Sequenc
     progress.label = f"bits per character [{lang}]"
     items = sentence_items(tokenizer, texts)
     result = scoring.score(params, config, items, batch_size=batch_size, mesh=mesh,
-                           on_batch=progress.update)
+                           on_batch=progress.update, hook=hook)
     if result.too_long:
       raise ValueError(f"{lang!r}: sentence {result.too_long[0] + 1} is longer than the model's "
                        f"{config.max_seq_len} tokens")

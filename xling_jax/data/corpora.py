@@ -77,6 +77,15 @@ class ParallelCorpus:
       return self
     return self._take(range(n), f"first {n} of {self.n_sentences} sentences")
 
+  def lines(self, start: int, n: int | None = None) -> ParallelCorpus:
+    """Lines start .. start + n - 1 (to the end when n is None or runs past it)."""
+    if not isinstance(start, int) or start < 0 or start >= self.n_sentences:
+      raise ValueError(f"{self.name}: no line {start} in a corpus of {self.n_sentences} lines")
+    stop = self.n_sentences if n is None else min(start + n, self.n_sentences)
+    if start == 0 and stop == self.n_sentences:
+      return self
+    return self._take(range(start, stop), f"lines {start}-{stop - 1} of {self.n_sentences}")
+
   def sample(self, n: int, seed: int) -> ParallelCorpus:
     """n parallel lines drawn without replacement, kept in corpus order; the same seed gives the same lines."""
     _check_positive(n, "sample")
