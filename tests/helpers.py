@@ -38,7 +38,7 @@ def synthetic_stats(n_sentences: int, langs=("en", "hi", "ml"), n_layers=4, widt
   for lang in langs:
     n_tokens = rng.integers(3, 9, n_sentences).astype(np.float64)
     rows = {key: rng.uniform(1, 5, (n_sentences, n_layers)) * n_tokens[:, None]
-            for key in ROW_SUMS}
+            for key in (*ROW_SUMS, "direction_activation")}
     per_language[lang] = LanguageSums(rows, n_tokens,
                                       rng.integers(0, 5, (n_layers, width)).astype(np.float64))
   return CorpusStats(tuple(langs), tuple(range(n_layers)), per_language)

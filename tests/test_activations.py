@@ -61,6 +61,7 @@ def _numpy_reference(params, config, tok, saes, sentences):
       "mean_active": s["act"].sum(0) / s["l0"].sum(0), "resid_norm": s["norm"].sum(0) / n,
       "sentence_activation": (s["act"] / s["n"][:, None]).mean(0),
       "sentence_distinct_features": s["distinct"].mean(0),
+      "sentence_mass": s["act"].mean(0),
   }, feature_counts, int(n)
 
 
@@ -73,7 +74,8 @@ def test_streaming_stats_equal_numpy_loops(setup):
     ref, counts, n_tokens = _numpy_reference(params, config, tok, saes, sentences[lang])
     assert stats.n_tokens(lang) == n_tokens
     assert stats.n_sentences(lang) == len(sentences[lang])
-    for name in METRICS:
+    assert set(stats.metric_names) == set(METRICS) - {"direction_activation"} == set(ref)
+    for name in stats.metric_names:
       np.testing.assert_allclose(stats.metric(name, lang), ref[name], rtol=2e-5,
                                  err_msg=f"{lang} {name}")
     np.testing.assert_array_equal(stats.per_language[lang].feature_counts, counts)
@@ -86,9 +88,12 @@ def test_streaming_stats_equal_numpy_loops(setup):
 def test_batch_size_bucketing_and_fusion_do_not_change_numbers(setup, batch_size, bucket, fused):
   params, config, tok, saes, sentences = setup
   base = corpus_stats.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
-                                  show_progress=False)
+                                  show_progress=False, direction_ref="en")
   other = corpus_stats.corpus_stats(params, config, saes, tok, sentences, batch_size=batch_size,
-                                   bucket=bucket, fused=fused, show_progress=False)
+                                   bucket=bucket, fused=fused, show_progress=False,
+                                   direction_ref="en")
+  assert base.metric_names == METRICS
+  np.testing.assert_allclose(other.direction_norms, base.direction_norms, rtol=1e-6)
   for lang in LANGS:
     for name in METRICS:
       np.testing.assert_allclose(other.metric(name, lang), base.metric(name, lang), rtol=1e-5)
@@ -195,11 +200,11 @@ def test_a_subset_of_layers_equals_those_layers_of_the_full_analysis(setup):
   params, config, tok, saes, sentences = setup
   sentences = {lang: sentences[lang][:6] for lang in ("en", "hi")}
   full = corpus_stats.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
-                                  show_progress=False)
+                                  show_progress=False, direction_ref="en")
   layers = (1, 3)
   subset = jax.tree.map(lambda x: x[np.asarray(layers)], saes)
   part = corpus_stats.corpus_stats(params, config, subset, tok, sentences, batch_size=4,
-                                  show_progress=False, layers=layers)
+                                  show_progress=False, layers=layers, direction_ref="en")
   assert part.layers == layers
   for lang in sentences:
     np.testing.assert_allclose(part.per_language[lang].feature_counts,

@@ -78,3 +78,32 @@ def test_bands_over_a_subset_of_layers_use_the_analysed_layers_only():
   assert summary["early"]["per_language"]["hi"] == {"mean": 20.0, "max": 30.0}
   assert summary["early"]["analysed_layers"] == [0, 4]
   assert summary["deep"]["group_max"] == 50.0
+
+
+def test_norm_control_excess_and_verdicts_come_from_the_same_resamples():
+  stats = synthetic_stats(40, langs=("en", "hi", "ml"), n_layers=3)
+  # hi: code mass 30% below en where its norm is as en's; ml: both 30% below (a norm effect).
+  for lang, act_scale, norm_scale in (("hi", 0.7, 1.0), ("ml", 0.7, 0.7)):
+    rows = stats.per_language[lang].rows
+    rows["activation"][:] = stats.per_language["en"].rows["activation"] * act_scale
+    rows["resid_norm"][:] = stats.per_language["en"].rows["resid_norm"] * norm_scale
+    stats.per_language[lang].n_tokens[:] = stats.per_language["en"].n_tokens
+  ci = disparity.bootstrap(stats, ref="en", bands={"all": (0, 2)}, group=("hi", "ml"),
+                           n_resamples=200, controls=("resid_norm", "direction_activation"))
+  gaps = {m: {l: g for l, g in disparity.gap_pct(
+      {lang: stats.metric(m, lang) for lang in stats.languages}, "en").items() if l != "en"}
+      for m in ("activation", "resid_norm")}
+  control = disparity.norm_control(gaps, ci)
+  np.testing.assert_allclose(control["excess"]["hi"], 30.0, atol=1e-9)
+  np.testing.assert_allclose(control["excess"]["ml"], 0.0, atol=1e-9)
+  assert control["verdict"]["hi"] == ["exceeds_norm"] * 3
+  assert control["verdict"]["ml"] == ["norm_explained"] * 3
+  assert set(ci.gap_by_metric) == {"resid_norm", "direction_activation"}
+  lo, hi = ci.gap_by_metric["resid_norm"]["ml"]["lo"], ci.gap_by_metric["resid_norm"]["ml"]["hi"]
+  assert np.all(np.asarray(lo) <= 30.0 + 1e-9) and np.all(np.asarray(hi) >= 30.0 - 1e-9)
+  # Without a bootstrap there is an excess but no verdict.
+  assert disparity.norm_control(gaps, None)["verdict"] is None
+  # The activation's own intervals do not depend on which controls were resampled alongside.
+  plain = disparity.bootstrap(stats, ref="en", bands={"all": (0, 2)}, group=("hi", "ml"),
+                              n_resamples=200)
+  assert plain.gap == ci.gap and plain.band_group == ci.band_group
