@@ -109,3 +109,35 @@ def test_the_public_names_are_the_modules_own():
     assert getattr(xj, name) is not None, name
   with pytest.raises(AttributeError, match="no attribute 'nope'"):
     xj.nope  # noqa: B018
+
+
+def test_every_gap_comes_with_its_controls_and_every_sae_with_its_quality(toy, tmp_path):
+  model, corpus, saes = toy
+  result = analysis.analyze(model, saes, corpus,
+                            analysis.AnalysisConfig(bootstrap=50, quality_sentences=5),
+                            show_progress=False)
+  record = result.record
+  layers = len(record["layers"])
+  assert set(record["metrics"]) == set(corpus_stats.METRICS)
+  assert set(record["gap_by_metric"]) == set(corpus_stats.METRICS)
+  for metric, by_lang in record["gap_by_metric"].items():
+    assert set(by_lang) == {"hi", "ml"} and all(len(v) == layers for v in by_lang.values())
+  np.testing.assert_allclose(record["gap_by_metric"]["activation"]["ml"], result.gaps["ml"])
+  controls = record["controls"]
+  np.testing.assert_allclose(
+      controls["excess"]["hi"], np.subtract(record["gap_by_metric"]["activation"]["hi"],
+                                            record["gap_by_metric"]["resid_norm"]["hi"]))
+  assert {v for vs in controls["verdict"].values() for v in vs} <= {
+      "exceeds_norm", "below_norm", "norm_explained"}
+  assert len(controls["reference_norms"]) == layers
+  quality = record["sae_quality"]
+  assert quality["sentences"] == 5
+  for key in ("fvu", "delta_lm_loss"):
+    assert set(quality[key]) == {"en", "hi", "ml"} and len(quality[key]["hi"]) == layers
+  result.write(tmp_path)
+  text = (tmp_path / "report.md").read_text()
+  assert "## Controls" in text and "## SAE quality per language" in text
+  header = (tmp_path / "disparity.csv").read_text().splitlines()[0].split(",")
+  assert {"gap_resid_norm_pct", "gap_direction_activation_pct", "excess_over_norm",
+          "norm_verdict"} <= set(header)
+  assert (tmp_path / "controls.png").stat().st_size > 0
