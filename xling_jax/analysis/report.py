@@ -323,9 +323,9 @@ def _png(fig) -> bytes:
 
 def write_report(out_dir: Path, record: Mapping, *, corpus: str, toy: bool,
                  notes: Sequence[str] = ()) -> tuple[dict[str, Path], str]:
-  """Render every output, then write each file atomically: a failure while rendering leaves the
-  previous results untouched. `corpus` names the corpus in the titles; `toy` marks them as a toy
-  model's. Returns ({kind: path}, the Markdown report)."""
+  """Render every output, then write them as one set (`io.write_set`): a failure while
+  rendering or writing leaves the previous results whole. `corpus` names the corpus in the
+  titles; `toy` marks them as a toy model's. Returns ({kind: path}, the Markdown report)."""
   out_dir = Path(out_dir)
   title = titles(record, corpus, toy)
   rendered = {
@@ -336,12 +336,7 @@ def write_report(out_dir: Path, record: Mapping, *, corpus: str, toy: bool,
       "layers": ("layers.png", layers_png(record, title["layers"])),
       "controls": ("controls.png", controls_png(record, title["controls"])),
   }
-  paths = {}
-  for kind, (name, data) in rendered.items():
-    path = out_dir / name
-    if data is None:  # no heatmap for the reference alone: an old one would mislead
-      io.remove(path)
-      continue
-    (io.write_bytes if isinstance(data, bytes) else io.write_text)(path, data)
-    paths[kind] = path
+  # A figure that cannot be drawn (the reference alone) is None: its old file would mislead.
+  written = io.write_set(out_dir, dict(rendered.values()))
+  paths = {kind: written[name] for kind, (name, _) in rendered.items() if name in written}
   return paths, rendered["markdown"][1]

@@ -2,7 +2,10 @@
 
 A run writes its results only once they are complete, each file under a temporary name in the
 same directory and then renamed over the old one, so a failed, killed or empty run never leaves
-a half-written file nor replaces a user's previous results. In a multi-process run only
+a half-written file nor replaces a user's previous results. A tool's files are one set
+(`write_set`): every file is written under its temporary name first and renamed only once all
+are written, so a failure part-way (a full disk) leaves the previous set whole, never two runs
+mixed. In a multi-process run only
 process 0 writes (`platform.is_primary_process`); the others compute the same results and
 discard them here, so that no tool needs a branch of its own for it.
 """
@@ -14,7 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from xling_jax.runtime.platform import is_primary_process
 
@@ -92,6 +95,40 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
   with atomic_open(path, "wb") as f:
     f.write(data)
+
+
+def write_set(directory: str | os.PathLike, files: Mapping[str, str | bytes | None]) -> dict[str, Path]:
+  """Write `files` ({name: text, bytes, or None to delete a stale one}) into `directory` as one
+  set; returns {name: path} of those written. OutputError names the file that could not be
+  written and why; the directory then holds exactly what it held before."""
+  directory = Path(directory)
+  if not is_primary_process():
+    return {name: directory / name for name, data in files.items() if data is not None}
+  directory.mkdir(parents=True, exist_ok=True)
+  staged: dict[str, str] = {}
+  try:
+    for name, data in files.items():
+      if data is None:
+        continue
+      fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+      staged[name] = tmp
+      os.chmod(tmp, 0o666 & ~_umask())
+      try:
+        with os.fdopen(fd, "wb") as f:
+          f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
+      except OSError as e:
+        raise OutputError(f"{directory / name}: could not be written ({e.strerror}); the "
+                          f"previous results in {directory} are unchanged") from None
+  except BaseException:
+    for tmp in staged.values():
+      Path(tmp).unlink(missing_ok=True)
+    raise
+  for name, tmp in staged.items():
+    os.replace(tmp, directory / name)
+  for name, data in files.items():
+    if data is None:
+      (directory / name).unlink(missing_ok=True)
+  return {name: directory / name for name in staged}
 
 
 def remove(path: str | os.PathLike) -> None:
