@@ -7,6 +7,7 @@ device memory does not grow with the corpus (see `CorpusStats` and `weighted_met
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from xling_jax.runtime import batching
 from xling_jax.runtime import errors
 from xling_jax.model.config import ModelConfig
+from xling_jax.data.tokenizer import TruncationWarning
 from xling_jax.runtime.progress import Progress
 from xling_jax.analysis.sae_stats import batch_stats, norm_stats
 
@@ -140,7 +142,9 @@ def stream_sentences(config: ModelConfig, tokenizer, sentences: Sequence[str], s
 
   def dispatch(idx):
     texts = [sentences[i] for i in idx] + [""] * (batch_size - len(idx))
-    enc = tokenizer.encode_batch(texts, add_bos=True, max_len=max_len, bucket=bucket)
+    with warnings.catch_warnings():  # cut rows are reported by corpus line below, not batch row
+      warnings.simplefilter("ignore", TruncationWarning)
+      enc = tokenizer.encode_batch(texts, add_bos=True, max_len=max_len, bucket=bucket)
     truncated.extend(int(idx[r]) for r in enc.truncated if r < len(idx))
     mask = np.asarray(enc.mask).copy()
     mask[len(idx):] = 0  # filler rows contribute nothing
@@ -225,5 +229,11 @@ def corpus_stats(params, config: ModelConfig, saes, tokenizer,
     per_language[lang] = language_sums(params, config, saes, tokenizer, sentences, fused=fused,
                                        layers=layers, direction_norms=norms, **batching_kw)
     check_finite(per_language[lang], lang, layers)
+    cut = per_language[lang].truncated
+    if cut:
+      shown = ", ".join(str(i + 1) for i in cut[:10]) + (", ..." if len(cut) > 10 else "")
+      warnings.warn(f"{lang}: {len(cut)} sentence(s) longer than max_len="
+                    f"{max_len or config.max_seq_len} tokens were cut to it (corpus lines "
+                    f"{shown})", TruncationWarning, stacklevel=2)
   return CorpusStats(languages=tuple(texts_by_lang), layers=layers, per_language=per_language,
                      direction_norms=None if norms is None else tuple(norms.tolist()))

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from xling_jax.analysis.corpus_stats import CorpusStats, weighted_metric
+from xling_jax.runtime.progress import Progress
 
 _BOOTSTRAP_CHUNK = 100
 
@@ -108,15 +109,16 @@ class BootstrapCI:
 def bootstrap(stats: CorpusStats, *, metric: str = "activation", ref: str = "en",
               bands: Mapping[str, tuple[int, int]], group: Sequence[str],
               n_resamples: int = 1000, level: float = 0.95, seed: int = 0,
-              controls: Sequence[str] = ()) -> BootstrapCI:
+              controls: Sequence[str] = (), show_progress: bool = False) -> BootstrapCI:
   """Paired bootstrap over sentences for the metric, the gaps and the band summaries; the gaps
   of the `controls` metrics and, with resid_norm among them, the excess over the norm, from the
-  same resamples."""
+  same resamples. `show_progress`: resamples per second and an ETA on stderr."""
   n = {stats.n_sentences(lang) for lang in stats.languages}
   if len(n) != 1:
     raise ValueError(f"paired bootstrap needs a parallel corpus; sentence counts differ: {n}")
   n_sent = n.pop()
   rng = np.random.default_rng(seed)
+  progress = Progress(n_resamples, "bootstrap", unit="resamples", enabled=show_progress)
   names = (metric, *[m for m in controls if m != metric])
   chunks = {name: {lang: [] for lang in stats.languages} for name in names}
   # Resamples are drawn in chunks so the [chunk, sentences] count matrix stays small.
@@ -126,6 +128,7 @@ def bootstrap(stats: CorpusStats, *, metric: str = "activation", ref: str = "en"
     for name in names:
       for lang in stats.languages:
         chunks[name][lang].append(weighted_metric(stats.per_language[lang], name, counts))
+    progress.update(size)
   gaps_of = {name: gap_pct({lang: np.concatenate(parts) for lang, parts in by_lang.items()}, ref)
              for name, by_lang in chunks.items()}  # each [R, L]
   values = {lang: np.concatenate(parts) for lang, parts in chunks[metric].items()}

@@ -76,6 +76,12 @@ def warnings(record: Mapping) -> list[str]:
     out.append(f"warning: {fewest} sentence(s) per language: every bootstrap resample is the "
                f"same corpus, so the {boot['level']:.0%} intervals are degenerate ([x, x]) and "
                "say nothing about uncertainty; use more sentences")
+  for lang, cut in (record.get("truncated_sentences") or {}).items():
+    if cut:
+      shown = ", ".join(str(i + 1) for i in cut[:10]) + (", ..." if len(cut) > 10 else "")
+      out.append(f"warning: {lang}: {len(cut)} sentence(s) were longer than the analysis's "
+                 f"max_len and were cut to it (corpus lines {shown}); their later tokens are "
+                 "not in the statistics")
   return out
 
 

@@ -211,7 +211,8 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
   summary = disparity.band_summary({l: g for l, g in gaps.items() if l != ref}, plan.bands,
                                    plan.group, plan.layers)
   ci = (disparity.bootstrap(stats, ref=ref, bands=plan.bands, group=plan.group,
-                            n_resamples=config.bootstrap, seed=config.seed, controls=CONTROLS)
+                            n_resamples=config.bootstrap, seed=config.seed, controls=CONTROLS,
+                            show_progress=show_progress)
         if config.bootstrap > 0 else None)
   others = {name: {l: g for l, g in by_lang.items() if l != ref}
             for name, by_lang in gap_by_metric.items()}
