@@ -100,11 +100,11 @@ def main(argv):
             "provenance": setup.provenance, "devices": devices,
             "flags": common.resolved_flags(), "seconds": round(time.perf_counter() - start, 2)}
   md = markdown(record)
-  io.write_json(out / "intrinsic.json", record)
+  io.write_json(out / intrinsic.RECORD_NAME, record)
   io.write_text(out / "intrinsic.csv", csv_text(record))
   io.write_text(out / "intrinsic.md", md)
   print(md)
-  print(f"wrote {out}/intrinsic.json, intrinsic.csv, intrinsic.md")
+  print(f"wrote {out}/{intrinsic.RECORD_NAME}, intrinsic.csv, intrinsic.md")
 
 
 if __name__ == "__main__":

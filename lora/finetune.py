@@ -26,6 +26,10 @@ from lora import DEFAULT_REMAT
 from lora.lora import LoraConfig
 from lora.train import TrainConfig
 
+CHECKPOINTS = "checkpoints"
+PEFT = "peft"
+REPORT_NAME = "report.json"
+
 
 @dataclasses.dataclass(frozen=True)
 class Finetuned:
@@ -52,7 +56,7 @@ def check_start(out: str | Path, resume: bool) -> Path:
   earlier run (which a fresh run would otherwise mix with its own)."""
   from xling_jax.runtime import io
   out = io.check_output_dir(out, "out")
-  checkpoints = out / "checkpoints"
+  checkpoints = out / CHECKPOINTS
   if checkpoints.exists() and any(checkpoints.iterdir()) and not resume:
     raise ValueError(f"{checkpoints} already holds checkpoints: resume that run, or choose "
                      "another output directory")
@@ -137,14 +141,14 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   result = train_lib.train(
       setup.params, config, saes.select(objective.layers),
       data.BatchStream(train_split, setup.tokenizer, train), lora, objective, train,
-      out / "checkpoints", resume=resume, log_path=log_path, echo=echo, remat=remat,
+      out / CHECKPOINTS, resume=resume, log_path=log_path, echo=echo, remat=remat,
       mesh=setup.mesh)
   after = activation(result.adapter)
   if base_model_name is None:
     from xling_jax.checkpoints.weights_package import HUB_IDS
     checkpoint = setup.provenance.get("checkpoint")
     base_model_name = HUB_IDS.get(checkpoint, checkpoint) or "xling-jax-toy"
-  peft_dir = peft_io.save_peft(out / "peft", result.adapter, lora, config,
+  peft_dir = peft_io.save_peft(out / PEFT, result.adapter, lora, config,
                                base_model_name_or_path=str(base_model_name))
   report = {
       "target_lang": target, "ref_lang": ref, "layers": list(report_layers),
@@ -168,6 +172,6 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
                                   adapter=result.adapter, adapter_dir=peft_dir)}
   report["seconds"] = round(time.perf_counter() - start, 2)
   run = Finetuned(result.adapter, report, peft_dir)
-  io.write_json(out / "report.json", report)
+  io.write_json(out / REPORT_NAME, report)
   io.write_text(out / "report.md", run.markdown())
   return run

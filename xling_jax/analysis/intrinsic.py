@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 from xling_jax.evaluation import scoring
 from xling_jax.runtime.progress import Progress
 
+RECORD_NAME = "intrinsic.json"  # bin.intrinsic's record, which the study reads
+
 
 def tokenization_cost(tokenizer, texts_by_lang: Mapping[str, Sequence[str]]) -> dict[str, dict]:
   """{lang: {sentences, tokens, chars, bytes, tokens_per_sentence, bytes_per_token,

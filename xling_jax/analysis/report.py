@@ -12,6 +12,10 @@ from xling_jax.runtime import io
 from xling_jax.analysis.corpus_stats import METRICS, CorpusStats
 from xling_jax.analysis.disparity import BootstrapCI
 
+STATS_NAME = "stats.json"
+HEATMAP_NAME = "heatmap.png"
+LAYERS_NAME = "layers.png"
+
 
 def _clean(value: Any) -> Any:
   """JSON-safe: numpy -> python, NaN/inf -> None (JSON has no NaN)."""
@@ -201,11 +205,11 @@ def write_report(out_dir: Path, record: Mapping, *, corpus: str, toy: bool,
   out_dir = Path(out_dir)
   title = titles(record, corpus, toy)
   rendered = {
-      "stats": ("stats.json", io.json_text(record)),
+      "stats": (STATS_NAME, io.json_text(record)),
       "csv": ("disparity.csv", disparity_csv(record)),
       "markdown": ("report.md", summary_markdown(record, title["gap"], list(notes))),
-      "heatmap": ("heatmap.png", heatmap_png(record, title["gap"])),
-      "layers": ("layers.png", layers_png(record, title["layers"])),
+      "heatmap": (HEATMAP_NAME, heatmap_png(record, title["gap"])),
+      "layers": (LAYERS_NAME, layers_png(record, title["layers"])),
   }
   paths = {}
   for kind, (name, data) in rendered.items():

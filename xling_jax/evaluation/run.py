@@ -32,6 +32,8 @@ from xling_jax.runtime.progress import Progress
 
 SOURCES = ("dir", "hf")
 METRICS = scoring.METRICS
+SCORES_NAME = "scores.json"
+RUN_NAME = "run.json"
 
 
 class EvalDataError(ValueError):
@@ -261,11 +263,11 @@ def write_outputs(out: str | os.PathLike, result: EvalResult, run: dict[str, Any
   run = {**run, "no_data": result.missing, "too_long": result.too_long,
          "notes": [*run.get("notes", []), *result.notes]}
   rendered = {
-      "scores.json": io.json_text(result.scores),
+      SCORES_NAME: io.json_text(result.scores),
       "scores.csv": scores_csv(result.scores),
       "items.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records),
       "scores.md": md,
-      "run.json": io.json_text(run),
+      RUN_NAME: io.json_text(run),
   }
   for name, text in rendered.items():
     io.write_text(out / name, text)
