@@ -66,20 +66,15 @@ def main(argv):
   from xling_jax.analysis import run as analysis
   from xling_jax.runtime import batching
   from xling_jax.data import corpora
-  from xling_jax.model import presets
 
   corpus = corpora.load_corpus(FLAGS.corpus, langs, FLAGS.max_sentences)
   setup = common.load_model()
   config = setup.config
   layers = tuple(sorted(set(common.parse_layers(FLAGS.layers, config.n_layers, "layers"))))
-  neuronpedia = (f"gemmascope-res-{FLAGS.sae_width}" if FLAGS.sae_dir not in (None, "random")
-                 and config == presets.gemma2_2b(param_dtype=config.param_dtype,
-                                                    compute_dtype=config.compute_dtype)
-                 and FLAGS.sae_width == "16k" else None)
   settings = analysis.AnalysisConfig(
       ref_lang=FLAGS.ref_lang, layers=layers, bands=bands, low_resource=tuple(FLAGS.low_resource),
       bootstrap=FLAGS.bootstrap, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size,
-      bucket=FLAGS.bucket, max_len=FLAGS.max_len, seed=FLAGS.seed, neuronpedia=neuronpedia)
+      bucket=FLAGS.bucket, max_len=FLAGS.max_len, seed=FLAGS.seed)
   try:
     analysis.check(settings, config.n_layers, corpus.languages)
   except ValueError as e:

@@ -76,11 +76,11 @@ def _layers() -> tuple[int, ...]:
 
 
 def _train_config():
-  from sae import gemma_scope
+  from sae import releases
   from sae.train.config import SAETrainConfig
   sparsity = FLAGS.sparsity or ("quadratic" if FLAGS.target_l0 is not None else "step")
   return SAETrainConfig(
-      width=gemma_scope.width_size(FLAGS.width), steps=FLAGS.steps or 1,
+      width=releases.width_size(FLAGS.width), steps=FLAGS.steps or 1,
       batch_size=FLAGS.batch_size, sparsity=sparsity, target_l0=FLAGS.target_l0,
       l0_coefficient=FLAGS.l0_coefficient, lr=FLAGS.lr, save_every=FLAGS.save_every,
       log_every=FLAGS.log_every, eval_batches=FLAGS.eval_batches, seed=FLAGS.seed)

@@ -42,9 +42,10 @@ def peft_key(layer: int, module: str, which: str) -> str:
 
 
 def save_peft(directory: str | Path, adapter: Adapter, lora_config: LoraConfig,
-              config: ModelConfig, base_model_name_or_path: str = "google/gemma-2-2b") -> Path:
+              config: ModelConfig, base_model_name_or_path: str) -> Path:
   """Write `directory/adapter_model.safetensors` and `adapter_config.json` (float32 tensors,
-  only the adapted layers). Returns the directory."""
+  only the adapted layers). `base_model_name_or_path`: the model the adapter belongs to (its
+  hub id or path; the caller knows it, `config` does not). Returns the directory."""
   check_adapter(adapter, config)
   if not np.isclose(float(adapter["scale"]), lora_config.scale, rtol=1e-6):
     raise ValueError(f"adapter scale {adapter['scale']} disagrees with lora_config alpha/rank "

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import xling_jax as xj
+from sae import releases
 from xling_jax.analysis import run as analysis
 from xling_jax.data import corpora
 from xling_jax import model_setup
@@ -70,6 +71,7 @@ def test_a_layer_subset_gives_those_layers_of_the_whole_analysis(toy):
     (dict(low_resource=("hi", "hi")), "language code(s) given more than once: hi"),
     (dict(batch_size=0), "batch_size=0: expected an integer >= 1"),
     (dict(layers=(0, 1)), "the SAEs cover layers [0, 1, 2, 3], the analysis asks for [0, 1]"),
+    (dict(neuronpedia="res-16k"), "neuronpedia='res-16k': no release in releases.json"),
 ])
 def test_settings_are_checked_before_any_compute(toy, monkeypatch, change, message):
   model, corpus, saes = toy
@@ -89,6 +91,25 @@ def test_saes_for_another_width_of_residual_are_refused(toy):
       b_dec=saes.params.b_dec[:, :8]))
   with pytest.raises(ValueError, match="the SAEs read 8-wide residuals, the model writes 64"):
     analysis.analyze(model, narrow, corpus)
+
+
+def test_neuronpedia_ids_come_with_the_saes_and_the_config_overrides_them(toy):
+  """SAEs from a known release carry its Neuronpedia set (model_setup.load_saes asks
+  sae.releases), so a notebook links what bin.analyze links; AnalysisConfig.neuronpedia wins."""
+  model, corpus, saes = toy
+  settings = analysis.AnalysisConfig(bootstrap=0, top_k=2)
+  small = corpus.head(2)
+  assert saes.neuronpedia is None  # random toy SAEs are no release
+  plain = analysis.analyze(model, saes, small, settings, show_progress=False)
+  assert "neuronpedia" not in plain.record["top_features"]["hi"][1]
+  released = dataclasses.replace(saes, neuronpedia=releases.neuronpedia_set("gemmascope-res-16k"))
+  row = analysis.analyze(model, released, small, settings,
+                         show_progress=False).record["top_features"]["hi"][1]
+  assert row["neuronpedia"] == [f"gemma-2-2b/1-gemmascope-res-16k/{i}" for i in row["features"]]
+  override = dataclasses.replace(settings, neuronpedia="gemma-2-2b/gemmascope-res-65k")
+  row = analysis.analyze(model, released, small, override,
+                         show_progress=False).record["top_features"]["hi"][1]
+  assert row["neuronpedia"] == [f"gemma-2-2b/1-gemmascope-res-65k/{i}" for i in row["features"]]
 
 
 def test_writing_over_a_file_is_refused_and_the_file_kept(toy, tmp_path):

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from sae import gemma_scope, jumprelu
+from sae import jumprelu, releases, trees
 from xling_jax.data.toy_tokenizer import build_toy_tokenizer, default_sentences
 
 from tests.conftest import REPO, shared_data_or_skip
@@ -50,10 +50,10 @@ def test_end_to_end_on_hf_checkpoint_gemma_scope_tree_and_flores(tmp_path, toy_h
   tok_path = build_toy_tokenizer(default_sentences(), toy_config.vocab_size, tmp_path / "tok.model")
   saes = jumprelu.random_params(jax.random.PRNGKey(3), toy_config.d_model, 128,
                                 n_layers=toy_config.n_layers, input_std=3.0)
-  canonical = gemma_scope.canonical_l0()["16k"]
-  gemma_scope.save_layers_tree(tmp_path / "saes", saes, width="16k", l0s=canonical)
+  canonical = releases.canonical_l0()["16k"]
+  trees.save_layers_tree(tmp_path / "saes", saes, width="16k", l0s=canonical)
   decoy = jax.tree.map(lambda a: a * 0, saes)  # a second L0 variant that must not be picked
-  gemma_scope.save_layers_tree(tmp_path / "saes", decoy, width="16k", l0s=7)
+  trees.save_layers_tree(tmp_path / "saes", decoy, width="16k", l0s=7)
   common = [f"--checkpoint={toy_hf_dir}", f"--tokenizer={tok_path}",
             f"--sae_dir={tmp_path / 'saes'}", f"--corpus={flores}", "--max_sentences=12",
             "--bootstrap=50", "--batch_size=8", "--langs=en,zh,hi,ml"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sae import releases
 from tests.helpers import synthetic_stats
 from xling_jax.analysis import disparity
 from xling_jax.analysis.corpus_stats import METRICS, CorpusStats
@@ -46,7 +47,8 @@ def test_bootstrap_brackets_the_estimate_and_is_paired():
 
 def test_top_features_and_overlap():
   stats = synthetic_stats(9)
-  top = disparity.top_features(stats, k=5, neuronpedia="gemmascope-res-16k")
+  top = disparity.top_features(stats, k=5,
+                               neuronpedia=releases.neuronpedia_set("gemmascope-res-16k"))
   assert top["en"][0]["overlap_with_ref"] == 1.0
   rates = disparity.firing_rates(stats, "hi")
   first = top["hi"][2]

@@ -87,9 +87,9 @@ def test_peft_adapter_directory_scores_through_the_adapter(tmp_path, toy_setup):
   lora_config = lora_lib.LoraConfig(rank=4, alpha=8.0)
   model_config = toy_setup.config
   fresh = lora_lib.init_adapter(model_config, lora_config, jax.random.PRNGKey(0))
-  peft_io.save_peft(tmp_path / "fresh", fresh, lora_config, model_config)
+  peft_io.save_peft(tmp_path / "fresh", fresh, lora_config, model_config, "xling-jax-toy")
   peft_io.save_peft(tmp_path / "trained", random_adapter(model_config, lora_config, b_std=0.5),
-                    lora_config, model_config)
+                    lora_config, model_config, "xling-jax-toy")
 
   def loglikelihoods(adapter_dir):
     hook = None if adapter_dir is None else lora_lib.project_hook(

@@ -10,7 +10,7 @@ import sys
 import jax
 import pytest
 
-from sae import gemma_scope, jumprelu
+from sae import jumprelu, trees
 from xling_jax import checkpoints
 from xling_jax.model import presets
 from xling_jax.model import transformer as model_lib
@@ -32,7 +32,7 @@ def gemma3_run(tmp_path_factory):
   tok = build_toy_tokenizer(default_sentences(), config.vocab_size, root / "tok.model")
   saes = jumprelu.random_params(jax.random.PRNGKey(6), config.d_model, SAE_WIDTH,
                                 n_layers=config.n_layers, input_std=3.0)
-  gemma_scope.save_gemma_scope2_layers(root / "saes", saes, l0s=20)
+  trees.save_gemma_scope2_layers(root / "saes", saes, l0s=20)
   write_arc_items(root / "bench")
   return root / "ckpt", tok, root / "saes", root / "bench"
 

@@ -68,7 +68,7 @@ def test_adapter_made_by_peft_imports_with_peft_logits(tmp_path, toy_hf_dir, toy
 def exported(tmp_path, toy_config):
   cfg = lora_lib.LoraConfig(rank=2, alpha=4, modules=("q", "down"))
   return peft_io.save_peft(tmp_path / "peft", lora_lib.init_adapter(toy_config, cfg), cfg,
-                           toy_config)
+                           toy_config, "xling-jax-toy")
 
 
 @pytest.mark.parametrize("change,message", [

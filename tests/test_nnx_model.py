@@ -141,6 +141,6 @@ def test_lora_steps_through_nnx_optimizer_equal_the_functional_trainer(tmp_path)
   b = np.asarray(lora.layers["q"]["b"][...])
   assert np.abs(b[[1, 2]]).min() > 0 and not b[[0, 3]].any()  # trained, masked layers still
 
-  peft_io.save_peft(tmp_path, lora.to_adapter(), lora_config, config)
+  peft_io.save_peft(tmp_path, lora.to_adapter(), lora_config, config, "xling-jax-toy")
   loaded = peft_io.load_peft(tmp_path, config)
   jax.tree.map(np.testing.assert_array_equal, loaded["layers"], lora.to_adapter()["layers"])

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sae import gemma_scope as gs
+from sae import trees
 from sae.train import harvest, loop, sources
 from sae.train.config import SAETrainConfig
 from xling_jax.data import corpora
@@ -109,7 +109,7 @@ def test_a_toy_run_writes_gemma_scope2_saes_that_load(tmp_path, toy_params, toy_
                           target_l0=5, log_every=4, save_every=6, eval_batches=2, norm_batches=2)
   result = loop.train(source, config, tmp_path / "out", echo=lambda _: None, progress=False)
   assert [d.name for d in result.sae_dirs] == ["layer_3_width_32_l0_5", "layer_1_width_32_l0_5"]
-  loaded = gs.load_layers(tmp_path / "out", [3, 1], width=32, l0=5, d_in=toy_config.d_model)
+  loaded = trees.load_layers(tmp_path / "out", [3, 1], width=32, l0=5, d_in=toy_config.d_model)
   np.testing.assert_array_equal(np.asarray(loaded.W_enc), np.asarray(result.saes.W_enc))
   reports = sorted(p.name for p in (tmp_path / "out" / loop.REPORTS).iterdir())
   assert reports == ["layer_1.json", "layer_1.png", "layer_3.json", "layer_3.png"]

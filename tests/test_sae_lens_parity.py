@@ -14,7 +14,7 @@ from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig  # noqa: E402
 from sae_lens.evals import ExplainedVarianceCalculator  # noqa: E402
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
 
-from sae import gemma_scope as gs  # noqa: E402
+from sae import formats  # noqa: E402
 from sae import jumprelu as jr  # noqa: E402
 
 D, W, LAYER = 64, 256, 3
@@ -58,10 +58,10 @@ def test_saelens_files_and_npz_encode_like_saelens(tmp_path, saelens_dir, params
   reference = SAE.load_from_disk(saelens_dir)
   want_f, want_x_hat = _saelens_codes(reference, x)
   assert 0.05 < (want_f > 0).mean() < 0.2
-  assert gs.read_saelens_cfg(saelens_dir).layer == LAYER
-  npz = gs.save_params_npz(tmp_path / "params.npz", params)
+  assert formats.read_saelens_cfg(saelens_dir).layer == LAYER
+  npz = formats.save_params_npz(tmp_path / "params.npz", params)
   for source in (saelens_dir, npz):
-    ours = gs.load(source, d_in=D)
+    ours = formats.load(source, d_in=D)
     f = jax.jit(jr.encode)(ours, x)
     np.testing.assert_allclose(f, want_f, **TOL)
     np.testing.assert_array_equal(np.asarray(f) > 0, want_f > 0)
@@ -69,7 +69,7 @@ def test_saelens_files_and_npz_encode_like_saelens(tmp_path, saelens_dir, params
 
 
 def test_directories_we_save_load_in_saelens(tmp_path, params, x):
-  directory = gs.save_saelens(tmp_path / "ours", params, LAYER, d_in=D)
+  directory = formats.save_saelens(tmp_path / "ours", params, LAYER, d_in=D)
   theirs = SAE.load_from_disk(directory)
   assert isinstance(theirs, JumpReLUSAE)
   assert theirs.cfg.metadata.hook_name == f"blocks.{LAYER}.hook_resid_post"
@@ -77,7 +77,7 @@ def test_directories_we_save_load_in_saelens(tmp_path, params, x):
   np.testing.assert_allclose(jr.encode(params, x), f, **TOL)
   np.testing.assert_allclose(jr.decode(params, jnp.asarray(f)), x_hat, **TOL)
   # bf16 weights keep their dtype through the file, and SAELens reads it as such.
-  half = SAE.load_from_disk(gs.save_saelens(tmp_path / "bf16", jr.astype(params, jnp.bfloat16),
+  half = SAE.load_from_disk(formats.save_saelens(tmp_path / "bf16", jr.astype(params, jnp.bfloat16),
                                             LAYER))
   assert half.W_enc.dtype == torch.bfloat16
   np.testing.assert_array_equal(half.W_enc.detach().float().numpy(),
@@ -89,9 +89,9 @@ def test_b_dec_subtraction_is_folded_on_load(tmp_path, params, x):
   folds that into b_enc, so our encode (which never subtracts) gives SAELens's codes."""
   path = tmp_path / "b_dec"
   _saelens_sae(params, apply_b_dec_to_input=True).save_model(path)
-  assert gs.read_saelens_cfg(path).apply_b_dec_to_input
+  assert formats.read_saelens_cfg(path).apply_b_dec_to_input
   want_f, _ = _saelens_codes(SAE.load_from_disk(path), x)
-  ours = gs.load(path)
+  ours = formats.load(path)
   f = np.asarray(jr.encode(ours, x))
   # Folding reassociates float32 sums; codes within rounding of the threshold may flip.
   clear = np.abs(np.asarray(jr.pre_activations(ours, x)) - np.asarray(ours.threshold)) > 1e-4

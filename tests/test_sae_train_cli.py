@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sae import gemma_scope as gs
+from sae import trees
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_FLAGS = ("--layers=1,3", "--width=32", "--batch_size=16", "--target_l0=5", "--langs=en,hi",
@@ -44,9 +44,9 @@ def test_toy_run_writes_the_gemma_scope2_layout_and_reports(trained):
   out, proc = trained
   assert "TOY RUN" in proc.stderr
   assert "layer" in proc.stdout and "FVU" in proc.stdout
-  names = sorted(p.name for p in (out / gs.GS2_SITE).iterdir())
+  names = sorted(p.name for p in (out / trees.GS2_SITE).iterdir())
   assert names == ["layer_1_width_32_l0_5", "layer_3_width_32_l0_5"]
-  saes = gs.load_layers(out, [1, 3], width=32, l0=5, d_in=64)
+  saes = trees.load_layers(out, [1, 3], width=32, l0=5, d_in=64)
   assert saes.W_enc.shape == (2, 64, 32)
   report = json.loads((out / "reports" / "layer_3.json").read_text())
   assert report["steps"] == 12 and report["sparsity"] == "quadratic"

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sae import gemma_scope as gs
+from sae import formats, trees
 from sae import jumprelu as jr
 from sae.train import features, loop, normalize, objective, optim, sources
 from sae.train import step as step_lib
@@ -259,7 +259,7 @@ def test_saved_files_encode_raw_activations(tmp_path):
   state = _restore(tmp_path / "out", config, source).state
   trained = jr.unstack(step_lib.normalised_params(state, config))[0]
   scale = float(state.scale[0])
-  loaded = jr.unstack(gs.load_layers(tmp_path / "out", [3], width=32, l0=4, d_in=16))[0]
+  loaded = jr.unstack(trees.load_layers(tmp_path / "out", [3], width=32, l0=4, d_in=16))[0]
   raw_x = jnp.asarray(x[50 * 64:])  # data after training
   raw = jr.reconstruction_metrics(loaded, raw_x)
   normalised = jr.reconstruction_metrics(trained, raw_x * scale)
@@ -373,15 +373,15 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run_bit_for_bit(tmp_path):
   assert proc.returncode == -signal.SIGKILL
   saved = [int(p.name) for p in (killed / loop.CHECKPOINTS).iterdir() if p.name.isdigit()]
   assert saved and 100 <= max(saved) < 300, saved
-  assert not (killed / gs.GS2_SITE).exists()
+  assert not (killed / trees.GS2_SITE).exists()
   resumed = run(killed, "resume")
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from step" in resumed.stdout
   assert _log(killed) == _log(reference)
   name = "layer_2_width_32_l0_6"
-  for file in (gs.GS2_PARAMS, gs.GS2_CONFIG):
-    assert ((killed / gs.GS2_SITE / name / file).read_bytes()
-            == (reference / gs.GS2_SITE / name / file).read_bytes())
+  for file in (formats.GS2_PARAMS, formats.GS2_CONFIG):
+    assert ((killed / trees.GS2_SITE / name / file).read_bytes()
+            == (reference / trees.GS2_SITE / name / file).read_bytes())
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -396,7 +396,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
   ckpt = tmp_path / "out" / loop.CHECKPOINTS
   assert sorted(int(p.name) for p in ckpt.iterdir()) == [3, 6]  # nothing from step 8
   assert [r["step"] for r in _log(tmp_path / "out")] == list(range(1, 8))
-  assert not (tmp_path / "out" / gs.GS2_SITE).exists()
+  assert not (tmp_path / "out" / trees.GS2_SITE).exists()
   restored = _restore(tmp_path / "out", config, source)
   assert restored.step == 6
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(restored.saved))

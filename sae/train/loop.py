@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sae import gemma_scope, jumprelu
+from sae import jumprelu, trees
 from sae.train import normalize
 from sae.train import report as report_lib
 from sae.train import step as step_lib
@@ -226,9 +226,9 @@ def _finish(source: ActivationSource, c: SAETrainConfig, out: Path, state: step_
     final = [{k: records[-1][k][i] for k in ("mse", "fvu", "l0")} for i in range(len(layers))]
   l0s = {layer: saved_l0(c.sparsity, c.target_l0, final[i]["l0"])
          for i, layer in enumerate(layers)}
-  sae_dirs = gemma_scope.save_gemma_scope2_layers(out, saes, layers, l0s, model_name=model_name)
+  sae_dirs = trees.save_gemma_scope2_layers(out, saes, layers, l0s, model_name=model_name)
   if saelens:
-    gemma_scope.save_saelens_layers(out / SAELENS, saes, layers, model_name=model_name)
+    trees.save_saelens_layers(out / SAELENS, saes, layers, model_name=model_name)
   scale = np.asarray(state.scale)
   for i, layer in enumerate(layers):
     final[i].update(dead_fraction=records[-1]["dead_fraction"][i],

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from sae import releases
 from xling_jax.data.languages import LOW_RESOURCE
 
 
@@ -33,7 +34,9 @@ class AnalysisConfig:
   the group whose band max/mean the summary reports (those of the corpus's languages in it);
   `bootstrap`: paired resamples over sentences for the intervals (0: none); `batch_size`
   sentences per batch (capped at the corpus size), padded to a multiple of `bucket` tokens and
-  cut at `max_len`; `neuronpedia`: the SAE set id for feature links (Gemma Scope only)."""
+  cut at `max_len`; `neuronpedia`: the Neuronpedia set for feature links, overriding the one
+  the SAEs carry (`SAESetup.neuronpedia`): a set id some release in `sae.releases` lists
+  (e.g. 'gemmascope-res-16k') or 'model/set_id'."""
   ref_lang: str = "en"
   layers: tuple[int, ...] | None = None
   bands: Mapping[str, tuple[int, int]] | None = None
@@ -49,10 +52,12 @@ class AnalysisConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """What `check` resolved: the analysed layers, the bands and the low-resource group."""
+  """What `check` resolved: the analysed layers, the bands, the low-resource group and the
+  Neuronpedia set `config.neuronpedia` names (a `sae.releases.NeuronpediaSet`, or None)."""
   layers: tuple[int, ...]
   bands: dict[str, tuple[int, int]]
   group: tuple[str, ...]
+  neuronpedia: releases.NeuronpediaSet | None = None
 
 
 def check(config: AnalysisConfig, n_layers: int, languages) -> Plan:
@@ -80,7 +85,9 @@ def check(config: AnalysisConfig, n_layers: int, languages) -> Plan:
     if getattr(config, name) < least:
       raise ValueError(f"{name}={getattr(config, name)}: expected an integer >= {least}")
   group = tuple(l for l in low_resource if l in languages and l != config.ref_lang)
-  return Plan(layers, bands, group)
+  neuronpedia = (None if config.neuronpedia is None
+                 else releases.neuronpedia_set(config.neuronpedia))
+  return Plan(layers, bands, group, neuronpedia)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +192,7 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
                             n_resamples=config.bootstrap, seed=config.seed)
         if config.bootstrap > 0 else None)
   top = disparity.top_features(stats, k=min(config.top_k, saes.params.d_sae), ref=ref,
-                               neuronpedia=config.neuronpedia)
+                               neuronpedia=plan.neuronpedia or saes.neuronpedia)
   if run_config is None:
     run_config = dict(dataclasses.asdict(config), langs=list(corpus.languages))
   provenance = dict(setup.provenance, saes=saes.description, corpus=corpus.source,
