@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from absl import app, flags
 
-from bin import common
+from bin import cli, shared_flags
 from xling_jax.data import languages
 
 if TYPE_CHECKING:  # the stage table imports every tool's library: not for --help
@@ -45,11 +45,11 @@ TIMINGS_FILE = "timings.json"
 # Flags that change where results go or how they are shown, not what is computed.
 NOT_SETTINGS = ("out", "results_md", "progress", "card_check", "card_limit")
 
-common.define_platform_flags()
-common.define_model_flags()
-common.define_langs_flag()
-common.define_output_flags("study_out")
-flags.adopt_module_key_flags(common)  # --help lists the shared flags too
+shared_flags.define_platform_flags()
+shared_flags.define_model_flags()
+shared_flags.define_langs_flag()
+shared_flags.define_output_flags("study_out")
+flags.adopt_module_key_flags(shared_flags)  # --help lists the shared flags too
 flags.DEFINE_string("ref_lang", "en", "Reference language; one of --langs.")
 flags.DEFINE_list("targets", ["hi", "ml"], "Languages that get an activation-aware LoRA adapter.")
 flags.DEFINE_string("analysis_corpus", "embedded",
@@ -131,7 +131,7 @@ def settings_of(n_layers: int) -> dict:
     raise app.UsageError(f"--targets={','.join(FLAGS.targets)}: {bad[0]} is not one of --langs "
                          "other than --ref_lang")
   objective = default_objective_layer(n_layers)
-  layers = (common.parse_layers(",".join(FLAGS.sae_layers), n_layers, "sae_layers")
+  layers = (cli.parse_layers(",".join(FLAGS.sae_layers), n_layers, "sae_layers")
             if FLAGS.sae_layers else default_sae_layers(n_layers, objective))
   layers = tuple(sorted(set(layers)))
   if objective not in layers:  # the adapter's objective needs an SAE there
@@ -140,7 +140,7 @@ def settings_of(n_layers: int) -> dict:
     raise app.UsageError("--sae_dir needs --sae_l0 (which SAE per layer, as bin.analyze)")
   if FLAGS.card_check and not FLAGS.bench_data_dir:
     raise app.UsageError("--card_check needs --bench_data_dir (HellaSwag and ARC items)")
-  settings = {name: value for name, value in common.resolved_flags().items()
+  settings = {name: value for name, value in cli.resolved_flags().items()
               if name not in NOT_SETTINGS}
   settings.update(sae_layers=list(layers), objective_layer=objective, targets=list(targets),
                   langs=list(langs))
@@ -186,10 +186,10 @@ def run_stages(stages: list[Stage], out: Path) -> dict:
     proc = subprocess.run(argv, env=env, cwd=REPO)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-      common.fail(f"stage {stage.name} failed (exit {proc.returncode}; its message is above); "
+      cli.fail(f"stage {stage.name} failed (exit {proc.returncode}; its message is above); "
                   "the finished stages are kept: fix the cause and re-run the same command")
     if not stage.is_done():
-      common.fail(f"stage {stage.name} exited 0 without writing {stage.done[0]}")
+      cli.fail(f"stage {stage.name} exited 0 without writing {stage.done[0]}")
     timings[stage.name] = {"seconds": round(seconds, 1), "command": shlex.join(
         ["python", *argv[1:]]), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     io.write_json(timings_path, timings)
@@ -215,7 +215,7 @@ def main(argv):
   from xling_jax.study import page as study_page
   from xling_jax.study import record as study_record
   from xling_jax.study import stages as stages_lib
-  out = common.check_out()
+  out = cli.check_out()
   results_md = io.check_output_file(FLAGS.results_md or out / "RESULTS.md", "--results_md")
   for flag in ("analysis_corpus", "train_corpus", "bench_data_dir"):
     value = FLAGS[flag].value
@@ -239,4 +239,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -32,7 +32,7 @@ def test_bench_toy_writes_every_row_with_ratios(tmp_path):
 
 
 def test_out_of_memory_row_becomes_a_note_other_errors_propagate():
-  from bin import bench
+  from bin import timing
 
   class FakeOOM(RuntimeError):
     pass
@@ -40,33 +40,34 @@ def test_out_of_memory_row_becomes_a_note_other_errors_propagate():
   def oom():
     raise FakeOOM("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9 GiB")
 
-  rate, note = bench._rate_or_note(oom, 1, 100, (FakeOOM,))
+  rate_or_note = lambda fn, repeats: timing.rates_or_notes([fn], repeats, 100, [(FakeOOM,)])[0]
+  rate, note = rate_or_note(oom, 1)
   assert rate is None and "out of device memory" in note and "9 GiB" in note
-  assert bench._rate_or_note(lambda: None, 2, 100, (FakeOOM,))[1] is None
+  assert rate_or_note(lambda: None, 2)[1] is None
 
   def bug():
     raise FakeOOM("shapes do not match")
 
   with pytest.raises(FakeOOM, match="shapes"):
-    bench._rate_or_note(bug, 1, 100, (FakeOOM,))
+    rate_or_note(bug, 1)
 
 
 def test_stacks_take_turns_and_one_out_of_memory_leaves_the_other_timed():
-  from bin import bench
+  from bin import timing
 
   class FakeOOM(RuntimeError):
     pass
 
   calls = []
   hf, ours = (lambda: calls.append("hf")), (lambda: calls.append("ours"))
-  bench._median_times([hf, ours], 3)
+  timing.median_seconds({"hf": hf, "ours": ours}, 3)
   assert calls == ["hf", "ours"] + ["hf", "ours"] * 3  # warm-ups, then timed calls in turns
 
   def oom():
     raise FakeOOM("RESOURCE_EXHAUSTED: Out of memory")
 
   calls.clear()
-  (hf_rate, hf_note), (ours_rate, ours_note) = bench._rates_or_notes(
+  (hf_rate, hf_note), (ours_rate, ours_note) = timing.rates_or_notes(
       [oom, ours], 2, 100, [(FakeOOM,), (FakeOOM,)])
   assert hf_rate is None and "out of device memory" in hf_note
   assert ours_rate > 0 and ours_note is None and calls.count("ours") == 4

@@ -12,7 +12,7 @@ import sys
 import pytest
 from absl import flags
 
-from bin import common
+from bin import cli
 from tests.conftest import REPO
 
 TOOLS = ("bin.analyze", "bin.evaluate", "bin.finetune", "bin.train_sae", "bin.bench",
@@ -117,16 +117,16 @@ def tool_flags():
 
 
 def test_parse_flags_help_and_errors(tool_flags, capsys):
-  assert common.parse_flags(["tool", "--batch_size=3", "rest"], tool_flags) == ["tool", "rest"]
+  assert cli.parse_flags(["tool", "--batch_size=3", "rest"], tool_flags) == ["tool", "rest"]
   assert tool_flags.batch_size == 3
   for help_arg in ("--help", "-h", "--helpfull"):
     with pytest.raises(SystemExit) as exit_:
-      common.parse_flags(["tool", help_arg], tool_flags)
+      cli.parse_flags(["tool", help_arg], tool_flags)
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and "flags:" in out
   assert "--batch_size" in out  # --helpfull lists every module's flags
   with pytest.raises(SystemExit) as exit_:
-    common.parse_flags(["tool", "--batch_size=-1"], tool_flags)
+    cli.parse_flags(["tool", "--batch_size=-1"], tool_flags)
   err = capsys.readouterr().err
   assert exit_.value.code == 2 and err.count("\n") == 1
   assert err.startswith("error: flag --batch_size=-1: -1 is not a positive integer")
