@@ -31,7 +31,7 @@ def render(record: Mapping) -> str:
   lines += [verdicts.summary(record), "",
             "![gap heatmap](results/heatmap.png)", "",
             "Everything below is rendered by `bin.study` from `results/study.json`; "
-            "`tests/test_study_page.py` checks that this page equals that rendering.", ""]
+            "`tests/study/test_study_page.py` checks that this page equals that rendering.", ""]
 
   lines += ["## How it was made", "", "```", record["command"], "```", "",
             f"Model: `{record['model']}` ({record['n_layers']} layers); devices: "

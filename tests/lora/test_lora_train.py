@@ -34,7 +34,7 @@ from sae import random_saes
 from xling_jax.data.toy_tokenizer import toy_tokenizer
 from xling_jax.runtime import train_checkpoints
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---- optimiser and data ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from sae.train import step as step_lib
 from sae.train.config import SAETrainConfig
 from xling_jax.runtime import train_checkpoints
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(**overrides) -> SAETrainConfig:

@@ -13,7 +13,7 @@ import pytest
 
 from sae import trees
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOY_FLAGS = ("--layers=1,3", "--width=32", "--batch_size=16", "--target_l0=5", "--langs=en,hi",
              "--max_sentences=4", "--buffer_tokens=64", "--bucket=16", "--log_every=4",
              "--save_every=6", "--eval_batches=2", "--epochs=3", "--progress=false")
