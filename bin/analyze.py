@@ -64,8 +64,8 @@ def main(argv):
   start = time.perf_counter()
 
   from xling_jax.analysis import run as analysis
-  from xling_jax.runtime import batching
   from xling_jax.data import corpora
+  from xling_jax.runtime import batching
 
   corpus = corpora.load_corpus(FLAGS.corpus, langs, FLAGS.max_sentences)
   setup = shared_flags.load_model()

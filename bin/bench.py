@@ -103,8 +103,7 @@ def _weights(shape: Shape, accelerator: bool):
 
   from sae import jumprelu
   from xling_jax import checkpoints
-  from xling_jax.model import presets
-  from xling_jax.model import transformer as model_lib
+  from xling_jax.model import presets, transformer as model_lib
 
   dtype, load = shape.dtype, {}
   if FLAGS.checkpoint:

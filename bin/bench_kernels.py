@@ -93,8 +93,8 @@ def attention_rows(preset: str, fused: str, dtype: str, rounds: dict) -> list[di
   import jax
   import jax.numpy as jnp
 
-  from xling_jax.model import presets
   from xling_jax.kernels import attention as seam
+  from xling_jax.model import presets
 
   config = presets.preset(preset)
   cap = config.attn_logit_softcap
@@ -144,8 +144,8 @@ def sae_rows(preset: str, fused: str, dtype: str, rounds: dict) -> list[dict]:
   import jax.numpy as jnp
 
   from sae import jumprelu
-  from xling_jax.model import presets
   from xling_jax.kernels import sae_stats as seam
+  from xling_jax.model import presets
 
   d = presets.preset(preset).d_model
   names = ("block_t", "block_w", "block_d") if fused == "pallas_triton" else ("block_t", "block_w")

@@ -38,10 +38,10 @@ def main(argv):
   langs = validate_languages(FLAGS.langs)
   out = cli.check_out()
   start = time.perf_counter()
-  from xling_jax.data import corpora
   from xling_jax.analysis import intrinsic
-  from xling_jax.runtime import io
+  from xling_jax.data import corpora
   from xling_jax.model import presets
+  from xling_jax.runtime import io
   corpus = corpora.load_corpus(FLAGS.corpus, langs, FLAGS.max_sentences)
   devices = shared_flags.setup_platform()
   setup = shared_flags.load_model()

@@ -210,11 +210,8 @@ def n_model_layers() -> int:
 
 
 def main(argv):
-  from xling_jax.runtime import hub
-  from xling_jax.runtime import io
-  from xling_jax.study import page as study_page
-  from xling_jax.study import record as study_record
-  from xling_jax.study import stages as stages_lib
+  from xling_jax.runtime import hub, io
+  from xling_jax.study import page as study_page, record as study_record, stages as stages_lib
   out = cli.check_out()
   results_md = io.check_output_file(FLAGS.results_md or out / "RESULTS.md", "--results_md")
   for flag in ("analysis_corpus", "train_corpus", "bench_data_dir"):

@@ -68,8 +68,8 @@ def score_benchmarks(setup, config, out: Path, *, prompts=None, adapter=None,
   """Benchmark scores as `bin.evaluate` computes them, in process on the loaded model (through
   `adapter` when given, saved in `adapter_dir`); its files go to `out`. The adapter comes from
   memory, not from the directory: in a multi-process run only process 0 writes it."""
-  from xling_jax.evaluation import run as evaluation
   from lora.lora import project_hook
+  from xling_jax.evaluation import run as evaluation
   result = evaluation.evaluate(setup, config, hook=project_hook(adapter), prompts=prompts)
   settings = dict(dataclasses.asdict(config),
                   lora=None if adapter_dir is None else str(adapter_dir))
@@ -100,9 +100,8 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   from lora import data, objectives, peft_io, report as report_lib, train as train_lib
   from lora.lora import project_hook
   from xling_jax.analysis import corpus_stats
-  from xling_jax.runtime import io
-  from xling_jax.runtime import platform
   from xling_jax.model import presets
+  from xling_jax.runtime import io, platform
   start = time.perf_counter()
   config = setup.config
   if target == ref:

@@ -21,10 +21,10 @@ import numpy as np
 import safetensors.numpy
 
 from lora.lora import LORA_MODULES, Adapter, LoraConfig, check_adapter, module_dims
-from xling_jax.runtime import io
-from xling_jax.model import layout
 from xling_jax.checkpoints import read_safetensors
+from xling_jax.model import layout
 from xling_jax.model.config import ModelConfig
+from xling_jax.runtime import io
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"

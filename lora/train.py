@@ -27,9 +27,8 @@ import orbax.checkpoint as ocp
 from lora import DEFAULT_REMAT, objectives
 from lora.data import BatchStream
 from lora.lora import Adapter, LoraConfig, init_adapter, layer_mask
-from xling_jax.runtime import io
-from xling_jax.runtime import train_checkpoints
 from xling_jax.model.config import ModelConfig
+from xling_jax.runtime import io, train_checkpoints
 
 LOG_NAME = "train_log.jsonl"
 # TrainConfig fields that may change between a run and its resume without changing the result.

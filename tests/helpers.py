@@ -9,10 +9,9 @@ import numpy as np
 
 from lora import lora as lora_lib
 from sae import jumprelu
-from xling_jax.model import presets
-from xling_jax.model import transformer as model_lib
-from xling_jax.analysis.sae_stats import ROW_SUMS
 from xling_jax.analysis.corpus_stats import CorpusStats, LanguageSums
+from xling_jax.analysis.sae_stats import ROW_SUMS
+from xling_jax.model import presets, transformer as model_lib
 
 
 def toy_model(seed: int = 0, **overrides):

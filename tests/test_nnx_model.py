@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lora import lora as lora_lib
-from lora import objectives, peft_io, train
+from lora import lora as lora_lib, objectives, peft_io, train
 from lora.nnx_adapter import LoraAdapter
 from sae import jumprelu
 from xling_jax import checkpoints
-from xling_jax.model import presets
-from xling_jax.model import transformer as model_lib
+from xling_jax.model import presets, transformer as model_lib
 from xling_jax.nnx_model import Gemma2, Gemma3, GemmaModel
 
 FAMILIES = {"toy": (presets.toy, Gemma2), "toy_gemma3": (presets.toy_gemma3, Gemma3)}

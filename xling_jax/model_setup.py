@@ -46,11 +46,11 @@ def load_model(checkpoint: str | None = None, *, config: str | ModelConfig | Non
   import jax
 
   from xling_jax import checkpoints
-  from xling_jax.model import transformer as model_lib
-  from xling_jax.runtime import sharding as sharding_lib
-  from xling_jax.model.presets import load_config
   from xling_jax.data.tokenizer import Tokenizer
   from xling_jax.data.toy_tokenizer import toy_tokenizer
+  from xling_jax.model import transformer as model_lib
+  from xling_jax.model.presets import load_config
+  from xling_jax.runtime import sharding as sharding_lib
 
   mesh = sharding_lib.make_mesh(mesh_shape)
   if isinstance(config, str):
@@ -134,9 +134,8 @@ def load_saes(setup: ModelSetup, source: str | Path | None = None,
   import jax
   import numpy as np
 
-  from sae import releases, trees
+  from sae import random_saes, releases, trees
   from xling_jax.runtime import hub
-  from sae import random_saes
   n_layers = setup.config.n_layers
   layers = tuple(range(n_layers)) if layers is None else tuple(int(l) for l in layers)
   bad = [l for l in layers if not 0 <= l < n_layers]

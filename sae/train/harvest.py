@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sae.train.sources import epoch_permutation
+from xling_jax.data.tokenizer import bucket_length
 from xling_jax.model import transformer as model_lib
 from xling_jax.runtime.progress import Progress
-from xling_jax.data.tokenizer import bucket_length
 
 
 def tokenize(sentences: Mapping[str, Sequence[str]], tokenizer, max_len: int | None) -> list[

@@ -35,13 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sae import jumprelu, trees
-from sae.train import normalize
-from sae.train import report as report_lib
-from sae.train import step as step_lib
+from sae.train import normalize, report as report_lib, step as step_lib
 from sae.train.config import SAETrainConfig
 from sae.train.sources import ActivationSource, check_enough
-from xling_jax.runtime import io
-from xling_jax.runtime import train_checkpoints
+from xling_jax.runtime import io, train_checkpoints
 from xling_jax.runtime.progress import Progress
 
 CHECKPOINTS = "checkpoints"

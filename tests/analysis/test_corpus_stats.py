@@ -5,17 +5,14 @@ import jax
 import numpy as np
 import pytest
 
-from sae import jumprelu
-from xling_jax.analysis import corpus_stats
-from xling_jax.analysis import sae_stats
-from xling_jax.model import transformer as model_lib
-from sae import random_saes
+from sae import jumprelu, random_saes
 from tests import helpers
-from xling_jax.analysis.corpus_stats import METRICS
-from xling_jax.data.toy_tokenizer import toy_tokenizer
-
 from tests.conftest import run_on_fake_devices
 from tests.helpers import synthetic_stats
+from xling_jax.analysis import corpus_stats, sae_stats
+from xling_jax.analysis.corpus_stats import METRICS
+from xling_jax.data.toy_tokenizer import toy_tokenizer
+from xling_jax.model import transformer as model_lib
 
 LANGS = ("en", "hi", "zh")
 

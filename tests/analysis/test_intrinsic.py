@@ -11,11 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from xling_jax.analysis import intrinsic
-from xling_jax.data.toy_tokenizer import toy_tokenizer
-
 from tests.conftest import REPO
 from tests.helpers import hf_base
+from xling_jax.analysis import intrinsic
+from xling_jax.data.toy_tokenizer import toy_tokenizer
 
 SENTENCES = {"en": ["The cat sat on the mat.", "A second, longer sentence about the weather."],
              "hi": ["बिल्ली चटाई पर बैठी थी।", "मौसम के बारे में एक दूसरा, लंबा वाक्य।"]}

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from tests.helpers import synthetic_stats
-from xling_jax.analysis import disparity
-from xling_jax.analysis import report
+from xling_jax.analysis import disparity, report
 from xling_jax.analysis.corpus_stats import CorpusStats
 
 LAYERS = 4  # synthetic_stats' default

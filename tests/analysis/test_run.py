@@ -11,12 +11,10 @@ import pytest
 
 import xling_jax as xj
 from sae import releases
-from xling_jax.analysis import run as analysis
-from xling_jax.data import corpora
-from xling_jax import model_setup
-
 from tests.conftest import REPO
-from xling_jax.analysis import corpus_stats
+from xling_jax import model_setup
+from xling_jax.analysis import corpus_stats, run as analysis
+from xling_jax.data import corpora
 
 
 @pytest.fixture(scope="module")

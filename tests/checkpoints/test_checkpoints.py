@@ -11,8 +11,7 @@ import pytest
 
 from xling_jax import checkpoints
 from xling_jax.checkpoints import kaggle
-from xling_jax.model import presets
-from xling_jax.model import transformer as model_lib
+from xling_jax.model import presets, transformer as model_lib
 from xling_jax.runtime.errors import CheckpointError
 
 

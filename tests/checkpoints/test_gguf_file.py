@@ -5,16 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xling_jax.model import config as config_lib
-from xling_jax.model import presets
-from xling_jax.checkpoints import gguf_file
-from xling_jax.model.config import ModelConfig
-from xling_jax.runtime.errors import CheckpointError
+from tests.conftest import shared_data_or_skip
+from xling_jax.checkpoints import gguf_file, hf_config
 from xling_jax.checkpoints.gguf_file import GGUFFile
 from xling_jax.data.tokenizer import Tokenizer
-
-from tests.conftest import shared_data_or_skip
-from xling_jax.checkpoints import hf_config
+from xling_jax.model import config as config_lib, presets
+from xling_jax.model.config import ModelConfig
+from xling_jax.runtime.errors import CheckpointError
 
 gguf = pytest.importorskip("gguf", reason="GGUF support needs pip install gguf")
 Q = gguf.GGMLQuantizationType

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from sae import jumprelu, releases, trees
-from xling_jax.data.toy_tokenizer import build_toy_tokenizer, default_sentences
-
 from tests.conftest import REPO, shared_data_or_skip
+from xling_jax.data.toy_tokenizer import build_toy_tokenizer, default_sentences
 
 
 def _run(*args, timeout=600):

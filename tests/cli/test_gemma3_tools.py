@@ -11,13 +11,11 @@ import jax
 import pytest
 
 from sae import jumprelu, trees
-from xling_jax import checkpoints
-from xling_jax.model import presets
-from xling_jax.model import transformer as model_lib
-from xling_jax.data.toy_tokenizer import build_toy_tokenizer, default_sentences
-
 from tests.conftest import REPO
 from tests.helpers import write_arc_items
+from xling_jax import checkpoints
+from xling_jax.data.toy_tokenizer import build_toy_tokenizer, default_sentences
+from xling_jax.model import presets, transformer as model_lib
 
 pytestmark = pytest.mark.slow
 SAE_WIDTH = 64

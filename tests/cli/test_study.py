@@ -9,9 +9,8 @@ import sys
 
 import pytest
 
-from xling_jax.study import page as study_page
-
 from tests.conftest import REPO, shared_data_or_skip
+from xling_jax.study import page as study_page
 
 SMALL = ["--langs=en,hi,ml", "--targets=ml", "--sae_layers=0,2", "--sae_sentences=12",
          "--sae_batch_size=128", "--sae_width=256", "--lora_sentences=10", "--lora_steps=2",

@@ -11,9 +11,9 @@ import pytest
 from tests.conftest import shared_data_or_skip
 from tests.helpers import random_adapter
 from xling_jax.evaluation import run as evaluation
+from xling_jax.model_setup import load_model
 from xling_jax.runtime import io
 from xling_jax.runtime.errors import NonFiniteError
-from xling_jax.model_setup import load_model
 
 LANGS = ("en", "zh", "ru", "es", "it", "id", "ca", "mr", "ml", "hi")
 

@@ -8,11 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from xling_jax.model import transformer as model_lib
-from xling_jax.evaluation import prompts
-from xling_jax.evaluation import scoring
-from xling_jax.evaluation.benchmark_items import Item
 from xling_jax.data.toy_tokenizer import toy_tokenizer
+from xling_jax.evaluation import prompts, scoring
+from xling_jax.evaluation.benchmark_items import Item
+from xling_jax.model import transformer as model_lib
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,11 @@ from jax import export
 
 from sae import jumprelu
 from xling_jax.analysis import sae_stats
-from xling_jax.model import presets
-from xling_jax.model import transformer as model_lib
 from xling_jax.evaluation import scoring
 from xling_jax.kernels import attention as attention_seam, sae_stats as sae_stats_seam, select
 from xling_jax.kernels.attention import mosaic as attention_mosaic, triton as attention_triton
 from xling_jax.kernels.sae_stats import mosaic as sae_mosaic, triton as sae_triton
+from xling_jax.model import presets, transformer as model_lib
 
 FUSED = ("pallas_triton", "pallas_mosaic")
 TILES = dict(block_q=16, block_k=16)

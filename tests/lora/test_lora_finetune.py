@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from lora import finetune, objectives, peft_io, train
-from xling_jax.data import corpora
-from xling_jax import model_setup
-
 from tests.conftest import REPO
+from xling_jax import model_setup
 from xling_jax.analysis import corpus_stats
+from xling_jax.data import corpora
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,11 @@ import numpy as np
 import optax
 import pytest
 
-from lora import lora as lora_lib
-from lora import data, objectives, train
-from sae import jumprelu
+from lora import data, lora as lora_lib, objectives, train
+from sae import jumprelu, random_saes
 from tests.helpers import assert_peft_matches_ours, random_adapter
 from xling_jax.analysis import corpus_stats
 from xling_jax.data import corpora
-from sae import random_saes
 from xling_jax.data.toy_tokenizer import toy_tokenizer
 from xling_jax.runtime import train_checkpoints
 

@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xling_jax.model import presets
-from xling_jax.model import transformer as model_lib
 from xling_jax.checkpoints import hf_config
+from xling_jax.model import presets, transformer as model_lib
 
 
 def _tokens(seed, shape, vocab=512):

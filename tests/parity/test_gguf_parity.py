@@ -8,12 +8,11 @@ import copy
 import numpy as np
 import pytest
 
+from tests.conftest import shared_data_or_skip
 from xling_jax import checkpoints
-from xling_jax.model import transformer as model_lib
 from xling_jax.data.corpora import load_text_dir
 from xling_jax.data.tokenizer import Tokenizer
-
-from tests.conftest import shared_data_or_skip
+from xling_jax.model import transformer as model_lib
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 

@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xling_jax.evaluation import benchmark_items
-from xling_jax.evaluation import prompts
-from xling_jax.evaluation import scoring
 from xling_jax.data.toy_tokenizer import toy_tokenizer
+from xling_jax.evaluation import benchmark_items, prompts, scoring
 
 lm_eval = pytest.importorskip("lm_eval")
 datasets = pytest.importorskip("datasets")

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 from xling_jax import checkpoints
-from xling_jax.model import config as config_lib
-from xling_jax.model import presets
-from xling_jax.model import transformer as model_lib
+from xling_jax.model import config as config_lib, presets, transformer as model_lib
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

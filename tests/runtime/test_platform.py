@@ -12,10 +12,9 @@ import sys
 
 import pytest
 
-from xling_jax.runtime import io
-from xling_jax.runtime import platform
 from tests.conftest import REPO
 from tests.helpers import write_arc_items
+from xling_jax.runtime import io, platform
 
 # What legitimately differs between the runs: the flags that set up the processes, the output
 # folder, the device description and the wall-clock fields.

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xling_jax.runtime import sharding
-
 from tests.conftest import run_on_fake_devices
+from xling_jax.runtime import sharding
 
 _SCRIPT = r"""
 import json

@@ -11,8 +11,8 @@ from sae import trees
 from sae.train import harvest, loop, sources
 from sae.train.config import SAETrainConfig
 from xling_jax.data import corpora
-from xling_jax.model import transformer as model_lib
 from xling_jax.data.toy_tokenizer import toy_tokenizer
+from xling_jax.model import transformer as model_lib
 
 LAYERS = (3, 1)
 

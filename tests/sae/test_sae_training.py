@@ -17,10 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sae import formats, trees
-from sae import jumprelu as jr
-from sae.train import features, loop, normalize, objective, optim, sources
-from sae.train import step as step_lib
+from sae import formats, jumprelu as jr, trees
+from sae.train import features, loop, normalize, objective, optim, sources, step as step_lib
 from sae.train.config import SAETrainConfig
 from xling_jax.runtime import train_checkpoints
 

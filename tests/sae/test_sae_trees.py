@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from sae import formats, releases, trees
-from sae import jumprelu as jr
+from sae import formats, jumprelu as jr, releases, trees
 from tests.helpers import assert_sae_equal
 
 D, W = 64, 256

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 
-from xling_jax.study import page as study_page
-from xling_jax.study import verdicts
-
 from tests.conftest import REPO
+from xling_jax.study import page as study_page, verdicts
 
 RECORD = json.loads((REPO / "results" / "study.json").read_text(encoding="utf-8"))
 

@@ -6,10 +6,9 @@ import json
 import shlex
 from pathlib import Path
 
+from tests.conftest import REPO
 from xling_jax.evaluation import run as evaluation
 from xling_jax.study import stages
-
-from tests.conftest import REPO
 
 RECORD = json.loads((REPO / "results" / "study.json").read_text(encoding="utf-8"))
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import copy
 import json
 
-from xling_jax.study import verdicts
-
 from tests.conftest import REPO
+from xling_jax.study import verdicts
 
 RECORD = json.loads((REPO / "results" / "study.json").read_text(encoding="utf-8"))
 

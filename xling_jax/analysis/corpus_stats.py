@@ -11,11 +11,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from xling_jax.runtime import batching
-from xling_jax.runtime import errors
-from xling_jax.model.config import ModelConfig
-from xling_jax.runtime.progress import Progress
 from xling_jax.analysis.sae_stats import ROW_SUMS, batch_stats
+from xling_jax.model.config import ModelConfig
+from xling_jax.runtime import batching, errors
+from xling_jax.runtime.progress import Progress
 
 METRICS = ("activation", "l0", "mean_active", "resid_norm", "sentence_activation",
            "sentence_distinct_features")

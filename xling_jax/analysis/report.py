@@ -8,9 +8,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from xling_jax.runtime import io
 from xling_jax.analysis.corpus_stats import METRICS, CorpusStats
 from xling_jax.analysis.disparity import BootstrapCI
+from xling_jax.runtime import io
 
 STATS_NAME = "stats.json"
 HEATMAP_NAME = "heatmap.png"

@@ -129,8 +129,8 @@ class Analysis:
   def write(self, out_dir: str | Path) -> dict[str, Path]:
     """stats.json, disparity.csv, report.md, heatmap.png and layers.png under `out_dir`, each
     rendered before any is written and written atomically (a failure leaves earlier results)."""
-    from xling_jax.runtime import io
     from xling_jax.analysis import report
+    from xling_jax.runtime import io
     out_dir = io.check_output_dir(out_dir, "out_dir")
     paths, _ = report.write_report(out_dir, self.record, corpus=self.corpus_name, toy=self.toy,
                                    notes=self.notes)
@@ -161,12 +161,9 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
   settings (the tools pass every flag; default this config). Everything is checked before the
   first batch runs (ValueError).
   """
-  from xling_jax.analysis import corpus_stats
-  from xling_jax.runtime import batching
-  from xling_jax.analysis import disparity
-  from xling_jax.runtime import platform
-  from xling_jax.analysis import report
+  from xling_jax.analysis import corpus_stats, disparity, report
   from xling_jax.model import presets
+  from xling_jax.runtime import batching, platform
   start = time.perf_counter()
   model_config = setup.config
   plan = check(config if config.layers is not None

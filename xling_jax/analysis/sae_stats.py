@@ -16,8 +16,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from xling_jax.model import transformer as model_lib
 from xling_jax.kernels import sae_stats as sae_stats_seam
+from xling_jax.model import transformer as model_lib
 from xling_jax.model.config import ModelConfig
 
 ROW_SUMS = ("activation", "l0", "resid_norm", "distinct_features")

@@ -14,18 +14,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import mmap
+import os
 import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xling_jax.runtime.errors import CheckpointError
-import os
+from xling_jax.checkpoints import hf_config
 from xling_jax.checkpoints.stacked import read_params, resolve_sharding
 from xling_jax.model.config import ModelConfig
 from xling_jax.model.transformer import Params
-from xling_jax.checkpoints import hf_config
+from xling_jax.runtime.errors import CheckpointError
 
 ARCHITECTURES = ("gemma2", "gemma3")
 _MAGIC = b"GGUF"

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from xling_jax.model import layout
-from xling_jax.model.config import ModelConfig
-from xling_jax.runtime.errors import CheckpointError
+from xling_jax.checkpoints import hf_config
 from xling_jax.checkpoints.safetensors_io import SafetensorsReader, tensor_files
 from xling_jax.checkpoints.stacked import read_json, read_params, resolve_sharding
+from xling_jax.model import layout
+from xling_jax.model.config import ModelConfig
 from xling_jax.model.transformer import Params
-from xling_jax.checkpoints import hf_config
+from xling_jax.runtime.errors import CheckpointError
+
 
 class HFSource:
   """The tensors of an HF directory by their text-model names (`model.layers.0...`), whichever

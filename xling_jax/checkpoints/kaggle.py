@@ -10,11 +10,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from xling_jax.checkpoints.stacked import layer_count, read_params, resolve_sharding
 from xling_jax.model import layout
 from xling_jax.model.config import ModelConfig
-from xling_jax.runtime.errors import CheckpointError
-from xling_jax.checkpoints.stacked import layer_count, read_params, resolve_sharding
 from xling_jax.model.transformer import Params
+from xling_jax.runtime.errors import CheckpointError
+
 
 class FlatSource:
   """Tensors of an in-memory flat dict (a restored Kaggle/orbax tree). The nested layout of

@@ -11,13 +11,10 @@ from typing import Callable
 import jax
 import numpy as np
 
-from xling_jax.model import layout
-from xling_jax.model import transformer as model_lib
+from xling_jax.model import layout, transformer as model_lib
 from xling_jax.model.config import ModelConfig
 from xling_jax.model.transformer import Params
 from xling_jax.runtime.errors import CheckpointError
-
-
 
 
 def place(array: np.ndarray, sharding) -> jax.Array:

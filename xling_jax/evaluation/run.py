@@ -21,12 +21,9 @@ from io import StringIO
 from pathlib import Path
 from typing import Any, Sequence
 
-from xling_jax.runtime import batching
-from xling_jax.evaluation import benchmark_items
-from xling_jax.runtime import io
 from xling_jax.data import languages
-from xling_jax.evaluation import prompts as prompts_lib
-from xling_jax.evaluation import scoring
+from xling_jax.evaluation import benchmark_items, prompts as prompts_lib, scoring
+from xling_jax.runtime import batching, io
 from xling_jax.runtime.errors import NonFiniteError
 from xling_jax.runtime.progress import Progress
 

@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xling_jax.runtime import batching
+from xling_jax.evaluation.prompts import Prompt
 from xling_jax.model import transformer as model_lib
 from xling_jax.model.config import ModelConfig
-from xling_jax.evaluation.prompts import Prompt
+from xling_jax.runtime import batching
 
 MIN_ROW = 64
 MIN_TARGETS = 16

@@ -21,6 +21,7 @@ import numpy as np
 
 from xling_jax.model.config import ModelConfig
 
+
 @dataclasses.dataclass(frozen=True)
 class Stored:
   """Where a weight lives in one format: the tensor `name` (with `{i}` for the layer), its

@@ -6,6 +6,7 @@ from typing import Any
 
 from xling_jax.model.config import AttentionKind, ModelConfig
 
+
 def gemma2_layout(n_layers: int, window: int = 4096) -> dict[str, Any]:
   """Gemma 2 attention: sliding-window (even layers) and global (odd layers), RoPE base 10k."""
   return dict(attention_kinds=(AttentionKind(window, 10000.0), AttentionKind(None, 10000.0)),

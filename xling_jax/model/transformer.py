@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xling_jax.kernels import attention as attention_seam
 from xling_jax.model import layout
 from xling_jax.model.config import ModelConfig
-from xling_jax.kernels import attention as attention_seam
 
 Params = dict[str, Any]
 

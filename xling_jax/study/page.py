@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Mapping
 
 from xling_jax.runtime import io
-from xling_jax.study import paper
-from xling_jax.study import verdicts
+from xling_jax.study import paper, verdicts
 from xling_jax.study.verdicts import HEADLINE_METRIC, TASK_NAMES, fmt, headline, interval
 
 FIGURES = "results"

@@ -20,8 +20,7 @@ from typing import Mapping, Sequence
 
 from lora import finetune
 from sae.train import loop as sae_loop
-from xling_jax.analysis import intrinsic as intrinsic_lib
-from xling_jax.analysis import report as analysis_report
+from xling_jax.analysis import intrinsic as intrinsic_lib, report as analysis_report
 from xling_jax.evaluation import run as evaluation
 from xling_jax.study.paper import CARD_PROTOCOL
 
