@@ -33,24 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sae import releases
-from sae.formats import (
-  GS2_PARAMS,
-  NPZ_NAME,
-  SAELENS_CFG,
-  SAELENS_HOOK,
-  SAEFormatError,
-  SAELensConfig,
-  SAENotFoundError,
-  Sharding,
-  leaf_sharding,
-  list_names,
-  read_checked,
-  read_gemma_scope2_config,
-  read_saelens_cfg,
-  save_gemma_scope2,
-  save_params_npz,
-  save_saelens,
-)
+from sae.formats import (GS2_PARAMS, NPZ_NAME, SAELENS_CFG, SAELENS_HOOK, SAEFormatError,
+                         SAELensConfig, SAENotFoundError, Sharding, leaf_sharding, list_names,
+                         read_checked, read_gemma_scope2_config, read_saelens_cfg,
+                         save_gemma_scope2, save_params_npz, save_saelens)
 from sae.jumprelu import PARAM_NAMES, JumpReLUParams, unstack
 from sae.releases import width_name, width_size
 

@@ -11,13 +11,8 @@ import pytest
 spm = pytest.importorskip("sentencepiece")
 
 from xling_jax.data import toy_tokenizer as toy_lib
-from xling_jax.data.tokenizer import (
-  EncodedBatch,
-  Tokenizer,
-  TokenizerError,
-  TruncationWarning,
-  bucket_length,
-)
+from xling_jax.data.tokenizer import (EncodedBatch, Tokenizer, TokenizerError, TruncationWarning,
+                                      bucket_length)
 
 # Real sentences, grouped by script (Devanagari holds Hindi and Marathi, Latin several languages).
 SENTENCES = {

@@ -10,15 +10,8 @@ import pytest
 import safetensors.numpy
 
 from lora import lora as lora_lib, peft_io
-from tests.helpers import (
-  assert_peft_matches_ours,
-  hf_base,
-  hf_logits,
-  our_logits,
-  peft_batch,
-  random_adapter,
-  rel_err,
-)
+from tests.helpers import (assert_peft_matches_ours, hf_base, hf_logits, our_logits, peft_batch,
+                           random_adapter, rel_err)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

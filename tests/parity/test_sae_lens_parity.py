@@ -14,10 +14,7 @@ from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig  # noqa: E402
 from sae_lens.evals import ExplainedVarianceCalculator  # noqa: E402
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
 
-from sae import (
-  formats,  # noqa: E402
-  jumprelu as jr,  # noqa: E402
-)
+from sae import formats, jumprelu as jr  # noqa: E402
 
 D, W, LAYER = 64, 256, 3
 TOL = dict(rtol=1e-5, atol=1e-5)
