@@ -314,3 +314,20 @@ def test_full_size_presets_hold_exactly_transformers_parameters(name):
   out = jax.eval_shape(lambda p, t: model_lib.forward(p, config, t), params,
                        jax.ShapeDtypeStruct((2, 32), jnp.int32))
   assert out.residuals.shape == (config.n_layers, 2, 32, config.d_model)
+
+
+def test_packed_scoring_equals_independent_sequences():
+  """Scoring packs several continuations behind one context (positions restart, a pair mask);
+  on the dense toy that goes through the per-layer embeddings and the shared K/V as well."""
+  from xling_jax.evaluation import scoring
+  config = presets.toy_gemma4()
+  params = model_lib.init_params(config, jax.random.PRNGKey(5), scale=0.1)
+  items = [scoring.EncodedItem(tuple(range(2, 16)), ((30, 31, 32), (40,), (50,) * 9)),
+           scoring.EncodedItem((2, 5, 6), ((7,) * 11, (8, 9)))]
+  got = scoring.score(params, config, items, batch_size=2).loglikelihoods
+  for item, lls in zip(items, got):
+    for cont, ll in zip(item.continuations, lls):
+      seq = jnp.asarray([list(item.context) + list(cont)])
+      logp = jax.nn.log_softmax(model_lib.jit_forward(params, config, seq).logits[0], axis=-1)
+      want = sum(float(logp[len(item.context) - 1 + j, t]) for j, t in enumerate(cont))
+      assert abs(ll - want) < 1e-4, (ll, want)
