@@ -331,3 +331,76 @@ def test_packed_scoring_equals_independent_sequences():
       logp = jax.nn.log_softmax(model_lib.jit_forward(params, config, seq).logits[0], axis=-1)
       want = sum(float(logp[len(item.context) - 1 + j, t]) for j, t in enumerate(cont))
       assert abs(ll - want) < 1e-4, (ll, want)
+
+
+# ---- other formats -------------------------------------------------------------------------
+
+def test_our_own_format_round_trips(tmp_path):
+  config = presets.toy_gemma4()
+  params = model_lib.init_params(config, jax.random.PRNGKey(6))
+  checkpoints.save_params(tmp_path / "ours", params, config)
+  back, back_config = checkpoints.load_params(tmp_path / "ours")
+  assert back_config == config
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), back, params))
+  stored = json.loads((tmp_path / "ours" / "xling_config.json").read_text())
+  assert stored["attention_kinds"][1]["k_eq_v"] and stored["norm_offset"] == 0.0
+
+
+def test_unsupported_gemma4_formats_are_one_line_errors(tmp_path):
+  """GGUF and the gemma library's Kaggle/orbax layout of Gemma 4 are refused by name."""
+  from xling_jax.runtime.errors import CheckpointError
+  gguf = pytest.importorskip("gguf")
+  writer = gguf.GGUFWriter(str(tmp_path / "g4.gguf"), "gemma4")
+  writer.add_block_count(2)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  with pytest.raises(CheckpointError, match="a Gemma 4 GGUF \\(architecture 'gemma4'\\) is not "
+                                            "supported") as e:
+    checkpoints.load_params(tmp_path / "g4.gguf")
+  assert "\n" not in str(e.value)
+
+  import orbax.checkpoint as ocp
+  tree = {"transformer/embedder": {"input_embedding": np.zeros((8, 4), np.float32)},
+          "transformer/layer_0": {"skip_scale": np.ones((1,), np.float32)}}
+  with ocp.PyTreeCheckpointer() as ckptr:
+    ckptr.save((tmp_path / "kaggle").absolute(), tree)
+  with pytest.raises(CheckpointError, match="a Gemma 4 Kaggle/orbax checkpoint") as e:
+    checkpoints.load_params(tmp_path / "kaggle")
+  assert "\n" not in str(e.value)
+
+  toy = presets.toy()
+  checkpoints.save_kaggle(tmp_path / "gemma2", model_lib.init_params(toy, jax.random.PRNGKey(0)),
+                          toy)
+  with pytest.raises(CheckpointError, match="kaggle checkpoints of gemma4 are not supported"):
+    checkpoints.load_params(tmp_path / "gemma2", presets.toy_gemma4())
+  with pytest.raises(ValueError, match="save_kaggle writes Gemma 2 and Gemma 3, not gemma4"):
+    config = presets.toy_gemma4()
+    checkpoints.save_kaggle(tmp_path / "no", model_lib.init_params(config, jax.random.PRNGKey(0)),
+                            config)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_gradients_through_the_layer_groups_do_not_depend_on_remat(remat):
+  """Autodiff through the group switch and the carried K/V (LoRA's backward pass), with and
+  without rematerialisation."""
+  from lora import lora as lora_lib
+  config = presets.toy_gemma4()
+  params = model_lib.init_params(config, jax.random.PRNGKey(0), scale=0.1)
+  adapter = lora_lib.init_adapter(config, lora_lib.LoraConfig(rank=2, modules=("k", "v", "o")))
+  adapter["layers"] = jax.tree.map(lambda a: a + 0.01, adapter["layers"])
+  tokens, mask = (jnp.asarray(a) for a in _batch(_vocab(config), seq=12))
+
+  def loss(layers, remat):
+    hook = lora_lib.project_hook({**adapter, "layers": layers})
+    out = model_lib.forward(params, config, tokens, mask, hook=hook, remat=remat)
+    return jnp.sum(out.logits ** 2 * mask[..., None])
+
+  want = jax.grad(loss)(adapter["layers"], False)
+  got = jax.grad(loss)(adapter["layers"], remat)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert _rel_err(a, b) < 1e-5
+  # Layer 4 stores the K/V the shared local layer reads: gradients reach its k and v.
+  assert float(jnp.abs(want["k"]["b"][4]).max()) > 0 and float(jnp.abs(want["v"]["b"][4]).max()) > 0
