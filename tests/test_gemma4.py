@@ -404,3 +404,17 @@ def test_gradients_through_the_layer_groups_do_not_depend_on_remat(remat):
     assert _rel_err(a, b) < 1e-5
   # Layer 4 stores the K/V the shared local layer reads: gradients reach its k and v.
   assert float(jnp.abs(want["k"]["b"][4]).max()) > 0 and float(jnp.abs(want["v"]["b"][4]).max()) > 0
+
+
+def test_ids_past_the_per_layer_table_read_its_first_row():
+  """The gemma library's rule for ids the (smaller) per-layer table lacks; HF fails on them."""
+  config = presets.toy_gemma4()
+  params = model_lib.init_params(config, jax.random.PRNGKey(0))
+  assert config.ple_vocab_size < config.vocab_size
+  tokens = jnp.asarray([[2, 7, config.ple_vocab_size + 5]])
+  got = model_lib.per_layer_input(params, config, tokens, model_lib.embed(params, config, tokens),
+                                  jnp.asarray(3), params["ple_model_proj"][3])
+  zero = model_lib.per_layer_input(params, config, tokens.at[0, 2].set(0),
+                                   model_lib.embed(params, config, tokens), jnp.asarray(3),
+                                   params["ple_model_proj"][3])
+  np.testing.assert_array_equal(got, zero)

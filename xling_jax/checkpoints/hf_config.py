@@ -15,7 +15,7 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
     if not isinstance(hf.get("text_config"), dict):
       raise ValueError(f"a multimodal {model_type} config.json without a text_config (no "
                        "language model to load)")
-    hf = {**hf["text_config"], "model_type": _MULTIMODAL[model_type]}
+    hf = {"model_type": _MULTIMODAL[model_type], **hf["text_config"]}
     model_type = hf["model_type"]
   if model_type in ("gemma4_text", "gemma4_unified_text"):
     return _gemma4_from_hf(hf, model_type == "gemma4_unified_text", overrides)

@@ -220,11 +220,11 @@ class ModelConfig:
     for key in dict.fromkeys(keys):
       layers = tuple(i for i in range(self.n_layers) if keys[i] == key)
       head_dim, kv_heads, own_kv, has_v, mlp_hidden = shapes[layers[0]]
-      slot = None
-      if slots:
-        producers = {self.kv_source(i) for i in layers if self.is_kv_shared(i)} | {
-            i for i in layers if i in slots}
-        slot = slots.index(producers.pop()) if producers else None
+      # The K/V this group reads (shared layers) or stores (the producer among its layers);
+      # groups are per (kind, shared) whenever K/V is shared, so there is at most one.
+      producers = {self.kv_source(i) for i in layers if self.is_kv_shared(i)} | {
+          i for i in layers if i in slots}
+      slot = slots.index(producers.pop()) if producers else None
       groups.append(LayerGroup(self._group_name(key), tuple(dict.fromkeys(
           self.layer_kinds[i] for i in layers)), layers, head_dim, kv_heads, own_kv, has_v,
           mlp_hidden, slot))

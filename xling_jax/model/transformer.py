@@ -282,9 +282,12 @@ def per_layer_input(params: Params, config: ModelConfig, tokens: jax.Array, x: j
                     layer: jax.Array, model_proj: jax.Array) -> jax.Array:
   """Gemma 4's per-layer input of block `layer` [B, T, P]: the token's row of the per-layer
   table times sqrt(P), plus the RMS-normed projection of the embeddings x [B, T, D]
-  (`model_proj` [D, P], that layer's slice, times D ** -0.5), both times 2 ** -0.5."""
+  (`model_proj` [D, P], that layer's slice, times D ** -0.5), both times 2 ** -0.5. Ids past
+  the table (when it is smaller than the vocabulary) read row 0, as the gemma library does
+  (HF fails on them)."""
   c = config
   table = params["ple_embed"]
+  tokens = jnp.where(tokens < table.shape[0], tokens, 0)
   tok = table[tokens, layer] * jnp.asarray(c.ple_dim ** 0.5, table.dtype)
   proj = jnp.einsum("btd,dp->btp", x, model_proj.astype(x.dtype))
   proj = proj * jnp.asarray(c.d_model ** -0.5, x.dtype)
