@@ -261,14 +261,6 @@ def stack_shape(p: Param, config: ModelConfig, layers: tuple[int, ...]) -> tuple
   return (len(layers), *shape_of(p.axes, config, layers[0]))
 
 
-def locate(p: Param, config: ModelConfig, layer: int) -> tuple[tuple[str, ...], int]:
-  """(path of the stack holding layer `layer`'s `p`, its index there)."""
-  for path, layers in stacks(p, config):
-    if layer in layers:
-      return path, layers.index(layer)
-  raise KeyError(f"layer {layer} has no {p.name}")
-
-
 def get_path(tree: Any, path: tuple[str, ...]) -> Any:
   for key in path:
     tree = tree[key]
