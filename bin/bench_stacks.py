@@ -32,7 +32,7 @@ class OurStack:
     @jax.jit
     def token_logprobs(p, t, m):
       x = model_lib.embed(p, config, t)
-      hidden, _ = model_lib.scan_blocks(p, config, x, m)
+      hidden, _ = model_lib.scan_blocks(p, config, x, m, tokens=t)
       return model_lib.target_logprobs(p, config, hidden[:, :-1], t[:, 1:]) * m[:, 1:]
 
     self.scoring = lambda: token_logprobs(params, tokens, mask).block_until_ready()

@@ -199,7 +199,7 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
   place = lambda batch: batch
   if mesh is not None:
     from xling_jax.runtime import sharding as sharding_lib
-    n_data = mesh.shape[sharding_lib.DATA]
+    n_data = sharding_lib.data_shards(mesh)
     if tc.batch_size % n_data:
       raise ValueError(f"batch_size {tc.batch_size} must be a multiple of the mesh's data axis "
                        f"({n_data}) to split batches over devices")

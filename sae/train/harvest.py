@@ -49,7 +49,8 @@ def layer_residuals(params, config, tokens: jax.Array, mask: jax.Array,
                     layers: tuple[int, ...]) -> jax.Array:
   """tokens, mask [S, T] -> the raw outputs of blocks `layers` [len(layers), S, T, d]."""
   x = model_lib.embed(params, config, tokens)
-  _, residuals = model_lib.scan_blocks(params, config, x, mask, observe=lambda resid, _: resid)
+  _, residuals = model_lib.scan_blocks(params, config, x, mask, observe=lambda resid, _: resid,
+                                       tokens=tokens)
   return residuals[jnp.asarray(layers)]
 
 

@@ -125,6 +125,41 @@ def test_attention_gemma3_layers(impl, window, heads):
   _check(attention_seam.attention(q, k, v, mask, None, impl=impl, **TILES), q, k, v, mask, None)
 
 
+@pytest.mark.parametrize("impl", FUSED)
+@pytest.mark.parametrize("window", [8, None], ids=["local8", "global"])
+def test_attention_gemma4_wide_global_heads_with_k_equal_v(impl, window):
+  """Gemma 4's global layers: heads twice as wide (32 here, 512 at full size), one KV head for
+  four queries, scale 1 (q and k RMS-normed), values the scale-free-normed raw keys (K = V)."""
+  rng = np.random.default_rng(5)
+  norm = lambda x: x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+  q = jnp.asarray(norm(rng.standard_normal((2, 40, 1, 4, 32))) * 1.3, jnp.float32)
+  k_raw = rng.standard_normal((2, 40, 1, 32))
+  k, v = jnp.asarray(norm(k_raw) * 0.9, jnp.float32), jnp.asarray(norm(k_raw), jnp.float32)
+  mask = _lm_mask(_padded((40, 27), 40, left=(1,)), window)
+  _check(attention_seam.attention(q, k, v, mask, None, impl=impl, **TILES), q, k, v, mask, None)
+
+
+@pytest.mark.parametrize("impl", FUSED)
+def test_gemma4_forward_through_fused_attention(impl, use_impl):
+  """Every layer group of the dense Gemma 4 toy (16- and 32-wide heads, shared K/V) through a
+  fused kernel equals the reference forward."""
+  config = presets.toy_gemma4()
+  params = model_lib.init_params(config, jax.random.PRNGKey(0), scale=0.1)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(3, 384, (2, 20)))
+  mask = jnp.asarray(_padded((20, 13), 20, left=(1,)))
+  want = model_lib.forward(params, config, tokens, mask)
+  use_impl("attention", impl)
+  got = model_lib.forward(params, config, tokens, mask)
+  real = np.asarray(mask, bool)
+  np.testing.assert_allclose(np.asarray(got.residuals)[:, real], np.asarray(want.residuals)[:, real],
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_fused_kernels_say_which_gemma4_heads_they_take():
+  assert attention_mosaic.supports(512) and attention_mosaic.supports(256)
+  assert attention_triton.supports(256) and not attention_triton.supports(512)
+
+
 def _packed_mask(window):
   """The mask packed scoring builds: one item per row, positions restarting per choice, each
   choice seeing the context and itself (`scoring.packed_logprobs`); row 2 is batch padding."""
@@ -305,6 +340,17 @@ def test_attention_lowers_at_gemma_shapes(platform, kernel, preset):
   mask = jax.ShapeDtypeStruct((B, 1, 1, T, T), jnp.bool_)
   _lowers_for(platform, lambda q, k, v, m: kernel.attention(q, k, v, m, c.attn_logit_softcap),
               q, kv, kv, mask)
+
+
+def test_attention_lowers_at_gemma4_global_shape_for_tpu():
+  c = presets.gemma4_31b()
+  B, T, K, H = 2, 256, c.kind_kv_heads(1), c.kind_head_dim(1)
+  assert (K, H) == (4, 512) and c.attention_kinds[1].window is None
+  q = jax.ShapeDtypeStruct((B, T, K, c.n_heads // K, H), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((B, T, K, H), jnp.bfloat16)
+  mask = jax.ShapeDtypeStruct((B, 1, 1, T, T), jnp.bool_)
+  _lowers_for("tpu", lambda q, k, v, m: attention_mosaic.attention(q, k, v, m, None), q, kv, kv,
+              mask)
 
 
 @pytest.mark.parametrize("platform,kernel", [("cuda", sae_triton), ("tpu", sae_mosaic)])

@@ -87,3 +87,65 @@ def test_lora_training_split_over_8_devices_matches_one_device():
   for got, want in zip(out["mesh"], out["single"]):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
   assert any(np.abs(b).max() > 0 for b in out["single"][1::2])  # B moved: training happened
+
+
+_GEMMA4_SCRIPT = r"""
+import json
+import jax
+jax.config.update("jax_default_matmul_precision", "highest")
+import jax.numpy as jnp
+import numpy as np
+from xling_jax.model import presets, transformer
+from xling_jax.runtime import batching, sharding
+assert len(jax.devices()) == 8
+out = {}
+forward = jax.jit(transformer.forward, static_argnums=1)
+for name in ("toy_gemma4_moe", "toy_gemma4"):
+  config = presets.preset(name)
+  params = transformer.init_params(config, jax.random.PRNGKey(0), scale=0.1)
+  tokens = np.random.default_rng(0).integers(3, 384, (8, 12))
+  mask = np.ones((8, 12), np.int32); mask[1, :4] = 0; mask[2, 9:] = 0
+  single = forward(params, config, jnp.asarray(tokens), jnp.asarray(mask))
+  mesh = sharding.make_mesh((2, 2, 2))
+  assert batching.batch_rows(3, 10, mesh) == 4  # rows split over data x expert
+  place = batching.placer(mesh)
+  for mode in sharding.PARAM_MODES:
+    placed = sharding.shard_params(params, mesh, mode)
+    got = forward(placed, config, place(tokens), place(mask))
+    real = mask.astype(bool)
+    rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    out[f"{name}/{mode}"] = max(
+        rel(np.asarray(got.logits)[real], np.asarray(single.logits)[real]),
+        rel(np.asarray(got.residuals)[:, real], np.asarray(single.residuals)[:, real]))
+    if "moe" in name:
+      out[f"{mode}_expert_spec"] = str(placed["layers"]["expert_gate"].sharding.spec)
+    else:
+      out[f"{mode}_group_spec"] = str(placed["groups"]["global"]["q"].sharding.spec)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_gemma4_experts_split_over_the_expert_axis_match_one_device():
+  """Gemma 4 on a (data 2, model 2, expert 2) mesh of 8 fake CPU devices: the MoE toy's
+  experts split over `expert` in every mode (with heads / widths over `model`), the dense toy's
+  per-group stacks sharded like the uniform ones; every layer and the logits equal one device."""
+  out = run_on_fake_devices(_GEMMA4_SCRIPT)
+  for mode in sharding.PARAM_MODES:
+    assert "expert" in out[f"{mode}_expert_spec"]
+    for name in ("toy_gemma4_moe", "toy_gemma4"):
+      assert out[f"{name}/{mode}"] < 1e-5, (name, mode, out[f"{name}/{mode}"])
+  assert "model" in out["tensor_expert_spec"] and "model" in out["fsdp_expert_spec"]
+  assert "model" in out["tensor_group_spec"] and "model" in out["fsdp_group_spec"]
+
+
+def test_mesh_with_an_expert_axis():
+  import jax
+  mesh = sharding.make_mesh((1, 1), devices=jax.devices()[:1])
+  assert mesh.axis_names == (sharding.DATA, sharding.MODEL, sharding.EXPERT)
+  assert sharding.data_shards(mesh) == 1
+  from xling_jax.model import presets
+  specs = sharding.config_param_shardings(presets.toy_gemma4_moe(), mesh, "fsdp")
+  assert specs["layers"]["expert_up"].spec == sharding.P()  # one device: nothing to split
+  with pytest.raises(ValueError, match="expected \\(data, model\\)"):
+    sharding.make_mesh((1,), devices=jax.devices()[:1])

@@ -65,7 +65,7 @@ def batch_stats(params, config: ModelConfig, saes, tokens: jax.Array, mask: jax.
   if fused and layers in (None, tuple(range(config.n_layers))):
     x = model_lib.embed(params, config, tokens)
     _, out = model_lib.scan_blocks(
-        params, config, x, mask, hook=hook,
+        params, config, x, mask, hook=hook, tokens=tokens,
         observe=lambda resid, sae_l: layer_row_sums(resid, sae_l, weights), observe_xs=saes)
   else:
     residuals = model_lib.forward(params, config, tokens, mask, return_logits=False,

