@@ -14,18 +14,18 @@ from pathlib import Path
 
 from absl import app, flags
 
-from bin import common
+from bin import cli, shared_flags
 from xling_jax.data.languages import LOW_RESOURCE
 
 FLAGS = flags.FLAGS
-common.define_platform_flags()
-common.define_model_flags()
-common.define_sae_flags()
-common.define_langs_flag()
-common.define_corpus_flags(max_len=None)
-common.define_batch_flag(16, "sentences, padded with empty rows")
-common.define_output_flags("analysis_out")
-flags.adopt_module_key_flags(common)  # --help lists the shared flags too
+shared_flags.define_platform_flags()
+shared_flags.define_model_flags()
+shared_flags.define_sae_flags()
+shared_flags.define_langs_flag()
+shared_flags.define_corpus_flags(max_len=None)
+shared_flags.define_batch_flag(16, "sentences, padded with empty rows")
+shared_flags.define_output_flags("analysis_out")
+flags.adopt_module_key_flags(shared_flags)  # --help lists the shared flags too
 flags.DEFINE_string("ref_lang", "en", "Reference language the gaps are measured against; one of "
                     "--langs.")
 flags.DEFINE_string("bands", None,
@@ -55,31 +55,26 @@ def check_flags() -> tuple[tuple[str, ...], dict | None, Path]:
     bands = disparity.parse_bands(FLAGS.bands) if FLAGS.bands else None
   except ValueError as e:
     raise app.UsageError(f"--bands={FLAGS.bands}: {e}") from None
-  return langs, bands, common.check_out()
+  return langs, bands, cli.check_out()
 
 
 def main(argv):
   langs, bands, out = check_flags()
-  devices = common.setup_platform()
+  devices = shared_flags.setup_platform()
   start = time.perf_counter()
 
   from xling_jax.analysis import run as analysis
-  from xling_jax.runtime import batching
   from xling_jax.data import corpora
-  from xling_jax.model import presets
+  from xling_jax.runtime import batching
 
   corpus = corpora.load_corpus(FLAGS.corpus, langs, FLAGS.max_sentences)
-  setup = common.load_model()
+  setup = shared_flags.load_model()
   config = setup.config
-  layers = tuple(sorted(set(common.parse_layers(FLAGS.layers, config.n_layers, "layers"))))
-  neuronpedia = (f"gemmascope-res-{FLAGS.sae_width}" if FLAGS.sae_dir not in (None, "random")
-                 and config == presets.gemma2_2b(param_dtype=config.param_dtype,
-                                                    compute_dtype=config.compute_dtype)
-                 and FLAGS.sae_width == "16k" else None)
+  layers = tuple(sorted(set(cli.parse_layers(FLAGS.layers, config.n_layers, "layers"))))
   settings = analysis.AnalysisConfig(
       ref_lang=FLAGS.ref_lang, layers=layers, bands=bands, low_resource=tuple(FLAGS.low_resource),
       bootstrap=FLAGS.bootstrap, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size,
-      bucket=FLAGS.bucket, max_len=FLAGS.max_len, seed=FLAGS.seed, neuronpedia=neuronpedia)
+      bucket=FLAGS.bucket, max_len=FLAGS.max_len, seed=FLAGS.seed)
   try:
     analysis.check(settings, config.n_layers, corpus.languages)
   except ValueError as e:
@@ -89,7 +84,7 @@ def main(argv):
   if batch_size < FLAGS.batch_size:
     print(f"--batch_size={FLAGS.batch_size} is more than the corpus's {corpus.n_sentences} "
           f"sentences: batches of {batch_size}", file=sys.stderr)
-  saes = common.load_saes(setup, layers, corpus.sentences[langs[0]][:16])
+  saes = shared_flags.load_saes(setup, layers, corpus.sentences[langs[0]][:16])
   if setup.is_toy:
     from xling_jax.model import presets
     print(presets.toy_note(config), file=sys.stderr)
@@ -97,7 +92,7 @@ def main(argv):
         f"{len(langs)} languages); SAEs: {saes.description}", file=sys.stderr)
 
   result = analysis.analyze(setup, saes, corpus, settings, show_progress=FLAGS.progress,
-                            run_config=common.resolved_flags())
+                            run_config=cli.resolved_flags())
   for warning in result.warnings():
     print(warning, file=sys.stderr)
   paths = result.write(out)
@@ -107,4 +102,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -17,15 +17,12 @@ differ). Inputs are random in --dtype; only shapes matter for speed.
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 from absl import flags
 
-from bin import common
+from bin import cli, shared_flags, timing
 
 FLAGS = flags.FLAGS
-common.define_platform_flags()
+shared_flags.define_platform_flags()
 flags.DEFINE_list("presets", ["gemma2_2b", "gemma3_1b", "gemma3_4b"], "Model shapes (presets).")
 flags.DEFINE_list("attention_shapes", ["32x256", "4x4096"], "Attention batch x sequence.")
 flags.DEFINE_list("attention_blocks", None,
@@ -52,16 +49,12 @@ _EXTRA_BLOCKS = {"pallas_triton": (["64x32"], ["128x128x64", "64x256x32"]),
 
 
 def _median_ms(calls: dict, warmup: int, repeats: int) -> dict[str, float]:
-  """{name: (jitted fn, args)} -> {name: median milliseconds}."""
+  """{name: (jitted fn, args)} -> {name: median milliseconds} (`timing.median_seconds`)."""
   import jax
-  times = {name: [] for name in calls}
-  for round_ in range(warmup + repeats):
-    for name, (fn, args) in calls.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      if round_ >= warmup:
-        times[name].append(1e3 * (time.perf_counter() - start))
-  return {name: statistics.median(t) for name, t in times.items()}
+  blocking = {name: (lambda fn=fn, args=args: jax.block_until_ready(fn(*args)))
+              for name, (fn, args) in calls.items()}
+  seconds = timing.median_seconds(blocking, repeats=repeats, warmup=warmup)
+  return {name: 1e3 * s for name, s in seconds.items()}
 
 
 def _blocks(spec: list[str] | None, extra: list[str], names: tuple[str, ...]) -> list[dict]:
@@ -96,12 +89,12 @@ def _attention_inputs(config, batch: int, seq: int, window, packed: bool, dtype,
   return q, k, v, mask
 
 
-def attention_rows(preset: str, fused: str, dtype: str, timing: dict) -> list[dict]:
+def attention_rows(preset: str, fused: str, dtype: str, rounds: dict) -> list[dict]:
   import jax
   import jax.numpy as jnp
 
-  from xling_jax.model import presets
   from xling_jax.kernels import attention as seam
+  from xling_jax.model import presets
 
   config = presets.preset(preset)
   cap = config.attn_logit_softcap
@@ -133,7 +126,7 @@ def attention_rows(preset: str, fused: str, dtype: str, timing: dict) -> list[di
         for pass_name, make in passes.items():
           calls = {name: (make(impl, tiles), (q, k, v, mask))
                    for name, (impl, tiles) in variants.items()}
-          ms = _median_ms(calls, **timing)
+          ms = _median_ms(calls, **rounds)
           for name, (impl, tiles) in variants.items():
             row = {"kernel": "attention", "preset": preset, "shape": shape,
                    "kind": f"window {kind.window}" if kind.window else "global",
@@ -146,13 +139,13 @@ def attention_rows(preset: str, fused: str, dtype: str, timing: dict) -> list[di
   return rows
 
 
-def sae_rows(preset: str, fused: str, dtype: str, timing: dict) -> list[dict]:
+def sae_rows(preset: str, fused: str, dtype: str, rounds: dict) -> list[dict]:
   import jax
   import jax.numpy as jnp
 
   from sae import jumprelu
-  from xling_jax.model import presets
   from xling_jax.kernels import sae_stats as seam
+  from xling_jax.model import presets
 
   d = presets.preset(preset).d_model
   names = ("block_t", "block_w", "block_d") if fused == "pallas_triton" else ("block_t", "block_w")
@@ -165,7 +158,7 @@ def sae_rows(preset: str, fused: str, dtype: str, timing: dict) -> list[dict]:
   calls = {name: (jax.jit(lambda x, p, w, impl=impl, tiles=tiles: seam.sae_stats(
       x, p.W_enc, p.b_enc, p.threshold, w, impl=impl, **tiles)), (x, params, weights))
       for name, (impl, tiles) in variants.items()}
-  ms = _median_ms(calls, **timing)
+  ms = _median_ms(calls, **rounds)
   mass_ref, fired_ref = calls["reference"][0](x, params, weights)
   rows = []
   for name, (impl, tiles) in variants.items():
@@ -200,7 +193,7 @@ def main(argv):
   from xling_jax.runtime import io
   if FLAGS.json:
     io.check_output_file(FLAGS.json, "--json")
-  devices = common.setup_platform()
+  devices = shared_flags.setup_platform()
   import jax
 
   from xling_jax.kernels import select
@@ -208,11 +201,11 @@ def main(argv):
   if fused is None:
     raise ValueError(f"no fused kernel is written for {devices}: run on a GPU or TPU "
                      "(--platform), or name one with --fused")
-  timing = dict(warmup=FLAGS.warmup, repeats=FLAGS.repeats)
+  rounds = dict(warmup=FLAGS.warmup, repeats=FLAGS.repeats)
   rows = []
   for preset in FLAGS.presets:
-    rows += attention_rows(preset, fused, FLAGS.dtype, timing)
-    rows += sae_rows(preset, fused, FLAGS.dtype, timing)
+    rows += attention_rows(preset, fused, FLAGS.dtype, rounds)
+    rows += sae_rows(preset, fused, FLAGS.dtype, rounds)
     print(format_rows([r for r in rows if r["preset"] == preset]), flush=True)
   if FLAGS.json:
     io.write_json(FLAGS.json, {"devices": devices, "jax": jax.__version__,
@@ -220,4 +213,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -11,12 +11,9 @@ Weights are random (`jumprelu.random_params`); only shapes matter for speed. Gem
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 from absl import flags
 
-from bin import common
+from bin import cli, timing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("d_in", 2304, "Residual width d (Gemma-2-2B: 2304).", lower_bound=1)
@@ -32,19 +29,6 @@ flags.DEFINE_integer("seed", 0, "Seed for the random weights and inputs.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 
 
-def median_seconds(calls: dict, warmup: int, repeats: int) -> dict[str, float]:
-  """{name: (jitted fn, args)} -> {name: median wall seconds} after `warmup` untimed calls.
-  Calls are interleaved round by round, so load from other processes hits each alike."""
-  times = {name: [] for name in calls}
-  for round_ in range(warmup + repeats):
-    for name, (fn, args) in calls.items():
-      start = time.perf_counter()
-      fn(*args).block_until_ready()
-      if round_ >= warmup:
-        times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
 def run(d_in: int, d_sae: int, tokens: int, layers: int, dtype: str, warmup: int, repeats: int,
         seed: int) -> dict:
   import jax
@@ -56,13 +40,15 @@ def run(d_in: int, d_sae: int, tokens: int, layers: int, dtype: str, warmup: int
   stacked = jumprelu.random_params(k_params, d_in, d_sae, n_layers=layers, dtype=dtype)
   xs = jax.random.normal(k_x, (layers, tokens, d_in), jnp.float32).astype(dtype)
   one, x = jumprelu.unstack(stacked)[0], xs[0]
-  timing = dict(warmup=warmup, repeats=repeats)
+  rounds = dict(warmup=warmup, repeats=repeats)
+  blocking = lambda fn, *args: lambda: fn(*args).block_until_ready()
 
-  one_layer = median_seconds({"matmul": (jax.jit(lambda p, x: x @ p.W_enc), (one, x)),
-                              "encode": (jax.jit(jumprelu.encode), (one, x))}, **timing)
+  matmul, encode = jax.jit(lambda p, x: x @ p.W_enc), jax.jit(jumprelu.encode)
+  one_layer = timing.median_seconds({"matmul": blocking(matmul, one, x),
+                                     "encode": blocking(encode, one, x)}, **rounds)
   matmul_s, encode_s = one_layer["matmul"], one_layer["encode"]
-  stacked_s = median_seconds({"stacked": (jax.jit(jumprelu.encode_stacked), (stacked, xs))},
-                             **timing)["stacked"]
+  stacked_s = timing.median_seconds(
+      {"stacked": blocking(jax.jit(jumprelu.encode_stacked), stacked, xs)}, **rounds)["stacked"]
   return {
       "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
       "d_in": d_in, "d_sae": d_sae, "tokens": tokens, "layers": layers, "dtype": dtype,
@@ -92,8 +78,8 @@ def main(argv):
   del argv
   measure = lambda: run(FLAGS.d_in, FLAGS.d_sae, FLAGS.tokens, FLAGS.layers, FLAGS.dtype,
                         FLAGS.warmup, FLAGS.repeats, FLAGS.seed)
-  common.report_benchmark(measure, format_table, FLAGS.json)
+  timing.report_benchmark(measure, format_table, FLAGS.json)
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

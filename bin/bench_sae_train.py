@@ -17,12 +17,9 @@ width 4096, 4096 tokens per batch.
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 from absl import flags
 
-from bin import common
+from bin import cli, timing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("d_in", 640, "Residual width d (Gemma 3 270M: 640).")
@@ -34,6 +31,8 @@ flags.DEFINE_integer("repeats", 5, "Timed steps per implementation; the median i
 flags.DEFINE_integer("seed", 0, "Seed for the batches.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 
+# Let a finished call's worker threads go idle (OpenMP spins ~200 ms after a parallel region), so
+# they do not steal the cores the next implementation is timed on.
 _SETTLE_S = 0.5
 
 
@@ -103,17 +102,7 @@ def run(d_in: int, width: int, batch_size: int, layers: int, warmup: int, repeat
   calls = {"ours": _ours(config, batches, 1), "saelens": _saelens(config, batches)}
   if layers > 1:
     calls[f"ours_{layers}_layers"] = _ours(config, batches, layers)
-  times = {name: [] for name in calls}
-  for round_ in range(warmup + repeats):
-    for name, call in calls.items():
-      start = time.perf_counter()
-      call()
-      if round_ >= warmup:
-        times[name].append(time.perf_counter() - start)
-      # Let the finished call's worker threads go idle (OpenMP spins ~200 ms after a parallel
-      # region), so they do not steal the cores the next implementation is timed on.
-      time.sleep(_SETTLE_S)
-  seconds = {name: statistics.median(t) for name, t in times.items()}
+  seconds = timing.median_seconds(calls, repeats=repeats, warmup=warmup, settle_s=_SETTLE_S)
   result = {
       "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
       "torch_threads": torch.get_num_threads(), "d_in": d_in, "width": width,
@@ -147,8 +136,8 @@ def main(argv):
   del argv
   measure = lambda: run(FLAGS.d_in, FLAGS.width, FLAGS.batch_size, FLAGS.layers,
                         FLAGS.warmup, FLAGS.repeats, FLAGS.seed)
-  common.report_benchmark(measure, format_table, FLAGS.json)
+  timing.report_benchmark(measure, format_table, FLAGS.json)
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -19,15 +19,15 @@ import time
 
 from absl import flags
 
-from bin import common
+from bin import cli, shared_flags
 
 FLAGS = flags.FLAGS
-common.define_platform_flags()
-common.define_model_flags()
-common.define_langs_flag()
-common.define_batch_flag(8, "items, one packed row per item")
-common.define_output_flags("eval_out")
-flags.adopt_module_key_flags(common)  # --help lists the shared flags too
+shared_flags.define_platform_flags()
+shared_flags.define_model_flags()
+shared_flags.define_langs_flag()
+shared_flags.define_batch_flag(8, "items, one packed row per item")
+shared_flags.define_output_flags("eval_out")
+flags.adopt_module_key_flags(shared_flags)  # --help lists the shared flags too
 flags.DEFINE_list("tasks", ["arc", "mmlu", "hellaswag"], "Tasks: any of arc, mmlu, hellaswag.")
 flags.DEFINE_enum("source", "dir", ["dir", "hf"],
                   "Where items come from: dir = --data_dir; hf = the HF hub (allenai/ai2_arc, "
@@ -76,7 +76,7 @@ def main(argv):
   from xling_jax.evaluation import run as evaluation
   from xling_jax.model import presets
   config = eval_config()
-  out = common.check_out()
+  out = cli.check_out()
   if FLAGS.lora and not Path(FLAGS.lora).is_dir():
     raise FileNotFoundError(f"--lora={FLAGS.lora}: no such directory (a PEFT adapter: "
                             "adapter_config.json + adapter_model.safetensors)")
@@ -84,8 +84,8 @@ def main(argv):
   prompts = evaluation.collect_prompts(config)  # bad data fails before the model loads
   for m in prompts.missing:
     print(f"{m['task']}/{m['lang']}: no data ({m['reason']})", file=sys.stderr)
-  devices = common.setup_platform()
-  setup = common.load_model()
+  devices = shared_flags.setup_platform()
+  setup = shared_flags.load_model()
   notes = [presets.toy_note(setup.config)] if setup.is_toy else []
   for n in notes:
     print(n, file=sys.stderr)
@@ -98,7 +98,7 @@ def main(argv):
                                progress=FLAGS.progress)
   for n in result.notes:
     print(n, file=sys.stderr)
-  run = {"flags": common.resolved_flags(), "toy": setup.is_toy, "notes": notes,
+  run = {"flags": cli.resolved_flags(), "toy": setup.is_toy, "notes": notes,
          "provenance": setup.provenance, "devices": devices,
          "seconds": round(time.perf_counter() - start, 2)}
   title = ("TOY model (random weights): " if setup.is_toy else "") + \
@@ -111,4 +111,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -25,17 +25,17 @@ import time
 
 from absl import app, flags
 
-from bin import common
+from bin import cli, shared_flags
 from lora import DEFAULT_REMAT
 
 FLAGS = flags.FLAGS
-common.define_platform_flags()
-common.define_model_flags()
-common.define_sae_flags()
-common.define_corpus_flags(max_len=128)
-common.define_batch_flag(8, "parallel lines per step, each seen in both languages")
-common.define_output_flags("finetune_out", progress=False)
-flags.adopt_module_key_flags(common)  # --help lists the shared flags too
+shared_flags.define_platform_flags()
+shared_flags.define_model_flags()
+shared_flags.define_sae_flags()
+shared_flags.define_corpus_flags(max_len=128)
+shared_flags.define_batch_flag(8, "parallel lines per step, each seen in both languages")
+shared_flags.define_output_flags("finetune_out", progress=False)
+flags.adopt_module_key_flags(shared_flags)  # --help lists the shared flags too
 flags.DEFINE_string("target_lang", "ml", "Language whose activation the adapter lifts.")
 flags.DEFINE_string("ref_lang", "en", "Reference language: the alignment target, kept unchanged.")
 flags.DEFINE_string("layers", "all", "Blocks that get LoRA: 'all' or comma-separated indices.")
@@ -121,7 +121,7 @@ def check_flags():
                          "lifts one language toward another")
   target, ref = validate_languages([FLAGS.target_lang, FLAGS.ref_lang])
   weights = _weights()
-  out = common.check_out()
+  out = cli.check_out()
   from lora import finetune
   try:
     finetune.check_start(out, FLAGS.resume)
@@ -137,7 +137,7 @@ def check_flags():
 
 def main(argv):
   target, ref, (w_align, w_retain, w_lm), out, bench, bench_prompts = check_flags()
-  devices = common.setup_platform()
+  devices = shared_flags.setup_platform()
   start = time.perf_counter()
 
   from lora import finetune, objectives, train
@@ -153,20 +153,20 @@ def main(argv):
       max_len=FLAGS.max_len, bucket=FLAGS.bucket, seed=FLAGS.seed, save_every=FLAGS.save_every,
       log_every=FLAGS.log_every)
   corpus = corpora.load_corpus(FLAGS.corpus, (target, ref), FLAGS.max_sentences)
-  setup = common.load_model()
+  setup = shared_flags.load_model()
   config = setup.config
   L = config.n_layers
-  objective_layers = (common.parse_layers(FLAGS.objective_layers, L, "objective_layers")
+  objective_layers = (cli.parse_layers(FLAGS.objective_layers, L, "objective_layers")
                       or (objectives.default_objective_layer(L),))
-  report_layers = (common.parse_layers(FLAGS.report_layers, L, "report_layers")
+  report_layers = (cli.parse_layers(FLAGS.report_layers, L, "report_layers")
                    or objective_layers)
   lora_layers = (None if FLAGS.layers == "all"
-                 else common.parse_layers(FLAGS.layers, L, "layers"))
+                 else cli.parse_layers(FLAGS.layers, L, "layers"))
   lora_config = LoraConfig(rank=FLAGS.rank, alpha=FLAGS.alpha, modules=tuple(FLAGS.modules),
                            layers=lora_layers, seed=FLAGS.seed)
   objective = objectives.ObjectiveConfig(layers=objective_layers, w_align=w_align,
                                          w_retain=w_retain, w_lm=w_lm, retain=FLAGS.retain)
-  saes = common.load_saes(setup, sorted(set(objective_layers) | set(report_layers)),
+  saes = shared_flags.load_saes(setup, sorted(set(objective_layers) | set(report_layers)),
                           corpus.sentences[ref][:16])
   if setup.is_toy:
     print(presets.toy_note(config), file=sys.stderr)
@@ -177,11 +177,11 @@ def main(argv):
       setup, saes, corpus, target, ref, out=out, lora=lora_config, objective=objective,
       train=train_config, report_layers=report_layers, resume=FLAGS.resume, remat=FLAGS.remat,
       bench=bench, bench_prompts=bench_prompts, base_model_name=FLAGS.base_model_name,
-      echo=lambda line: print(line, flush=True), run_config=common.resolved_flags())
+      echo=lambda line: print(line, flush=True), run_config=cli.resolved_flags())
   print(run.markdown())
   print(f"wrote {run.peft_dir}/, {out / 'checkpoints'}/, {out}/report.json, {out}/report.md")
   print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -12,75 +12,39 @@ row per language) and intrinsic.md.
 """
 from __future__ import annotations
 
-import csv
-import io as stdio
 import sys
 import time
 
 from absl import flags
 
-from bin import common
+from bin import cli, shared_flags
 
 FLAGS = flags.FLAGS
-common.define_platform_flags()
-common.define_model_flags()
-common.define_langs_flag()
-common.define_corpus_flags(max_len=None)
-common.define_batch_flag(8, "sentences")
-common.define_output_flags("intrinsic_out")
-flags.adopt_module_key_flags(common)  # --help lists the shared flags too
+shared_flags.define_platform_flags()
+shared_flags.define_model_flags()
+shared_flags.define_langs_flag()
+shared_flags.define_corpus_flags(max_len=None)
+shared_flags.define_batch_flag(8, "sentences")
+shared_flags.define_output_flags("intrinsic_out")
+flags.adopt_module_key_flags(shared_flags)  # --help lists the shared flags too
 flags.DEFINE_integer("bpc_sentences", None,
                      "Score only the first N sentences per language for bits per character "
                      "(the full-vocabulary log-likelihood of every token is the costly part). "
                      "Default: every sentence. 0 skips the model.", lower_bound=0)
 
-COLUMNS = ("tokens_per_sentence", "bytes_per_token", "chars_per_token", "bits_per_char",
-           "bits_per_sentence", "bits_per_token")
-
-
-def rows(record: dict) -> list[dict]:
-  """One row per language: its tokenisation cost and, where scored, its bits."""
-  out = []
-  for lang in record["languages"]:
-    row = {"language": lang, **{k: record["tokenization"][lang][k] for k in COLUMNS[:3]}}
-    bits = (record["bits"] or {}).get(lang)
-    row.update({k: bits[k] if bits else None for k in COLUMNS[3:]})
-    out.append(row)
-  return out
-
-
-def markdown(record: dict) -> str:
-  head = "| language | " + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |"
-  lines = [f"# Tokenisation cost and bits per character ({record['corpus']})", "",
-           f"Tokenisation over {record['tokenization_sentences']} sentences per language; bits "
-           f"over the first {record['bits_sentences']} (every token after BOS scored).", "",
-           head, "|" + "---|" * (len(COLUMNS) + 1)]
-  for row in rows(record):
-    cells = ["-" if row[c] is None else f"{row[c]:.3f}" for c in COLUMNS]
-    lines.append(f"| {row['language']} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
-
-
-def csv_text(record: dict) -> str:
-  buf = stdio.StringIO()
-  writer = csv.DictWriter(buf, fieldnames=["language", *COLUMNS], lineterminator="\n")
-  writer.writeheader()
-  writer.writerows(rows(record))
-  return buf.getvalue()
-
 
 def main(argv):
   from xling_jax.data.languages import validate_languages
   langs = validate_languages(FLAGS.langs)
-  out = common.check_out()
+  out = cli.check_out()
   start = time.perf_counter()
-  from xling_jax.data import corpora
   from xling_jax.analysis import intrinsic
-  from xling_jax.runtime import io
+  from xling_jax.data import corpora
   from xling_jax.model import presets
+  from xling_jax.runtime import io
   corpus = corpora.load_corpus(FLAGS.corpus, langs, FLAGS.max_sentences)
-  devices = common.setup_platform()
-  setup = common.load_model()
+  devices = shared_flags.setup_platform()
+  setup = shared_flags.load_model()
   if setup.is_toy:
     print(presets.toy_note(setup.config), file=sys.stderr)
   n_bits = corpus.n_sentences if FLAGS.bpc_sentences is None else min(FLAGS.bpc_sentences,
@@ -94,18 +58,16 @@ def main(argv):
         setup.params, setup.config, setup.tokenizer,
         {lang: corpus.sentences[lang][:n_bits] for lang in langs},
         batch_size=FLAGS.batch_size, mesh=setup.mesh, show_progress=FLAGS.progress)
-  record = {"languages": list(langs), "corpus": corpus.name, "corpus_source": corpus.source,
-            "tokenization_sentences": corpus.n_sentences, "bits_sentences": n_bits,
-            "tokenization": cost, "bits": bits, "toy": setup.is_toy,
+  record = {**intrinsic.record(corpus, cost, bits, n_bits), "toy": setup.is_toy,
             "provenance": setup.provenance, "devices": devices,
-            "flags": common.resolved_flags(), "seconds": round(time.perf_counter() - start, 2)}
-  md = markdown(record)
-  io.write_json(out / "intrinsic.json", record)
-  io.write_text(out / "intrinsic.csv", csv_text(record))
+            "flags": cli.resolved_flags(), "seconds": round(time.perf_counter() - start, 2)}
+  md = intrinsic.markdown(record)
+  io.write_json(out / intrinsic.RECORD_NAME, record)
+  io.write_text(out / "intrinsic.csv", intrinsic.csv_text(record))
   io.write_text(out / "intrinsic.md", md)
   print(md)
-  print(f"wrote {out}/intrinsic.json, intrinsic.csv, intrinsic.md")
+  print(f"wrote {out}/{intrinsic.RECORD_NAME}, intrinsic.csv, intrinsic.md")
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -21,7 +21,6 @@ For Gemma 3 270M (README: the data layout):
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shlex
@@ -29,27 +28,28 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from absl import app, flags
 
-from bin import common
+from bin import cli, shared_flags
 from xling_jax.data import languages
-from xling_jax.study import record as study_record
+
+if TYPE_CHECKING:  # the stage table imports every tool's library: not for --help
+  from xling_jax.study.stages import Stage
 
 FLAGS = flags.FLAGS
 REPO = Path(__file__).resolve().parents[1]
-MODEL_FLAGS = ("platform", "checkpoint", "config", "tokenizer", "dtype", "mesh",
-               "param_sharding", "seed")
 SETTINGS_FILE = "study_settings.json"
 TIMINGS_FILE = "timings.json"
 # Flags that change where results go or how they are shown, not what is computed.
 NOT_SETTINGS = ("out", "results_md", "progress", "card_check", "card_limit")
 
-common.define_platform_flags()
-common.define_model_flags()
-common.define_langs_flag()
-common.define_output_flags("study_out")
-flags.adopt_module_key_flags(common)  # --help lists the shared flags too
+shared_flags.define_platform_flags()
+shared_flags.define_model_flags()
+shared_flags.define_langs_flag()
+shared_flags.define_output_flags("study_out")
+flags.adopt_module_key_flags(shared_flags)  # --help lists the shared flags too
 flags.DEFINE_string("ref_lang", "en", "Reference language; one of --langs.")
 flags.DEFINE_list("targets", ["hi", "ml"], "Languages that get an activation-aware LoRA adapter.")
 flags.DEFINE_string("analysis_corpus", "embedded",
@@ -108,30 +108,6 @@ flags.DEFINE_string("results_md", None,
                     "it). Default: --out/RESULTS.md.")
 
 
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  """One tool run. Done once every file of `done` exists; `resume_dir` non-empty means an
-  interrupted training, continued with --resume."""
-  name: str
-  module: str
-  args: tuple[str, ...]
-  done: tuple[Path, ...]
-  weight: float  # rough relative cost, for the ETA only
-  resume_dir: Path | None = None
-
-  def is_done(self) -> bool:
-    return all(p.exists() for p in self.done)
-
-  def argv(self) -> list[str]:
-    resume = self.resume_dir is not None and self.resume_dir.is_dir() and any(
-        self.resume_dir.iterdir())
-    return [sys.executable, "-m", self.module, *self.args, *(["--resume"] if resume else [])]
-
-
-def model_args() -> list[str]:
-  return [f"--{name}={FLAGS[name].value}" for name in MODEL_FLAGS if FLAGS[name].value is not None]
-
-
 def default_sae_layers(n_layers: int, objective: int, count: int = 6) -> tuple[int, ...]:
   """`count` layers evenly from the first to the last, with the nearest one moved onto the
   objective layer."""
@@ -142,8 +118,9 @@ def default_sae_layers(n_layers: int, objective: int, count: int = 6) -> tuple[i
   return tuple(sorted(set(layers)))
 
 
-def plan(out: Path, n_layers: int) -> tuple[list[Stage], dict]:
-  """The stages and the resolved settings they run with."""
+def settings_of(n_layers: int) -> dict:
+  """The study's settings: every flag that changes what is computed, with the languages, the
+  targets, the SAE layers and the adapters' objective layer resolved."""
   from lora.objectives import default_objective_layer
   langs = languages.validate_languages(FLAGS.langs)
   targets = languages.validate_languages(FLAGS.targets)
@@ -154,82 +131,20 @@ def plan(out: Path, n_layers: int) -> tuple[list[Stage], dict]:
     raise app.UsageError(f"--targets={','.join(FLAGS.targets)}: {bad[0]} is not one of --langs "
                          "other than --ref_lang")
   objective = default_objective_layer(n_layers)
-  layers = (common.parse_layers(",".join(FLAGS.sae_layers), n_layers, "sae_layers")
+  layers = (cli.parse_layers(",".join(FLAGS.sae_layers), n_layers, "sae_layers")
             if FLAGS.sae_layers else default_sae_layers(n_layers, objective))
   layers = tuple(sorted(set(layers)))
   if objective not in layers:  # the adapter's objective needs an SAE there
     objective = min(layers, key=lambda l: abs(l - objective))
   if FLAGS.sae_dir and not FLAGS.sae_l0:
     raise app.UsageError("--sae_dir needs --sae_l0 (which SAE per layer, as bin.analyze)")
-  model, lang_list, layer_list = model_args(), ",".join(langs), ",".join(map(str, layers))
-  sae_dir = Path(FLAGS.sae_dir) if FLAGS.sae_dir else out / "saes"
-  sae_l0 = FLAGS.sae_l0 or str(int(round(FLAGS.sae_target_l0)))
-  sae = [f"--sae_dir={sae_dir}", f"--sae_width={FLAGS.sae_width}", f"--sae_l0={sae_l0}"]
-  stages = [Stage(
-      "intrinsic", "bin.intrinsic",
-      (*model, f"--corpus={FLAGS.analysis_corpus}", f"--langs={lang_list}",
-       f"--bpc_sentences={FLAGS.bpc_sentences}", f"--out={out / 'intrinsic'}"),
-      (out / "intrinsic" / "intrinsic.json",), 3.0 * FLAGS.bpc_sentences * len(langs))]
-  if not FLAGS.sae_dir:
-    stages.append(Stage(
-        "saes", "bin.train_sae",
-        (*model, f"--corpus={FLAGS.train_corpus}", f"--langs={lang_list}",
-         f"--max_sentences={FLAGS.sae_sentences}", f"--layers={layer_list}",
-         f"--width={FLAGS.sae_width}", "--steps=0", f"--epochs={FLAGS.sae_epochs}",
-         f"--batch_size={FLAGS.sae_batch_size}", f"--target_l0={FLAGS.sae_target_l0:g}",
-         f"--lr={FLAGS.sae_lr:g}", "--sentences_per_forward=64", f"--out={sae_dir}"),
-        tuple(sae_dir / "reports" / f"layer_{l}.json" for l in layers),
-        FLAGS.sae_sentences * len(langs) * FLAGS.sae_epochs * (1 + 0.25 * len(layers)),
-        resume_dir=sae_dir / "checkpoints"))
-  n_analysis = FLAGS.analysis_sentences or 1004
-  stages.append(Stage(
-      "analysis", "bin.analyze",
-      (*model, *sae, f"--layers={layer_list}", f"--corpus={FLAGS.analysis_corpus}",
-       f"--langs={lang_list}", f"--ref_lang={FLAGS.ref_lang}", f"--bootstrap={FLAGS.bootstrap}",
-       f"--bucket={FLAGS.bucket}", f"--batch_size={FLAGS.analysis_batch_size}",
-       *([f"--max_sentences={FLAGS.analysis_sentences}"] if FLAGS.analysis_sentences else []),
-       f"--out={out / 'analysis'}"),
-      (out / "analysis" / "stats.json",), 1.2 * n_analysis * len(langs)))
-  for t in targets:
-    stages.append(Stage(
-        f"lora_{t}", "bin.finetune",
-        (*model, *sae, f"--corpus={FLAGS.train_corpus}", f"--max_sentences={FLAGS.lora_sentences}",
-         f"--target_lang={t}", f"--ref_lang={FLAGS.ref_lang}", f"--steps={FLAGS.lora_steps}",
-         f"--batch_size={FLAGS.lora_batch_size}", f"--rank={FLAGS.lora_rank}",
-         f"--bucket={FLAGS.bucket}",
-         f"--lr={FLAGS.lora_lr:g}", f"--objective_layers={objective}",
-         f"--report_layers={layer_list}", f"--out={out / f'lora_{t}'}"),
-        (out / f"lora_{t}" / "report.json",),
-        FLAGS.lora_steps * FLAGS.lora_batch_size * 2 * 6 + FLAGS.lora_sentences * 0.8,
-        resume_dir=out / f"lora_{t}" / "checkpoints"))
-  if FLAGS.bench_data_dir:
-    bench = (*model, f"--data_dir={FLAGS.bench_data_dir}", f"--tasks={','.join(FLAGS.bench_tasks)}",
-             f"--langs={lang_list}", *([f"--limit={FLAGS.bench_limit}"] if FLAGS.bench_limit else []))
-    weight = (FLAGS.bench_limit or 1000) * len(langs) * len(FLAGS.bench_tasks) * 4
-    for name, adapter in [("bench_base", None)] + [(f"bench_lora_{t}", out / f"lora_{t}" / "peft")
-                                                   for t in targets]:
-      stages.append(Stage(
-          name, "bin.evaluate",
-          (*bench, *([f"--lora={adapter}"] if adapter else []), f"--out={out / name}"),
-          (out / name / "scores.json",), weight))
-  if FLAGS.card_check:
-    if not FLAGS.bench_data_dir:
-      raise app.UsageError("--card_check needs --bench_data_dir (HellaSwag and ARC items)")
-    suffix = f"_limit{FLAGS.card_limit}" if FLAGS.card_limit else ""
-    for task, (shots, extra) in study_record.CARD_PROTOCOL.items():
-      name = f"{study_record.CARD_PREFIX}{task}"
-      folder = out / f"{name}{suffix}"
-      stages.append(Stage(
-          name, "bin.evaluate",
-          (*model, f"--data_dir={FLAGS.bench_data_dir}", f"--tasks={task}", "--langs=en",
-           f"--num_fewshot={shots}", *extra,
-           *([f"--limit={FLAGS.card_limit}"] if FLAGS.card_limit else []), f"--out={folder}"),
-          (folder / "scores.json",), (FLAGS.card_limit or 1000) * shots * 3))
-  settings = {name: value for name, value in common.resolved_flags().items()
+  if FLAGS.card_check and not FLAGS.bench_data_dir:
+    raise app.UsageError("--card_check needs --bench_data_dir (HellaSwag and ARC items)")
+  settings = {name: value for name, value in cli.resolved_flags().items()
               if name not in NOT_SETTINGS}
   settings.update(sae_layers=list(layers), objective_layer=objective, targets=list(targets),
                   langs=list(langs))
-  return stages, settings
+  return settings
 
 
 def check_settings(out: Path, settings: dict) -> None:
@@ -271,10 +186,10 @@ def run_stages(stages: list[Stage], out: Path) -> dict:
     proc = subprocess.run(argv, env=env, cwd=REPO)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-      common.fail(f"stage {stage.name} failed (exit {proc.returncode}; its message is above); "
+      cli.fail(f"stage {stage.name} failed (exit {proc.returncode}; its message is above); "
                   "the finished stages are kept: fix the cause and re-run the same command")
     if not stage.is_done():
-      common.fail(f"stage {stage.name} exited 0 without writing {stage.done[0]}")
+      cli.fail(f"stage {stage.name} exited 0 without writing {stage.done[0]}")
     timings[stage.name] = {"seconds": round(seconds, 1), "command": shlex.join(
         ["python", *argv[1:]]), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     io.write_json(timings_path, timings)
@@ -295,10 +210,9 @@ def n_model_layers() -> int:
 
 
 def main(argv):
-  from xling_jax.runtime import hub
-  from xling_jax.runtime import io
-  from xling_jax.study import page as study_page
-  out = common.check_out()
+  from xling_jax.runtime import hub, io
+  from xling_jax.study import page as study_page, record as study_record, stages as stages_lib
+  out = cli.check_out()
   results_md = io.check_output_file(FLAGS.results_md or out / "RESULTS.md", "--results_md")
   for flag in ("analysis_corpus", "train_corpus", "bench_data_dir"):
     value = FLAGS[flag].value
@@ -306,19 +220,20 @@ def main(argv):
       raise FileNotFoundError(f"--{flag}={value}: no such file or directory")
   if FLAGS.sae_dir:
     hub.local_or_hub(FLAGS.sae_dir, "--sae_dir")
-  stages, settings = plan(out, n_model_layers())
+  settings = settings_of(n_model_layers())
+  stages = stages_lib.plan(out, settings, card_check=FLAGS.card_check,
+                           card_limit=FLAGS.card_limit)
   check_settings(out, settings)
   out.mkdir(parents=True, exist_ok=True)
   io.write_json(out / SETTINGS_FILE, settings)
   command = shlex.join(["python", "-m", "bin.study", *sys.argv[1:]])
   timings = run_stages(stages, out)
   from xling_jax.runtime.platform import describe_host
-  record = study_record.collect(out, settings, timings, command,
-                                 [s.name for s in stages], machine=describe_host())
+  record = study_record.collect(stages, settings, timings, command, machine=describe_host())
   io.write_json(out / "study.json", record)
-  paths = study_page.write(results_md, record, out)
+  paths = study_page.write(results_md, record, stages_lib.figures(stages))
   print(f"wrote {out / 'study.json'}, " + ", ".join(str(p) for p in paths))
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

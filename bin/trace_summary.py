@@ -19,8 +19,8 @@ import re
 
 from absl import flags
 
-from bin import common
-from bin.bench import ROWS
+from bin import cli
+from bin.bench_stacks import ROWS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("top", 12, "Kernels listed per row.", lower_bound=1)
@@ -62,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main, positional=("PROFILE_DIR",))
+  cli.run(main, positional=("PROFILE_DIR",))

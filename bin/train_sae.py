@@ -21,14 +21,14 @@ import sys
 
 from absl import app, flags
 
-from bin import common
+from bin import cli, shared_flags
 
 FLAGS = flags.FLAGS
-common.define_platform_flags()
-common.define_model_flags()
-common.define_langs_flag()
-common.define_corpus_flags(max_len=128, bucket=16)
-flags.adopt_module_key_flags(common)  # --help lists the shared flags too
+shared_flags.define_platform_flags()
+shared_flags.define_model_flags()
+shared_flags.define_langs_flag()
+shared_flags.define_corpus_flags(max_len=128, bucket=16)
+flags.adopt_module_key_flags(shared_flags)  # --help lists the shared flags too
 flags.DEFINE_list("layers", None, "Model layers to train an SAE for (resid_post), e.g. 0,6,12.")
 flags.DEFINE_string("width", "4096", "SAE width: an integer or 16k, 65k, 262k, 1m.")
 flags.DEFINE_integer("steps", 10_000,
@@ -76,11 +76,11 @@ def _layers() -> tuple[int, ...]:
 
 
 def _train_config():
-  from sae import gemma_scope
+  from sae import releases
   from sae.train.config import SAETrainConfig
   sparsity = FLAGS.sparsity or ("quadratic" if FLAGS.target_l0 is not None else "step")
   return SAETrainConfig(
-      width=gemma_scope.width_size(FLAGS.width), steps=FLAGS.steps or 1,
+      width=releases.width_size(FLAGS.width), steps=FLAGS.steps or 1,
       batch_size=FLAGS.batch_size, sparsity=sparsity, target_l0=FLAGS.target_l0,
       l0_coefficient=FLAGS.l0_coefficient, lr=FLAGS.lr, save_every=FLAGS.save_every,
       log_every=FLAGS.log_every, eval_batches=FLAGS.eval_batches, seed=FLAGS.seed)
@@ -101,7 +101,7 @@ def _source(config, layers):
   from xling_jax.data import corpora
   from xling_jax.model import presets
   corpus = corpora.load_corpus(FLAGS.corpus, FLAGS.langs, FLAGS.max_sentences)
-  setup = common.load_model()
+  setup = shared_flags.load_model()
   rows = harvest.tokenize(corpus.sentences, setup.tokenizer, FLAGS.max_len)
   model = str(setup.provenance.get("model", FLAGS.checkpoint))
   source = harvest.HarvestSource(
@@ -117,10 +117,10 @@ def main(argv):
   del argv
   if not FLAGS.out:
     raise app.UsageError("--out is required")
-  common.check_out()
+  cli.check_out()
   layers = _layers()
   config = _train_config()
-  devices = common.setup_platform()
+  devices = shared_flags.setup_platform()
 
   from sae.train import loop
 
@@ -150,4 +150,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -1,6 +1,5 @@
 """`--config=configs/toy.py` (or `--config=toy`): the toy Gemma-2 preset."""
-from xling_jax.model import config as config_lib
-from xling_jax.model import presets
+from xling_jax.model import config as config_lib, presets
 
 
 def get_config(**overrides) -> config_lib.ModelConfig:

@@ -31,6 +31,10 @@ from lora import DEFAULT_REMAT
 from lora.lora import LoraConfig
 from lora.train import TrainConfig
 
+CHECKPOINTS = "checkpoints"
+PEFT = "peft"
+REPORT_NAME = "report.json"
+
 
 @dataclasses.dataclass(frozen=True)
 class Finetuned:
@@ -57,7 +61,7 @@ def check_start(out: str | Path, resume: bool) -> Path:
   earlier run (which a fresh run would otherwise mix with its own)."""
   from xling_jax.runtime import io
   out = io.check_output_dir(out, "out")
-  checkpoints = out / "checkpoints"
+  checkpoints = out / CHECKPOINTS
   if checkpoints.exists() and any(checkpoints.iterdir()) and not resume:
     raise ValueError(f"{checkpoints} already holds checkpoints: resume that run, or choose "
                      "another output directory")
@@ -69,8 +73,8 @@ def score_benchmarks(setup, config, out: Path, *, prompts=None, adapter=None,
   """Benchmark scores as `bin.evaluate` computes them, in process on the loaded model (through
   `adapter` when given, saved in `adapter_dir`); its files go to `out`. The adapter comes from
   memory, not from the directory: in a multi-process run only process 0 writes it."""
-  from xling_jax.evaluation import run as evaluation
   from lora.lora import project_hook
+  from xling_jax.evaluation import run as evaluation
   result = evaluation.evaluate(setup, config, hook=project_hook(adapter), prompts=prompts)
   settings = dict(dataclasses.asdict(config),
                   lora=None if adapter_dir is None else str(adapter_dir))
@@ -106,9 +110,8 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   from lora.lora import project_hook
   from xling_jax.analysis import corpus_stats, intrinsic
   from xling_jax.data import languages
-  from xling_jax.runtime import io
-  from xling_jax.runtime import platform
   from xling_jax.model import presets
+  from xling_jax.runtime import io, platform
   start = time.perf_counter()
   config = setup.config
   if target == ref:
@@ -167,7 +170,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   result = train_lib.train(
       setup.params, config, saes.select(objective.layers),
       data.BatchStream(train_split, setup.tokenizer, train), lora, objective, train,
-      out / "checkpoints", resume=resume, log_path=log_path, echo=echo, remat=remat,
+      out / CHECKPOINTS, resume=resume, log_path=log_path, echo=echo, remat=remat,
       mesh=setup.mesh)
   echo("measuring after training ...")
   after = stats(result.adapter, texts).metrics("activation")
@@ -176,7 +179,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
     from xling_jax.checkpoints.weights_package import HUB_IDS
     checkpoint = setup.provenance.get("checkpoint")
     base_model_name = HUB_IDS.get(checkpoint, checkpoint) or "xling-jax-toy"
-  peft_dir = peft_io.save_peft(out / "peft", result.adapter, lora, config,
+  peft_dir = peft_io.save_peft(out / PEFT, result.adapter, lora, config,
                                base_model_name_or_path=str(base_model_name))
   report = {
       "target_lang": target, "ref_lang": ref, "layers": list(report_layers),
@@ -213,6 +216,6 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
                                   adapter=result.adapter, adapter_dir=peft_dir)}
   report["seconds"] = round(time.perf_counter() - start, 2)
   run = Finetuned(result.adapter, report, peft_dir)
-  io.write_json(out / "report.json", report)
+  io.write_json(out / REPORT_NAME, report)
   io.write_text(out / "report.md", run.markdown())
   return run

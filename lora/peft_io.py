@@ -9,7 +9,10 @@ linear layer, named after the module's HF weight (`layout.py`):
 
 with `lora_A.weight = A[i].T` and `lora_B.weight = B[i].T` in our layout (HF's head features are
 n-major, as ours). The `base_model.model.` prefix matters: without it PEFT only warns and loads
-zeros, so the round trip is tested against PEFT itself.
+zeros, so the round trip is tested against PEFT itself. Gemma4ForCausalLM adds
+`per_layer_input_gate` / `per_layer_projection`; its layers differ in width, so each layer's
+pair is cut to that layer's features, and its KV-shared layers, which have no k_proj / v_proj,
+hold none.
 """
 from __future__ import annotations
 
@@ -20,11 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from lora.lora import LORA_MODULES, Adapter, LoraConfig, check_adapter, module_dims
-from xling_jax.runtime import io
-from xling_jax.model import layout
+from lora.lora import (ALL_LORA_MODULES, Adapter, LoraConfig, check_adapter, module_dims,
+                       module_layers)
 from xling_jax.checkpoints import read_safetensors
+from xling_jax.model import layout
 from xling_jax.model.config import ModelConfig
+from xling_jax.runtime import io
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -42,9 +46,10 @@ def peft_key(layer: int, module: str, which: str) -> str:
 
 
 def save_peft(directory: str | Path, adapter: Adapter, lora_config: LoraConfig,
-              config: ModelConfig, base_model_name_or_path: str = "google/gemma-2-2b") -> Path:
+              config: ModelConfig, base_model_name_or_path: str) -> Path:
   """Write `directory/adapter_model.safetensors` and `adapter_config.json` (float32 tensors,
-  only the adapted layers). Returns the directory."""
+  only the adapted layers). `base_model_name_or_path`: the model the adapter belongs to (its
+  hub id or path; the caller knows it, `config` does not). Returns the directory."""
   check_adapter(adapter, config)
   if not np.isclose(float(adapter["scale"]), lora_config.scale, rtol=1e-6):
     raise ValueError(f"adapter scale {adapter['scale']} disagrees with lora_config alpha/rank "
@@ -56,9 +61,10 @@ def save_peft(directory: str | Path, adapter: Adapter, lora_config: LoraConfig,
   tensors = {}
   for module, ab in adapter["layers"].items():
     a, b = np.asarray(ab["a"], np.float32), np.asarray(ab["b"], np.float32)
-    for layer in lora_config.active_layers(config):
-      tensors[peft_key(layer, module, "A")] = np.ascontiguousarray(a[layer].T)
-      tensors[peft_key(layer, module, "B")] = np.ascontiguousarray(b[layer].T)
+    for layer in module_layers(config, lora_config, module):
+      d_in, d_out = module_dims(config, module, layer)
+      tensors[peft_key(layer, module, "A")] = np.ascontiguousarray(a[layer, :d_in].T)
+      tensors[peft_key(layer, module, "B")] = np.ascontiguousarray(b[layer, :, :d_out].T)
   weights = safetensors.numpy.save(tensors, metadata={"format": "pt"})
   peft_config = {
       "peft_type": "LORA",
@@ -106,7 +112,7 @@ def _config_error(path: Path, message: str) -> ValueError:
   return ValueError(f"{path}: {message}")
 
 
-def _lora_config_from_peft(path: Path, cfg: dict) -> LoraConfig:
+def _lora_config_from_peft(path: Path, cfg: dict, config: ModelConfig) -> LoraConfig:
   if cfg.get("peft_type") != "LORA":
     raise _config_error(path, f"peft_type={cfg.get('peft_type')!r}; only 'LORA' is supported")
   for key, (default, what) in _UNSUPPORTED.items():
@@ -121,10 +127,11 @@ def _lora_config_from_peft(path: Path, cfg: dict) -> LoraConfig:
       raise _config_error(path, f"{key}={cfg[key]!r} is not supported (plain LoRA on Gemma's "
                                 "linear layers only)")
   targets = cfg.get("target_modules")
+  available = tuple(m for m in ALL_LORA_MODULES if layout.param(m).when(config))
   if targets == "all-linear":  # PEFT's shorthand; it excludes lm_head
-    modules = LORA_MODULES
+    modules = available
   elif isinstance(targets, list):
-    by_name = {hf_module(m): m for m in LORA_MODULES}
+    by_name = {hf_module(m): m for m in available}
     unknown = [t for t in targets if t.split(".")[-1] not in by_name]
     if unknown:
       raise _config_error(path, f"target_modules {unknown} are not Gemma linear layers "
@@ -152,17 +159,17 @@ def load_peft_with_config(directory: str | Path,
     if not p.exists():
       raise FileNotFoundError(f"{p} not found: a PEFT adapter directory holds {CONFIG_NAME} and "
                               f"{WEIGHTS_NAME}")
-  lora_config = _lora_config_from_peft(cfg_path, json.loads(cfg_path.read_text()))
+  lora_config = _lora_config_from_peft(cfg_path, json.loads(cfg_path.read_text()), config)
   tensors = {k: np.asarray(v, np.float32) for k, v in read_safetensors(weights_path).items()}
   r, L = lora_config.rank, config.n_layers
-  active = lora_config.active_layers(config)
   expected, problems, layers = set(), [], {}
   for module in lora_config.modules:
-    d_in, d_out = module_dims(config, module)
-    a = np.zeros((L, d_in, r), np.float32)
-    b = np.zeros((L, r, d_out), np.float32)
-    for layer in active:
-      for which, dest, shape in (("A", a, (r, d_in)), ("B", b, (d_out, r))):
+    a = np.zeros((L, module_dims(config, module)[0], r), np.float32)
+    b = np.zeros((L, r, module_dims(config, module)[1]), np.float32)
+    for layer in module_layers(config, lora_config, module):
+      d_in, d_out = module_dims(config, module, layer)
+      for which, dest, shape in (("A", a[layer, :d_in], (r, d_in)),
+                                 ("B", b[layer, :, :d_out], (d_out, r))):
         key = peft_key(layer, module, which)
         expected.add(key)
         if key not in tensors:
@@ -170,7 +177,7 @@ def load_peft_with_config(directory: str | Path,
         elif tensors[key].shape != shape:
           problems.append(f"{key}: shape {list(tensors[key].shape)}, expected {list(shape)}")
         else:
-          dest[layer] = tensors[key].astype(np.float32).T
+          dest[...] = tensors[key].astype(np.float32).T
     layers[module] = {"a": jnp.asarray(a), "b": jnp.asarray(b)}
   unexpected = sorted(set(tensors) - expected)
   if unexpected:

@@ -27,9 +27,8 @@ import orbax.checkpoint as ocp
 from lora import DEFAULT_REMAT, objectives
 from lora.data import BatchStream
 from lora.lora import Adapter, LoraConfig, init_adapter, layer_mask
-from xling_jax.runtime import io
-from xling_jax.runtime import train_checkpoints
 from xling_jax.model.config import ModelConfig
+from xling_jax.runtime import io, train_checkpoints
 
 LOG_NAME = "train_log.jsonl"
 # TrainConfig fields that may change between a run and its resume without changing the result.
@@ -200,7 +199,7 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
   place = lambda batch: batch
   if mesh is not None:
     from xling_jax.runtime import sharding as sharding_lib
-    n_data = mesh.shape[sharding_lib.DATA]
+    n_data = sharding_lib.data_shards(mesh)
     if tc.batch_size % n_data:
       raise ValueError(f"batch_size {tc.batch_size} must be a multiple of the mesh's data axis "
                        f"({n_data}) to split batches over devices")

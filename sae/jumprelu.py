@@ -8,7 +8,7 @@ Shapes: `d` the residual width (d_model), `W` the SAE width (d_sae), `L` layers.
     decode:  x_hat = f @ W_dec + b_dec
 
 There is no `b_dec` subtraction and no input normalisation (Gemma Scope's convention; SAELens
-files that subtract `b_dec` are folded into `b_enc` on load, see `gemma_scope`).
+files that subtract `b_dec` are folded into `b_enc` on load, see `formats`).
 
 The stacked form is the same class with a leading `[L, ...]` axis on every leaf. Because it is a
 pytree, `lax.scan` slices it per layer, so it can be passed as `observe_xs` to

@@ -16,8 +16,7 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from xling_jax.model import presets
-from xling_jax.model import transformer as model_lib
+from xling_jax.model import presets, transformer as model_lib
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("XLING_SHARED_DATA", REPO.parent / "shared" / "data"))

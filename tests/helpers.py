@@ -8,16 +8,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from lora import lora as lora_lib
-from xling_jax.model import presets
-from xling_jax.model import transformer as model_lib
-from xling_jax.analysis.sae_stats import ROW_SUMS
+from sae import jumprelu
 from xling_jax.analysis.corpus_stats import CorpusStats, LanguageSums
+from xling_jax.analysis.sae_stats import ROW_SUMS
+from xling_jax.model import presets, transformer as model_lib
 
 
 def toy_model(seed: int = 0, **overrides):
   """(params, config) of the toy Gemma 2 with weights from `seed`."""
   config = presets.toy(**overrides)
   return model_lib.init_params(config, jax.random.PRNGKey(seed)), config
+
+
+def assert_sae_equal(a: jumprelu.JumpReLUParams, b: jumprelu.JumpReLUParams) -> None:
+  """Every leaf of two JumpReLU SAEs (single or stacked) equal, compared as float32."""
+  for name in jumprelu.PARAM_NAMES:
+    np.testing.assert_array_equal(np.asarray(getattr(a, name), np.float32),
+                                  np.asarray(getattr(b, name), np.float32), err_msg=name)
 
 
 def random_adapter(config, lora_config, seed=3, b_std=0.05):

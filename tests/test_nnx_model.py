@@ -9,23 +9,22 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lora import lora as lora_lib
-from lora import objectives, peft_io, train
+from lora import lora as lora_lib, objectives, peft_io, train
 from lora.nnx_adapter import LoraAdapter
 from sae import jumprelu
 from xling_jax import checkpoints
-from xling_jax.model import presets
-from xling_jax.model import transformer as model_lib
-from xling_jax.nnx_model import Gemma2, Gemma3, GemmaModel
+from xling_jax.model import presets, transformer as model_lib
+from xling_jax.nnx_model import Gemma2, Gemma3, Gemma4, GemmaModel
 
-FAMILIES = {"toy": (presets.toy, Gemma2), "toy_gemma3": (presets.toy_gemma3, Gemma3)}
+FAMILIES = {"toy": (presets.toy, Gemma2), "toy_gemma3": (presets.toy_gemma3, Gemma3),
+            "toy_gemma4": (presets.toy_gemma4, Gemma4)}
 
 
 def _tokens(config, B=2, T=12, seed=0):
   """BOS-first random tokens [B, T] and a mask [B, T] whose second row is right-padded; T
   exceeds the toy window (8), so local layers really drop keys."""
   rng = np.random.default_rng(seed)
-  tokens = rng.integers(3, config.vocab_size, (B, T)).astype(np.int32)
+  tokens = rng.integers(3, config.ple_vocab_size or config.vocab_size, (B, T)).astype(np.int32)
   tokens[:, 0] = config.bos_id
   mask = np.ones((B, T), np.int32)
   mask[1, T - 3:] = 0
@@ -141,6 +140,6 @@ def test_lora_steps_through_nnx_optimizer_equal_the_functional_trainer(tmp_path)
   b = np.asarray(lora.layers["q"]["b"][...])
   assert np.abs(b[[1, 2]]).min() > 0 and not b[[0, 3]].any()  # trained, masked layers still
 
-  peft_io.save_peft(tmp_path, lora.to_adapter(), lora_config, config)
+  peft_io.save_peft(tmp_path, lora.to_adapter(), lora_config, config, "xling-jax-toy")
   loaded = peft_io.load_peft(tmp_path, config)
   jax.tree.map(np.testing.assert_array_equal, loaded["layers"], lora.to_adapter()["layers"])

@@ -15,6 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from sae.releases import NeuronpediaSet
 from xling_jax.model.config import ModelConfig
 
 
@@ -45,11 +46,11 @@ def load_model(checkpoint: str | None = None, *, config: str | ModelConfig | Non
   import jax
 
   from xling_jax import checkpoints
-  from xling_jax.model import transformer as model_lib
-  from xling_jax.runtime import sharding as sharding_lib
-  from xling_jax.model.presets import load_config
   from xling_jax.data.tokenizer import Tokenizer
   from xling_jax.data.toy_tokenizer import toy_tokenizer
+  from xling_jax.model import transformer as model_lib
+  from xling_jax.model.presets import load_config
+  from xling_jax.runtime import sharding as sharding_lib
 
   mesh = sharding_lib.make_mesh(mesh_shape)
   if isinstance(config, str):
@@ -81,10 +82,12 @@ def load_model(checkpoint: str | None = None, *, config: str | ModelConfig | Non
 @dataclasses.dataclass(frozen=True)
 class SAESetup:
   """JumpReLU SAEs stacked over `layers` (`params` leaves [len(layers), ...]) and where they
-  came from (`description`, recorded in every output)."""
+  came from (`description`, recorded in every output). `neuronpedia`: the Neuronpedia set of
+  released SAEs these are, for feature links; None when unknown."""
   params: Any
   layers: tuple[int, ...]
   description: str
+  neuronpedia: NeuronpediaSet | None = None
 
   def select(self, layers: Sequence[int]):
     """The params stacked over `layers` (each one of `self.layers`), in that order."""
@@ -125,14 +128,14 @@ def load_saes(setup: ModelSetup, source: str | Path | None = None,
   embedded sample's English lines) so that a realistic share of features fires. None means
   random SAEs of the toy width for the toy model and is an error for a checkpoint. `width` and
   `l0` (an int, "canonical", or Gemma Scope 2's "small" / "medium" / "big") pick among the
-  SAEs a tree holds. `what` names the setting in errors (the tools pass "--sae_dir").
+  SAEs a tree holds. `what` names the setting in errors (the tools pass "--sae_dir"). SAEs of a
+  tree or hub id carry the Neuronpedia set `sae.releases` knows for the model and width.
   """
   import jax
   import numpy as np
 
-  from sae import gemma_scope
+  from sae import random_saes, releases, trees
   from xling_jax.runtime import hub
-  from sae import random_saes
   n_layers = setup.config.n_layers
   layers = tuple(range(n_layers)) if layers is None else tuple(int(l) for l in layers)
   bad = [l for l in layers if not 0 <= l < n_layers]
@@ -146,12 +149,13 @@ def load_saes(setup: ModelSetup, source: str | Path | None = None,
     if calibration_texts is None:
       from xling_jax.data import corpora
       calibration_texts = corpora.embedded_sample().sentences["en"][:16]
-    size = random_saes.TOY_SAE_WIDTH if source is None else gemma_scope.width_size(width)
+    size = random_saes.TOY_SAE_WIDTH if source is None else releases.width_size(width)
     every = random_saes.calibrated_random_saes(setup.params, setup.config, setup.tokenizer,
                                        calibration_texts, width=size, seed=seed)
     saes = jax.tree.map(lambda x: x[np.asarray(layers)], every)
     return SAESetup(saes, layers, f"random SAEs (width {size}, seed {seed})")
-  saes = gemma_scope.load_layers(hub.local_or_hub(source, what), layers, width=width, l0=l0,
-                                 d_in=setup.config.d_model, dtype="float32")
+  saes = trees.load_layers(hub.local_or_hub(source, what), layers, width=width, l0=l0,
+                           d_in=setup.config.d_model, dtype="float32")
   check_finite_saes(saes, layers, f"{what}={source}")
-  return SAESetup(saes, layers, f"{source} (width {width}, l0 {l0})")
+  return SAESetup(saes, layers, f"{source} (width {width}, l0 {l0})",
+                  releases.neuronpedia(setup.config, width))

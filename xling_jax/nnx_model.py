@@ -1,4 +1,5 @@
-"""A Flax NNX face for the functional model: `Gemma2` / `Gemma3` modules over `model.forward`.
+"""A Flax NNX face for the functional model: `Gemma2` / `Gemma3` / `Gemma4` modules over
+`model.forward`.
 
 The module holds the parameter pytree of `model.py` as `nnx.Param`s, with the same names and
 shapes (`L` layers, `D` d_model, `V` vocab; per-layer weights stacked on a leading `[L]`):
@@ -6,6 +7,8 @@ shapes (`L` layers, `D` d_model, `V` vocab; per-layer weights stacked on a leadi
     model.embed        [V, D]
     model.final_norm   [D]
     model.layers[name] [L, ...]   (pre_attn_norm, q, k, v, o, gate, up, down, ...; see layout.py)
+    model.groups[group][name] [L_g, ...]   Gemma 4: weights whose shape differs between layers
+    model.ple_embed, ...          Gemma 4's other top-level weights, under their pytree names
 
 and the `ModelConfig` as a static attribute. Calling it runs `model.forward` on those arrays:
 the functional core stays the implementation (one `lax.scan` over the stacked layers, the
@@ -29,7 +32,7 @@ from xling_jax.model.transformer import ForwardOutput, Params, ProjectHook
 
 
 class GemmaModel(nnx.Module):
-  """A Gemma 2 or Gemma 3 language model as an NNX module (see the module docstring).
+  """A Gemma 2, 3 or 4 language model as an NNX module (see the module docstring).
 
   `GemmaModel(params, config)` wraps a plain parameter pytree without copying it. The
   constructors `from_pretrained` and `from_config` called on this base class return the
@@ -45,9 +48,14 @@ class GemmaModel(nnx.Module):
                        "or GemmaModel, which picks the class from the config")
     model_lib.check_params(params, config)
     self.config = nnx.static(config)
-    self.embed = nnx.Param(params["embed"])
-    self.final_norm = nnx.Param(params["final_norm"])
-    self.layers = nnx.Dict({name: nnx.Param(w) for name, w in params["layers"].items()})
+    for name in model_lib.param_shapes(config):
+      if name == "layers":
+        self.layers = nnx.Dict({key: nnx.Param(w) for key, w in params["layers"].items()})
+      elif name == "groups":
+        self.groups = nnx.Dict({group: nnx.Dict({key: nnx.Param(w) for key, w in ws.items()})
+                                for group, ws in params["groups"].items()})
+      else:
+        setattr(self, name, nnx.Param(params[name]))
 
   @classmethod
   def _class_for(cls, config: ModelConfig) -> type[GemmaModel]:
@@ -73,8 +81,16 @@ class GemmaModel(nnx.Module):
   def params(self) -> Params:
     """The plain pytree `model.forward` takes: the Params' own arrays (tracers under a
     transform), not copies."""
-    return {"embed": self.embed[...], "final_norm": self.final_norm[...],
-            "layers": {name: w[...] for name, w in self.layers.items()}}
+    params = {}
+    for name in model_lib.param_shapes(self.config):
+      if name == "layers":
+        params[name] = {key: w[...] for key, w in self.layers.items()}
+      elif name == "groups":
+        params[name] = {group: {key: w[...] for key, w in ws.items()}
+                        for group, ws in self.groups.items()}
+      else:
+        params[name] = getattr(self, name)[...]
+    return params
 
   def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None, *,
                return_logits: bool = True, return_residuals: bool = True,
@@ -98,4 +114,12 @@ class Gemma3(GemmaModel):
   family = "gemma3"
 
 
-_FAMILY_CLASS: dict[str, type[GemmaModel]] = {"gemma2": Gemma2, "gemma3": Gemma3}
+class Gemma4(GemmaModel):
+  """Gemma 4: global layers with wider heads (fewer KV heads, K = V on the larger models),
+  norm scales applied as w, a layer scalar; per-layer embeddings and KV sharing (E2B, E4B),
+  routed experts (26B-A4B)."""
+  family = "gemma4"
+
+
+_FAMILY_CLASS: dict[str, type[GemmaModel]] = {"gemma2": Gemma2, "gemma3": Gemma3,
+                                              "gemma4": Gemma4}

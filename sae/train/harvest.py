@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sae.train.sources import epoch_permutation
+from xling_jax.data.tokenizer import bucket_length
 from xling_jax.model import transformer as model_lib
 from xling_jax.runtime.progress import Progress
-from xling_jax.data.tokenizer import bucket_length
 
 
 def tokenize(sentences: Mapping[str, Sequence[str]], tokenizer, max_len: int | None) -> list[
@@ -49,7 +49,8 @@ def layer_residuals(params, config, tokens: jax.Array, mask: jax.Array,
                     layers: tuple[int, ...]) -> jax.Array:
   """tokens, mask [S, T] -> the raw outputs of blocks `layers` [len(layers), S, T, d]."""
   x = model_lib.embed(params, config, tokens)
-  _, residuals = model_lib.scan_blocks(params, config, x, mask, observe=lambda resid, _: resid)
+  _, residuals = model_lib.scan_blocks(params, config, x, mask, observe=lambda resid, _: resid,
+                                       tokens=tokens)
   return residuals[jnp.asarray(layers)]
 
 

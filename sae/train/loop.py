@@ -34,14 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sae import gemma_scope, jumprelu
-from sae.train import normalize
-from sae.train import report as report_lib
-from sae.train import step as step_lib
+from sae import jumprelu, trees
+from sae.train import normalize, report as report_lib, step as step_lib
 from sae.train.config import SAETrainConfig
 from sae.train.sources import ActivationSource, check_enough
-from xling_jax.runtime import io
-from xling_jax.runtime import train_checkpoints
+from xling_jax.runtime import io, train_checkpoints
 from xling_jax.runtime.progress import Progress
 
 CHECKPOINTS = "checkpoints"
@@ -52,6 +49,17 @@ SAELENS = "saelens"
 RESUMABLE = tuple(f"sae.{k}" for k in ("save_every", "max_to_keep", "log_every", "eval_batches"))
 # Logged as means over the log window; the feature fractions are logged as they stand.
 _MEAN_METRICS = tuple(m for m in step_lib.METRICS if not m.endswith("_fraction"))
+
+
+def saved_l0(sparsity: str, target_l0: float | None, measured_l0: float | None = None) -> int:
+  """The L0 a trained SAE's folder is named by (`layer_{L}_width_{W}_l0_{l0}`, what readers pick
+  with `l0`): the target in quadratic mode, otherwise the measured L0; rounded."""
+  return int(round(target_l0 if sparsity == "quadratic" else measured_l0))
+
+
+def report_files(out: str | Path, layer: int) -> dict[str, Path]:
+  """The final report of layer `layer` of the run in `out`: {"json": ..., "png": ...}."""
+  return report_lib.files(Path(out) / REPORTS, layer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,11 +221,11 @@ def _finish(source: ActivationSource, c: SAETrainConfig, out: Path, state: step_
     final = evaluate(saes, [source.batch(c.steps + i) for i in range(c.eval_batches)])
   else:  # the last log window's training metrics instead
     final = [{k: records[-1][k][i] for k in ("mse", "fvu", "l0")} for i in range(len(layers))]
-  l0s = {layer: int(round(c.target_l0 if c.sparsity == "quadratic" else final[i]["l0"]))
+  l0s = {layer: saved_l0(c.sparsity, c.target_l0, final[i]["l0"])
          for i, layer in enumerate(layers)}
-  sae_dirs = gemma_scope.save_gemma_scope2_layers(out, saes, layers, l0s, model_name=model_name)
+  sae_dirs = trees.save_gemma_scope2_layers(out, saes, layers, l0s, model_name=model_name)
   if saelens:
-    gemma_scope.save_saelens_layers(out / SAELENS, saes, layers, model_name=model_name)
+    trees.save_saelens_layers(out / SAELENS, saes, layers, model_name=model_name)
   scale = np.asarray(state.scale)
   for i, layer in enumerate(layers):
     final[i].update(dead_fraction=records[-1]["dead_fraction"][i],

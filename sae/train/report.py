@@ -18,11 +18,16 @@ def curves(records: Sequence[Mapping], index: int) -> dict[str, list[float]]:
   return out
 
 
+def files(directory: str | Path, layer: int) -> dict[str, Path]:
+  """Where `write` puts layer `layer`'s report: {"json": layer_{layer}.json, "png": ...}."""
+  directory = Path(directory)
+  return {"json": directory / f"layer_{layer}.json", "png": directory / f"layer_{layer}.png"}
+
+
 def write(directory: str | Path, layer: int, summary: Mapping, curve: Mapping[str, list],
           target_l0: float | None = None) -> dict[str, Path]:
   """`summary` (JSON-able) plus `curve` as layer_{layer}.json, and the curves as a PNG."""
-  directory = Path(directory)
-  paths = {"json": directory / f"layer_{layer}.json", "png": directory / f"layer_{layer}.png"}
+  paths = files(directory, layer)
   png = plot_png(layer, curve, target_l0)  # rendered before either file is written
   io.write_text(paths["json"], json.dumps({**summary, "curves": curve}, indent=2) + "\n")
   io.write_bytes(paths["png"], png)

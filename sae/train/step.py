@@ -19,8 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from sae.jumprelu import JumpReLUParams
-from sae.train import features, objective, optim
-from sae.train import params as params_lib
+from sae.train import features, objective, optim, params as params_lib
 from sae.train.config import SAETrainConfig
 
 METRICS = ("loss", "mse", "sparsity_loss", "pre_act_loss", "l0", "fvu", "grad_norm",

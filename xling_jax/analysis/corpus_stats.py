@@ -12,12 +12,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from xling_jax.runtime import batching
-from xling_jax.runtime import errors
-from xling_jax.model.config import ModelConfig
-from xling_jax.data.tokenizer import TruncationWarning
-from xling_jax.runtime.progress import Progress
 from xling_jax.analysis.sae_stats import batch_stats, norm_stats
+from xling_jax.data.tokenizer import TruncationWarning
+from xling_jax.model.config import ModelConfig
+from xling_jax.runtime import batching, errors
+from xling_jax.runtime.progress import Progress
 
 METRICS = ("activation", "l0", "mean_active", "resid_norm", "sentence_activation",
            "sentence_distinct_features", "sentence_mass", "direction_activation")

@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from sae.releases import NeuronpediaSet
 from xling_jax.analysis.corpus_stats import CorpusStats, weighted_metric
 from xling_jax.runtime.progress import Progress
 
@@ -187,10 +188,11 @@ def firing_rates(stats: CorpusStats, lang: str) -> np.ndarray:
 
 
 def top_features(stats: CorpusStats, *, k: int = 20, ref: str = "en",
-                 neuronpedia: str | None = None) -> dict[str, list[dict]]:
+                 neuronpedia: NeuronpediaSet | None = None) -> dict[str, list[dict]]:
   """Per language and layer: the k most frequently firing features, and the overlap of that set
-  with the reference language's (|A & B| / k). `neuronpedia` is the SAE set id for links, e.g.
-  'gemmascope-res-16k' gives ids 'gemma-2-2b/{layer}-gemmascope-res-16k/{idx}'."""
+  with the reference language's (|A & B| / k). `neuronpedia` names the SAE set for links, e.g.
+  NeuronpediaSet('gemma-2-2b', 'gemmascope-res-16k') gives ids
+  'gemma-2-2b/{layer}-gemmascope-res-16k/{idx}'."""
   rates = {lang: firing_rates(stats, lang) for lang in stats.languages}
   top = {lang: np.argsort(-r, axis=1, kind="stable")[:, :k] for lang, r in rates.items()}
   out = {}
@@ -206,7 +208,7 @@ def top_features(stats: CorpusStats, *, k: int = 20, ref: str = "en",
                                if ref in top else None),
       }
       if neuronpedia:
-        entry["neuronpedia"] = [f"gemma-2-2b/{layer}-{neuronpedia}/{i}" for i in idx.tolist()]
+        entry["neuronpedia"] = [neuronpedia.feature(layer, i) for i in idx.tolist()]
       rows.append(entry)
     out[lang] = rows
   return out

@@ -1,4 +1,5 @@
-"""What a language costs the model before any SAE: tokenisation cost and bits per character.
+"""What a language costs the model before any SAE: tokenisation cost and bits per character, and
+their record, table (markdown) and CSV (what `bin.intrinsic` writes).
 
 Definitions (per language, over the sentences given; a parallel corpus makes them comparable):
   tokens_per_sentence = mean over sentences of len(encode(s)) (no BOS);
@@ -10,11 +11,18 @@ Definitions (per language, over the sentences given; a parallel corpus makes the
 """
 from __future__ import annotations
 
+import csv
+import io
 import math
 from typing import Mapping, Sequence
 
+from xling_jax.data.corpora import ParallelCorpus
 from xling_jax.evaluation import scoring
 from xling_jax.runtime.progress import Progress
+
+RECORD_NAME = "intrinsic.json"  # bin.intrinsic's record, which the study reads
+COLUMNS = ("tokens_per_sentence", "bytes_per_token", "chars_per_token", "bits_per_char",
+           "bits_per_sentence", "bits_per_token")
 
 
 def tokenization_cost(tokenizer, texts_by_lang: Mapping[str, Sequence[str]]) -> dict[str, dict]:
@@ -67,3 +75,43 @@ def bits_per_char(params, config, tokenizer, texts_by_lang: Mapping[str, Sequenc
                  "bits_per_char": bits / chars, "bits_per_sentence": bits / len(texts),
                  "bits_per_token": bits / tokens}
   return out
+
+
+def record(corpus: ParallelCorpus, tokenization: dict[str, dict], bits: dict[str, dict] | None,
+           bits_sentences: int) -> dict:
+  """The numbers of one run: `tokenization_cost` over every sentence of `corpus`, and
+  `bits_per_char` (None: not scored) over its first `bits_sentences`."""
+  return {"languages": list(corpus.languages), "corpus": corpus.name,
+          "corpus_source": corpus.source, "tokenization_sentences": corpus.n_sentences,
+          "bits_sentences": bits_sentences, "tokenization": tokenization, "bits": bits}
+
+
+def rows(record: dict) -> list[dict]:
+  """One row per language: its tokenisation cost and, where scored, its bits."""
+  out = []
+  for lang in record["languages"]:
+    row = {"language": lang, **{k: record["tokenization"][lang][k] for k in COLUMNS[:3]}}
+    bits = (record["bits"] or {}).get(lang)
+    row.update({k: bits[k] if bits else None for k in COLUMNS[3:]})
+    out.append(row)
+  return out
+
+
+def markdown(record: dict) -> str:
+  head = "| language | " + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |"
+  lines = [f"# Tokenisation cost and bits per character ({record['corpus']})", "",
+           f"Tokenisation over {record['tokenization_sentences']} sentences per language; bits "
+           f"over the first {record['bits_sentences']} (every token after BOS scored).", "",
+           head, "|" + "---|" * (len(COLUMNS) + 1)]
+  for row in rows(record):
+    cells = ["-" if row[c] is None else f"{row[c]:.3f}" for c in COLUMNS]
+    lines.append(f"| {row['language']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def csv_text(record: dict) -> str:
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=["language", *COLUMNS], lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows(record))
+  return buf.getvalue()

@@ -9,9 +9,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from xling_jax.runtime import io
 from xling_jax.analysis.corpus_stats import METRICS, CorpusStats
 from xling_jax.analysis.disparity import BootstrapCI
+from xling_jax.runtime import io
+
+STATS_NAME = "stats.json"
+HEATMAP_NAME = "heatmap.png"
+LAYERS_NAME = "layers.png"
+CONTROLS_NAME = "controls.png"
 
 
 def _clean(value: Any) -> Any:
@@ -335,12 +340,12 @@ def write_report(out_dir: Path, record: Mapping, *, corpus: str, toy: bool,
   out_dir = Path(out_dir)
   title = titles(record, corpus, toy)
   rendered = {
-      "stats": ("stats.json", io.json_text(record)),
+      "stats": (STATS_NAME, io.json_text(record)),
       "csv": ("disparity.csv", disparity_csv(record)),
       "markdown": ("report.md", summary_markdown(record, title["gap"], list(notes))),
-      "heatmap": ("heatmap.png", heatmap_png(record, title["gap"])),
-      "layers": ("layers.png", layers_png(record, title["layers"])),
-      "controls": ("controls.png", controls_png(record, title["controls"])),
+      "heatmap": (HEATMAP_NAME, heatmap_png(record, title["gap"])),
+      "layers": (LAYERS_NAME, layers_png(record, title["layers"])),
+      "controls": (CONTROLS_NAME, controls_png(record, title["controls"])),
   }
   # A figure that cannot be drawn (the reference alone) is None: its old file would mislead.
   written = io.write_set(out_dir, dict(rendered.values()))

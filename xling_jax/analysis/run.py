@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from sae import releases
 from xling_jax.data.languages import LOW_RESOURCE
 
 
@@ -33,10 +34,11 @@ class AnalysisConfig:
   the group whose band max/mean the summary reports (those of the corpus's languages in it);
   `bootstrap`: paired resamples over sentences for the intervals (0: none); `batch_size`
   sentences per batch (capped at the corpus size), padded to a multiple of `bucket` tokens and
-  cut at `max_len`; `neuronpedia`: the SAE set id for feature links (Gemma Scope only);
-  `quality_sentences`: the first N sentences per language on which each SAE's reconstruction
-  (FVU) and the LM loss with it spliced in are measured (0: all; None: up to
-  DEFAULT_QUALITY_SENTENCES; `sae_quality`)."""
+  cut at `max_len`; `neuronpedia`: the Neuronpedia set for feature links, overriding the one
+  the SAEs carry (`SAESetup.neuronpedia`): a set id some release in `sae.releases` lists
+  (e.g. 'gemmascope-res-16k') or 'model/set_id'; `quality_sentences`: the first N sentences per
+  language on which each SAE's reconstruction (FVU) and the LM loss with it spliced in are
+  measured (0: all; None: up to DEFAULT_QUALITY_SENTENCES; `sae_quality`)."""
   ref_lang: str = "en"
   layers: tuple[int, ...] | None = None
   bands: Mapping[str, tuple[int, int]] | None = None
@@ -61,10 +63,12 @@ CONTROLS = ("resid_norm", "direction_activation", "sentence_mass")
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """What `check` resolved: the analysed layers, the bands, the low-resource group and the
+  Neuronpedia set `config.neuronpedia` names (a `sae.releases.NeuronpediaSet`, or None) and the
   sentences per language of the quality pass (0: all)."""
   layers: tuple[int, ...]
   bands: dict[str, tuple[int, int]]
   group: tuple[str, ...]
+  neuronpedia: releases.NeuronpediaSet | None = None
   quality_sentences: int = 0
 
 
@@ -103,7 +107,9 @@ def check(config: AnalysisConfig, n_layers: int, languages,
     raise ValueError(f"quality_sentences={quality}: the corpus has {n_sentences} sentences per "
                      "language (0 = all of them)")
   group = tuple(l for l in low_resource if l in languages and l != config.ref_lang)
-  return Plan(layers, bands, group, quality)
+  neuronpedia = (None if config.neuronpedia is None
+                 else releases.neuronpedia_set(config.neuronpedia))
+  return Plan(layers, bands, group, neuronpedia, quality)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +151,8 @@ class Analysis:
   def write(self, out_dir: str | Path) -> dict[str, Path]:
     """stats.json, disparity.csv, report.md, heatmap.png and layers.png under `out_dir`, each
     rendered before any is written and written atomically (a failure leaves earlier results)."""
-    from xling_jax.runtime import io
     from xling_jax.analysis import report
+    from xling_jax.runtime import io
     out_dir = io.check_output_dir(out_dir, "out_dir")
     paths, _ = report.write_report(out_dir, self.record, corpus=self.corpus_name, toy=self.toy,
                                    notes=self.notes)
@@ -177,12 +183,9 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
   settings (the tools pass every flag; default this config). Everything is checked before the
   first batch runs (ValueError).
   """
-  from xling_jax.analysis import corpus_stats, sae_quality
-  from xling_jax.runtime import batching
-  from xling_jax.analysis import disparity
-  from xling_jax.runtime import platform
-  from xling_jax.analysis import report
+  from xling_jax.analysis import corpus_stats, disparity, report, sae_quality
   from xling_jax.model import presets
+  from xling_jax.runtime import batching, platform
   start = time.perf_counter()
   model_config = setup.config
   plan = check(config if config.layers is not None
@@ -217,7 +220,7 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
   others = {name: {l: g for l, g in by_lang.items() if l != ref}
             for name, by_lang in gap_by_metric.items()}
   top = disparity.top_features(stats, k=min(config.top_k, saes.params.d_sae), ref=ref,
-                               neuronpedia=config.neuronpedia)
+                               neuronpedia=plan.neuronpedia or saes.neuronpedia)
   if run_config is None:
     run_config = dict(dataclasses.asdict(config), langs=list(corpus.languages))
   provenance = dict(setup.provenance, saes=saes.description, corpus=corpus.source,

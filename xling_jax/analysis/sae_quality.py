@@ -67,20 +67,24 @@ def quality_stats(params, config: ModelConfig, saes: jumprelu.JumpReLUParams, to
                                                  jax.eval_shape(fit_sums, r, i)),
                         resid, index)
 
-  final, fits = model_lib.scan_blocks(params, config, x, mask, observe=fit, observe_xs=where)
+  final, fits = model_lib.scan_blocks(params, config, x, mask, observe=fit, observe_xs=where,
+                                      tokens=tokens)
   fits = jax.tree.map(lambda a: a[jnp.asarray(layers)], fits)
   out = {**fits, "clean_nll": _row_nll(params, config, final, tokens, mask)[None]}
 
-  def spliced(i):
+  layer_ids = jnp.asarray(layers)
+
+  def spliced(i):  # one compiled forward, run once per analysed layer by lax.map
     sae = jax.tree.map(lambda p: p[i], saes)
     splice = lambda resid, here: jax.lax.cond(
         here, lambda r: jnp.where(weights[..., None] > 0, reconstruction(r, sae), r),
         lambda r: r, resid)
-    is_layer = jnp.arange(config.n_layers) == layers[i]
-    last, _ = model_lib.scan_blocks(params, config, x, mask, edit=splice, edit_xs=is_layer)
+    is_layer = jnp.arange(config.n_layers) == layer_ids[i]
+    last, _ = model_lib.scan_blocks(params, config, x, mask, edit=splice, edit_xs=is_layer,
+                                    tokens=tokens)
     return _row_nll(params, config, last, tokens, mask)
 
-  out["spliced_nll"] = jnp.stack([spliced(i) for i in range(len(layers))])
+  out["spliced_nll"] = jax.lax.map(spliced, jnp.arange(len(layers)))
   out["n_targets"] = (mask[:, 1:] * mask[:, :-1]).astype(jnp.float32).sum(-1)[None]
   out["n_tokens"] = weights.sum(-1)
   return out
@@ -93,8 +97,11 @@ def language_quality(params, config: ModelConfig, saes, tokenizer, sentences: Se
   """{"fvu": [n], "delta_lm_loss": [n], "clean_lm_loss": float, "tokens": int} of one
   language's `sentences` (see the module docstring)."""
   step = lambda tokens, mask: quality_stats(params, config, saes, tokens, mask, layers=layers)
+  # One padded width for every batch: the step is large, so one compile beats tighter padding.
+  longest = 1 + max(len(tokenizer.encode(s)) for s in sentences)
+  width = min(-(-longest // (bucket or 1)) * (bucket or 1), max_len or config.max_seq_len)
   sums = stream_sentences(config, tokenizer, sentences, step, batch_size=batch_size,
-                          bucket=bucket, max_len=max_len, mesh=mesh, progress=progress)
+                          bucket=width, max_len=max_len, mesh=mesh, progress=progress)
   rows = {k: v.sum(0) for k, v in sums.rows.items()}  # summed over sentences: [n] or [1]
   n = max(float(sums.n_tokens.sum()), 1.0)
   sum_x = sums.pooled["sum_x"]  # [n, D]

@@ -19,8 +19,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from xling_jax.model import transformer as model_lib
 from xling_jax.kernels import sae_stats as sae_stats_seam
+from xling_jax.model import transformer as model_lib
 from xling_jax.model.config import ModelConfig
 
 ROW_SUMS = ("activation", "l0", "resid_norm", "distinct_features")
@@ -84,7 +84,7 @@ def batch_stats(params, config: ModelConfig, saes, tokens: jax.Array, mask: jax.
   if fused and layers in (None, tuple(range(config.n_layers))):
     x = model_lib.embed(params, config, tokens)
     _, out = model_lib.scan_blocks(
-        params, config, x, mask, hook=hook,
+        params, config, x, mask, hook=hook, tokens=tokens,
         observe=lambda resid, xs: layer_row_sums(resid, *xs[:1], weights, *xs[1:]),
         observe_xs=(saes,) if direction_norms is None else (saes, direction_norms))
   else:
@@ -105,7 +105,7 @@ def norm_stats(params, config: ModelConfig, tokens: jax.Array, mask: jax.Array, 
   direction control needs of the reference language before its own pass."""
   weights = stat_mask(tokens, mask, config.bos_id)
   _, sums = model_lib.scan_blocks(
-      params, config, model_lib.embed(params, config, tokens), mask, hook=hook,
+      params, config, model_lib.embed(params, config, tokens), mask, hook=hook, tokens=tokens,
       observe=lambda resid, _: jnp.einsum(
           "bt,bt->b", weights, jnp.linalg.norm(resid.astype(jnp.float32), axis=-1)))
   return {"resid_norm": sums[jnp.asarray(layers)], "n_tokens": weights.sum(-1)}

@@ -9,7 +9,8 @@ from xling_jax.checkpoints.gguf_file import load_gguf
 from xling_jax.checkpoints.hf import load_hf, save_hf
 from xling_jax.checkpoints.kaggle import load_kaggle, save_kaggle
 from xling_jax.checkpoints.ours import load_ours, save_params
-from xling_jax.checkpoints.resolve import detect_format, load_params, read_config, resolve_checkpoint
+from xling_jax.checkpoints.resolve import (detect_format, load_params, read_config,
+                                           resolve_checkpoint)
 from xling_jax.checkpoints.safetensors_io import read_safetensors
 
 __all__ = ["detect_format", "load_gguf", "load_hf", "load_kaggle", "load_ours", "load_params",

@@ -14,18 +14,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import mmap
+import os
 import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xling_jax.runtime.errors import CheckpointError
-import os
+from xling_jax.checkpoints import hf_config
 from xling_jax.checkpoints.stacked import read_params, resolve_sharding
 from xling_jax.model.config import ModelConfig
 from xling_jax.model.transformer import Params
-from xling_jax.checkpoints import hf_config
+from xling_jax.runtime.errors import CheckpointError
 
 ARCHITECTURES = ("gemma2", "gemma3")
 _MAGIC = b"GGUF"
@@ -159,6 +159,9 @@ class GGUFFile:
     except _CorruptHeader as e:
       raise self._error(f"corrupt GGUF header ({e})") from None
     architecture = metadata.get("general.architecture")
+    if architecture == "gemma4":
+      raise self._error("a Gemma 4 GGUF (architecture 'gemma4') is not supported; load the "
+                        "model's HF safetensors checkpoint")
     if architecture not in ARCHITECTURES:
       raise self._error(f"a GGUF of architecture {architecture!r}, expected gemma2 or gemma3")
     return buf, metadata, self._tensor_entries(table, data_start, len(buf))

@@ -9,18 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-from xling_jax.model import layout
-from xling_jax.model.config import ModelConfig
-from xling_jax.runtime.errors import CheckpointError
+from xling_jax.checkpoints import hf_config
 from xling_jax.checkpoints.safetensors_io import SafetensorsReader, tensor_files
 from xling_jax.checkpoints.stacked import read_json, read_params, resolve_sharding
+from xling_jax.model import layout
+from xling_jax.model.config import ModelConfig
 from xling_jax.model.transformer import Params
-from xling_jax.checkpoints import hf_config
+from xling_jax.runtime.errors import CheckpointError
+
 
 class HFSource:
   """The tensors of an HF directory by their text-model names (`model.layers.0...`), whichever
   prefix the checkpoint uses: text-only `model.`, or a multimodal Gemma 3's language model
-  under `language_model.model.` (as released) or `model.language_model.` (current converter)."""
+  under `language_model.model.` (as released) or `model.language_model.` (current converter,
+  and every multimodal Gemma 4)."""
 
   PREFIXES = ("model.", "model.language_model.", "language_model.model.")
 
@@ -58,7 +60,8 @@ def read_hf_config(directory: Path) -> ModelConfig:
 
 def load_hf(directory: str | os.PathLike, config: ModelConfig | None = None, *,
             dtype=None, sharding=None) -> tuple[Params, ModelConfig]:
-  """An HF Gemma 2 / Gemma 3 directory (text-only, or the language model of a multimodal one)."""
+  """An HF Gemma 2 / 3 / 4 directory (text-only, or the language model of a multimodal one;
+  a released Gemma 4's unused K/V weights on its KV-shared layers are not read)."""
   directory = Path(directory)
   config = config or read_hf_config(directory)
   source = HFSource(directory)
@@ -68,8 +71,8 @@ def load_hf(directory: str | os.PathLike, config: ModelConfig | None = None, *,
 def save_hf(directory: str | os.PathLike, params: Params, config: ModelConfig,
             max_shard_bytes: int | None = None) -> None:
   """Write params as an HF directory (config.json + safetensors, sharded with an index when
-  `max_shard_bytes` is set) that `Gemma2ForCausalLM` / `Gemma3ForCausalLM.from_pretrained`
-  reads."""
+  `max_shard_bytes` is set) that `Gemma2ForCausalLM` / `Gemma3ForCausalLM` /
+  `Gemma4ForCausalLM.from_pretrained` reads."""
   from safetensors.numpy import save_file
 
   directory = Path(directory)

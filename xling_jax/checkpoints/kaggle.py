@@ -10,11 +10,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from xling_jax.checkpoints.stacked import layer_count, read_params, resolve_sharding
 from xling_jax.model import layout
 from xling_jax.model.config import ModelConfig
-from xling_jax.runtime.errors import CheckpointError
-from xling_jax.checkpoints.stacked import layer_count, read_params, resolve_sharding
 from xling_jax.model.transformer import Params
+from xling_jax.runtime.errors import CheckpointError
+
 
 class FlatSource:
   """Tensors of an in-memory flat dict (a restored Kaggle/orbax tree). The nested layout of
@@ -90,6 +91,10 @@ def infer_config_from_kaggle(source: FlatSource, **overrides: Any) -> ModelConfi
   return base(**fields, **overrides)
 
 
+# Names only the gemma library's Gemma 4 checkpoints hold (google-deepmind/gemma gm.nn.gemma4).
+_GEMMA4_MARKERS = ("/skip_scale", "/per_layer_embeddings", "stacked_layers/")
+
+
 def load_kaggle(directory: str | os.PathLike, config: ModelConfig | None = None, *,
                 dtype=None, sharding=None) -> tuple[Params, ModelConfig]:
   """The gemma library's Kaggle/orbax checkpoint (flat or nested), Gemma 2 or Gemma 3."""
@@ -97,6 +102,10 @@ def load_kaggle(directory: str | os.PathLike, config: ModelConfig | None = None,
   flat = flatten_kaggle(restore_orbax(directory))
   if "params" in {k.split("/")[0] for k in flat}:
     flat = {k[len("params/"):]: v for k, v in flat.items() if k.startswith("params/")}
+  if any(marker in name for name in flat for marker in _GEMMA4_MARKERS):
+    raise CheckpointError(f"{directory}: a Gemma 4 Kaggle/orbax checkpoint, which is not "
+                          "supported; convert it with transformers' convert_gemma4_weights.py "
+                          "and load the HF directory")
   if "transformer/embedder/input_embedding" not in flat:
     raise CheckpointError(f"{directory}: tensor transformer/embedder/input_embedding is missing; "
                           f"not a Gemma Flax checkpoint (found {sorted(flat)[:5]} ...)")
@@ -111,6 +120,8 @@ def save_kaggle(directory: str | os.PathLike, params: Params, config: ModelConfi
                 pad_vocab_to: int | None = None) -> None:
   """Write params in the released gemma-library flat layout (used by tests and converters)."""
   import orbax.checkpoint as ocp
+  if config.family not in ("gemma2", "gemma3"):
+    raise ValueError(f"save_kaggle writes Gemma 2 and Gemma 3, not {config.family}")
   flat: dict[str, dict[str, np.ndarray]] = {}
   for name, tensor in layout.to_stored(params, config, "kaggle"):
     if name == "transformer/embedder/input_embedding" and pad_vocab_to:

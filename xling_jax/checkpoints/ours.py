@@ -9,11 +9,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from xling_jax.checkpoints.stacked import resolve_sharding, sharding_for
 from xling_jax.model import transformer as model_lib
 from xling_jax.model.config import ModelConfig
-from xling_jax.runtime.errors import CheckpointError
-from xling_jax.checkpoints.stacked import resolve_sharding, sharding_for
 from xling_jax.model.transformer import Params
+from xling_jax.runtime.errors import CheckpointError
 
 OUR_CONFIG_FILE = "xling_config.json"
 OUR_PARAMS_DIR = "params"

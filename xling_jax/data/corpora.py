@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
-from xling_jax.runtime import hub
 from xling_jax.data.languages import LANGUAGES, STUDY_LANGUAGES, validate_languages
+from xling_jax.runtime import hub
 
 EMBEDDED = "embedded"
 HF_PREFIX = "hf:"

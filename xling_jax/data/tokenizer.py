@@ -175,8 +175,8 @@ class _HfBackend:
 
 
 def _gguf_model_proto(path: Path) -> bytes:
-  from xling_jax.runtime.errors import CheckpointError
   from xling_jax.checkpoints.gguf_file import GGUFFile
+  from xling_jax.runtime.errors import CheckpointError
   try:
     return GGUFFile(path).tokenizer_model_proto()
   except CheckpointError as e:

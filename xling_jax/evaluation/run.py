@@ -21,17 +21,16 @@ from io import StringIO
 from pathlib import Path
 from typing import Any, Sequence
 
-from xling_jax.runtime import batching
-from xling_jax.evaluation import benchmark_items
-from xling_jax.runtime import io
 from xling_jax.data import languages
-from xling_jax.evaluation import prompts as prompts_lib
-from xling_jax.evaluation import scoring
+from xling_jax.evaluation import benchmark_items, prompts as prompts_lib, scoring
+from xling_jax.runtime import batching, io
 from xling_jax.runtime.errors import NonFiniteError
 from xling_jax.runtime.progress import Progress
 
 SOURCES = ("dir", "hf")
 METRICS = (*scoring.METRICS, "margin")
+SCORES_NAME = "scores.json"
+RUN_NAME = "run.json"
 
 
 class EvalDataError(ValueError):
@@ -261,11 +260,11 @@ def write_outputs(out: str | os.PathLike, result: EvalResult, run: dict[str, Any
   run = {**run, "no_data": result.missing, "too_long": result.too_long,
          "notes": [*run.get("notes", []), *result.notes]}
   rendered = {
-      "scores.json": io.json_text(result.scores),
+      SCORES_NAME: io.json_text(result.scores),
       "scores.csv": scores_csv(result.scores),
       "items.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records),
       "scores.md": md,
-      "run.json": io.json_text(run),
+      RUN_NAME: io.json_text(run),
   }
   for name, text in rendered.items():
     io.write_text(out / name, text)

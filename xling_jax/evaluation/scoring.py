@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xling_jax.runtime import batching
+from xling_jax.evaluation.prompts import Prompt
 from xling_jax.model import transformer as model_lib
 from xling_jax.model.config import ModelConfig
-from xling_jax.evaluation.prompts import Prompt
+from xling_jax.runtime import batching
 
 MIN_ROW = 64
 MIN_TARGETS = 16
@@ -173,7 +173,7 @@ def packed_logprobs(params, config: ModelConfig, tokens, mask, positions, segmen
   pair_mask = (seg_k == 0) | (seg_k == seg_q)  # [B, T, S]: the context, or the query's own choice
   x = model_lib.embed(params, config, tokens)
   hidden, _ = model_lib.scan_blocks(params, config, x, mask, hook=hook, positions=positions,
-                                    pair_mask=pair_mask)
+                                    pair_mask=pair_mask, tokens=tokens)
   picked = jnp.take_along_axis(hidden, gather[:, :, None], axis=1)  # [B, P, D]
   return model_lib.target_logprobs(params, config, picked, targets)
 

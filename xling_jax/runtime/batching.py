@@ -13,7 +13,7 @@ Batch = TypeVar("Batch")
 
 def data_axis(mesh) -> int:
   from xling_jax.runtime import sharding as sharding_lib
-  return 1 if mesh is None else mesh.shape[sharding_lib.DATA]
+  return 1 if mesh is None else sharding_lib.data_shards(mesh)
 
 
 def batch_rows(requested: int, n_items: int, mesh=None) -> int:

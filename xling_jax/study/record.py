@@ -1,38 +1,30 @@
-"""The study's record (study.json): every number RESULTS.md shows, read from the stages' own
-files under the study's --out, with where each part came from. `study_page` renders it.
+"""The study's record (study.json): every number RESULTS.md shows, read from the stages' result
+files (`stages.Stage.read`), with where each part came from. `page` renders it.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Mapping, Sequence
 
-CARD_PREFIX = "card_"
-# How the Gemma 3 model cards score the pretrained models' English: shots, and the evaluate
-# flags that pick the same items (HellaSwag on lm-eval's 1000-item subsample, ARC-c in full).
-CARD_PROTOCOL = {"hellaswag": (10, ("--subsample=1000",)), "arc": (25, ())}
-# What the card publishes for each checkpoint, in %, under CARD_PROTOCOL.
-MODEL_CARD = {"gemma3-270m": {"hellaswag": 40.9, "arc": 29.0}}
+from xling_jax.study import stages as stages_lib
+from xling_jax.study.stages import Stage
 
 
-def _read(path: Path) -> dict:
-  return json.loads(Path(path).read_text(encoding="utf-8"))
+def collect(stages: Sequence[Stage], settings: Mapping, timings: Mapping, command: str,
+            machine: str | None = None) -> dict:
+  """One record from the finished `stages`: only what RESULTS.md shows, plus where each part
+  came from (`machine`: the host it ran on, `platform.describe_host`)."""
+  def of(kind: str) -> list[Stage]:
+    return [s for s in stages if s.kind == kind]
 
-
-def collect(out: Path, settings: Mapping, timings: Mapping, command: str,
-            stages: Sequence[str], machine: str | None = None) -> dict:
-  """One record from the stage folders under `out`: only what RESULTS.md shows, plus where
-  each part came from (`machine`: the host it ran on, `platform.describe_host`)."""
-  out = Path(out)
-  intrinsic = _read(out / "intrinsic" / "intrinsic.json")
-  stats = _read(out / "analysis" / "stats.json")
-  layers = stats["layers"]
+  intrinsic = of(stages_lib.INTRINSIC)[0].read()["record"]
+  stats = of(stages_lib.ANALYSIS)[0].read()["stats"]
+  ref = stats["reference_language"]
   record = {
       "command": command,
       "settings": dict(settings),
-      "stages": {name: timings.get(name) for name in stages},
-      "seconds": round(sum((timings.get(n) or {}).get("seconds", 0.0) for n in stages
-                           if not n.startswith(CARD_PREFIX)), 1),
+      "stages": {s.name: timings.get(s.name) for s in stages},
+      "seconds": round(sum((timings.get(s.name) or {}).get("seconds", 0.0) for s in stages
+                           if s.kind != stages_lib.CARD), 1),
       "model": stats["provenance"].get("model"),
       "checkpoint": settings.get("checkpoint"),
       "toy": bool(stats["provenance"].get("toy")),
@@ -42,13 +34,12 @@ def collect(out: Path, settings: Mapping, timings: Mapping, command: str,
       "intrinsic": {"tokenization": intrinsic["tokenization"], "bits": intrinsic["bits"],
                     "tokenization_sentences": intrinsic["tokenization_sentences"],
                     "bits_sentences": intrinsic["bits_sentences"], "corpus": intrinsic["corpus"]},
-      "saes": _saes(out, settings, layers),
+      "saes": _saes(of(stages_lib.SAES), settings),
       "analysis": {
           "corpus": stats["config"].get("corpus"), "languages": stats["languages"],
-          "reference": stats["reference_language"], "layers": layers,
+          "reference": ref, "layers": stats["layers"],
           "activation": stats["metrics"]["activation"], "l0": stats["metrics"]["l0"],
-          "gap": stats["gap_vs_en" if stats["reference_language"] == "en" else
-                       f"gap_vs_{stats['reference_language']}"],
+          "gap": stats["gap_vs_en" if ref == "en" else f"gap_vs_{ref}"],
           "gap_ci": (stats.get("bootstrap") or {}).get("gap"),
           "band_summary": stats["band_summary"],
           "band_ci": (stats.get("bootstrap") or {}).get("band_group"),
@@ -63,8 +54,8 @@ def collect(out: Path, settings: Mapping, timings: Mapping, command: str,
       "lora": {},
       "benchmarks": None,
   }
-  for target in settings["targets"]:
-    rep = _read(out / f"lora_{target}" / "report.json")
+  for stage in of(stages_lib.LORA):
+    rep, target = stage.read()["report"], stage.target
     ref = rep["ref_lang"]
     record["lora"][target] = {
         "layers": rep["layers"], "objective_layers": rep["objective_layers"],
@@ -73,18 +64,16 @@ def collect(out: Path, settings: Mapping, timings: Mapping, command: str,
         "steps": rep["steps"], "train_lines": rep["train_lines"],
         "heldout_lines": rep["heldout_lines"], "final_terms": rep["final_terms"]}
   cards = {}
-  for name in (n for n in stages if n.startswith(CARD_PREFIX)):
-    folder = Path(_command_out(timings[name]["command"]))
-    run = _read(folder / "run.json")
-    cards[name] = {"scores": _read(folder / "scores.json"),
-                   "num_fewshot": run["flags"]["num_fewshot"], "limit": run["flags"]["limit"],
-                   "subsample": run["flags"].get("subsample"),
-                   "seconds": timings[name]["seconds"]}
+  for stage in of(stages_lib.CARD):
+    files = stage.read()
+    run = files["run"]["flags"]
+    cards[stage.name] = {"scores": files["scores"], "num_fewshot": run["num_fewshot"],
+                         "limit": run["limit"], "subsample": run.get("subsample"),
+                         "seconds": timings[stage.name]["seconds"]}
   record["card"] = cards or None
-  if (out / "bench_base" / "scores.json").exists():
-    record["benchmarks"] = {"base": _read(out / "bench_base" / "scores.json"),
-                            "lora": {t: _read(out / f"bench_lora_{t}" / "scores.json")
-                                     for t in settings["targets"]}}
+  bench = {s.target: s.read()["scores"] for s in of(stages_lib.BENCH)}
+  if bench:
+    record["benchmarks"] = {"base": bench.pop(None), "lora": bench}
   return record
 
 
@@ -94,23 +83,17 @@ def _top_k(top: Mapping) -> int:
   return len(rows[0]["features"]) if rows else 0
 
 
-def _command_out(command: str) -> str:
-  """The --out of a recorded stage command."""
-  import shlex
-  return next(a.split("=", 1)[1] for a in shlex.split(command) if a.startswith("--out="))
-
-
-def _saes(out: Path, settings: Mapping, layers: Sequence[int]) -> dict:
-  if settings.get("sae_dir"):
+def _saes(trained: Sequence[Stage], settings: Mapping) -> dict:
+  """The trained SAEs' final reports per layer; none when the study brought its SAEs."""
+  if not trained:
     return {"brought": settings["sae_dir"], "layers": {}}
-  per_layer = {}
-  for layer in layers:
-    rep = _read(out / "saes" / "reports" / f"layer_{layer}.json")
-    per_layer[str(layer)] = {"width": rep["width"], "steps": rep["steps"],
-                             "tokens": rep["tokens"], "target_l0": rep["target_l0"],
-                             **{k: rep["final"][k] for k in ("fvu", "l0", "dead_fraction",
-                                                             "dense_fraction")}}
-  data = rep["data"] if layers else {}
+  reports = trained[0].read()
+  per_layer = {layer: {"width": rep["width"], "steps": rep["steps"], "tokens": rep["tokens"],
+                       "target_l0": rep["target_l0"],
+                       **{k: rep["final"][k] for k in ("fvu", "l0", "dead_fraction",
+                                                       "dense_fraction")}}
+               for layer, rep in reports.items()}
+  data = next(reversed(reports.values()))["data"] if reports else {}
   return {"brought": None, "layers": per_layer, "corpus": data.get("name"),
           "sentences": data.get("sentences"), "corpus_tokens": data.get("tokens"),
           "epochs": data.get("epochs")}

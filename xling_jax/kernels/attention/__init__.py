@@ -3,7 +3,9 @@
     attention(q, k, v, mask, logit_softcap, impl=None) -> [B, T, K, G, H]
 
 `reference` is plain JAX; `pallas_triton` (GPU) and `pallas_mosaic` (TPU) are flash-attention
-kernels over the same inputs (`blocks` says how they tile and where their numbers differ from
+kernels over the same inputs (any head width the kernel's `supports` takes: Gemma 4's layers
+call the seam with their own, 256 or 512; its K = V layers pass values that are the normed raw
+keys, to the seam just another v) (`blocks` says how they tile and where their numbers differ from
 the reference: float rounding on real rows, padding rows finite but not the reference's).
 
 Gradients: a fused forward differentiates through the reference (custom VJP: the backward

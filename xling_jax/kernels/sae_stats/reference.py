@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 
 
-
 def pre_activations(x: jax.Array, W_enc: jax.Array, b_enc: jax.Array) -> jax.Array:
   """x [..., D] -> float32 pre-activations [..., W] = x W_enc + b_enc. The input is cast to
   W_enc's dtype and the product accumulates in float32, so bf16 weights still compare to the
