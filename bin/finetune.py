@@ -4,7 +4,12 @@ report.
 Trains a LoRA adapter that lifts --target_lang's SAE activation at the objective layers toward
 the frozen model's --ref_lang activation while keeping --ref_lang unchanged, then reports, on a
 held-out split of the parallel corpus, the activation per layer before and after, the target's
-gain (%) and the reference's retention (%) (the paper's two headline quantities).
+gain (%) and the reference's retention (%) (the paper's two headline quantities), the gap
+closure, and for the target, the reference, a related and an unrelated language (--compare_langs)
+the bits per character, mean residual norm and SAE code mass before and after, on --eval_corpus
+(or the held-out lines). --weights chooses the objective: the control adapters are 0,1,1 (the
+plain language-model loss on the target text) and 0,1,0,1 (match the reference's residual norm,
+no SAE).
 
 With no flags it runs the toy setup (random toy Gemma-2 from --seed, random SAEs, toy tokenizer,
 embedded corpus) and says so. For Gemma-2-2B:
@@ -19,6 +24,7 @@ per logged step), report.json and report.md. --resume continues from the latest 
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -49,8 +55,19 @@ flags.DEFINE_integer("warmup_steps", None, "Linear warmup steps. Default: min(20
 flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay.")
 flags.DEFINE_float("clip_norm", 1.0, "Clip gradients to this global norm.")
 flags.DEFINE_list("weights", ["1", "1", "0"],
-                  "Objective weights align,retain,lm (defined in lora/objectives.py). A zero "
-                  "weight drops the term.")
+                  "Objective weights align,retain,lm[,norm] (defined in lora/objectives.py). A "
+                  "zero weight drops the term; norm (default 0) is the no-SAE control.")
+flags.DEFINE_integer("first_line", 0,
+                     "Train and hold out the lines of --corpus from this one on (0-based); "
+                     "--max_sentences counts from it. Past the SAEs' training lines, the "
+                     "held-out lines are new to the SAEs too.", lower_bound=0)
+flags.DEFINE_string("eval_corpus", None,
+                    "A parallel corpus (as --corpus) on whose first --eval_sentences lines the "
+                    "languages are measured before and after. Default: the held-out lines.")
+flags.DEFINE_integer("eval_sentences", 100, "Lines of --eval_corpus measured.", lower_bound=1)
+flags.DEFINE_list("compare_langs", None,
+                  "Languages measured beside the target and the reference. Default: a related "
+                  "and an unrelated study language (xling_jax/data/languages.py).")
 flags.DEFINE_enum("retain", "residual", ["residual", "kl"],
                   "Retain term: relative squared distance of reference-language residuals, or "
                   "KL of next-token distributions, between adapted and frozen model.")
@@ -88,15 +105,15 @@ flags.DEFINE_string("base_model_name", None,
                     "--checkpoint, or 'xling-jax-toy' for the toy model.")
 
 
-def _weights() -> tuple[float, float, float]:
+def _weights() -> tuple[float, float, float, float]:
   try:
     weights = tuple(float(w) for w in FLAGS.weights)
   except ValueError:
     weights = ()
-  if len(weights) != 3:
-    raise app.UsageError(f"--weights={','.join(FLAGS.weights)}: expected three numbers "
-                         "align,retain,lm")
-  return weights
+  if len(weights) not in (3, 4) or not all(math.isfinite(w) and w >= 0 for w in weights):
+    raise app.UsageError(f"--weights={','.join(FLAGS.weights)}: expected three or four "
+                         "non-negative numbers align,retain,lm[,norm]")
+  return (*weights, 0.0)[:4]
 
 
 def eval_config(langs):
@@ -120,6 +137,11 @@ def check_flags():
     raise app.UsageError(f"--target_lang={FLAGS.target_lang} is also --ref_lang: the adapter "
                          "lifts one language toward another")
   target, ref = validate_languages([FLAGS.target_lang, FLAGS.ref_lang])
+  if FLAGS.compare_langs:
+    validate_languages(FLAGS.compare_langs)
+  if FLAGS.eval_corpus and FLAGS.eval_corpus != "embedded" and not FLAGS.eval_corpus.startswith(
+      "hf:") and not os.path.exists(FLAGS.eval_corpus):
+    raise FileNotFoundError(f"--eval_corpus={FLAGS.eval_corpus}: no such file or directory")
   weights = _weights()
   out = cli.check_out()
   from lora import finetune
@@ -136,13 +158,13 @@ def check_flags():
 
 
 def main(argv):
-  target, ref, (w_align, w_retain, w_lm), out, bench, bench_prompts = check_flags()
+  target, ref, (w_align, w_retain, w_lm, w_norm), out, bench, bench_prompts = check_flags()
   devices = shared_flags.setup_platform()
   start = time.perf_counter()
 
   from lora import finetune, objectives, train
   from lora.lora import LoraConfig
-  from xling_jax.data import corpora
+  from xling_jax.data import corpora, languages
   from xling_jax.model import presets
 
   train_config = train.TrainConfig(
@@ -152,7 +174,15 @@ def main(argv):
       weight_decay=FLAGS.weight_decay, clip_norm=FLAGS.clip_norm, eval_fraction=FLAGS.eval_fraction,
       max_len=FLAGS.max_len, bucket=FLAGS.bucket, seed=FLAGS.seed, save_every=FLAGS.save_every,
       log_every=FLAGS.log_every)
-  corpus = corpora.load_corpus(FLAGS.corpus, (target, ref), FLAGS.max_sentences)
+  compare = (tuple(FLAGS.compare_langs) if FLAGS.compare_langs is not None else
+             tuple(lang for lang in languages.comparison_languages(target, ref) if lang))
+  langs = tuple(dict.fromkeys((target, ref, *compare)))
+  eval_corpus = (None if not FLAGS.eval_corpus else
+                 corpora.load_corpus(FLAGS.eval_corpus, langs, FLAGS.eval_sentences))
+  # Without an eval corpus the languages are measured on the held-out lines of this one.
+  corpus = corpora.load_corpus(FLAGS.corpus, (target, ref) if eval_corpus else langs,
+                               None if FLAGS.max_sentences is None
+                               else FLAGS.first_line + FLAGS.max_sentences).lines(FLAGS.first_line)
   setup = shared_flags.load_model()
   config = setup.config
   L = config.n_layers
@@ -165,7 +195,8 @@ def main(argv):
   lora_config = LoraConfig(rank=FLAGS.rank, alpha=FLAGS.alpha, modules=tuple(FLAGS.modules),
                            layers=lora_layers, seed=FLAGS.seed)
   objective = objectives.ObjectiveConfig(layers=objective_layers, w_align=w_align,
-                                         w_retain=w_retain, w_lm=w_lm, retain=FLAGS.retain)
+                                         w_retain=w_retain, w_lm=w_lm, retain=FLAGS.retain,
+                                         w_norm=w_norm)
   saes = shared_flags.load_saes(setup, sorted(set(objective_layers) | set(report_layers)),
                           corpus.sentences[ref][:16])
   if setup.is_toy:
@@ -177,7 +208,8 @@ def main(argv):
       setup, saes, corpus, target, ref, out=out, lora=lora_config, objective=objective,
       train=train_config, report_layers=report_layers, resume=FLAGS.resume, remat=FLAGS.remat,
       bench=bench, bench_prompts=bench_prompts, base_model_name=FLAGS.base_model_name,
-      echo=lambda line: print(line, flush=True), run_config=cli.resolved_flags())
+      echo=lambda line: print(line, flush=True), run_config=cli.resolved_flags(),
+      eval_corpus=eval_corpus, compare=compare)
   print(run.markdown())
   print(f"wrote {run.peft_dir}/, {out / 'checkpoints'}/, {out}/report.json, {out}/report.md")
   print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)

@@ -190,7 +190,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
       "gap_closure_pct": report_lib.retention_pct(after[target], before[ref]),
       "measured": {
           "languages": list(measured),
-          "text": eval_corpus.source if eval_corpus else "the held-out lines",
+          "text": eval_corpus.name if eval_corpus else "the held-out lines",
           "sentences": len(next(iter(measure_texts.values()))),
           "gain_pct": {target: report_lib.gain_pct(measured_after["code_mass"][target],
                                                    measured_before["code_mass"][target])},
@@ -200,6 +200,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
                                                       measured_before["code_mass"][ref])},
       **{name: {"before": measured_before[name], "after": measured_after[name]}
          for name in ("bits_per_char", "resid_norm", "code_mass")},
+      "objective": dataclasses.asdict(objective),
       "objective_layers": list(objective.layers), "steps": result.step,
       "final_terms": report_lib.final_terms(log_path, result.step),
       "train_lines": len(train_split), "heldout_lines": len(heldout), "toy": setup.is_toy,

@@ -62,7 +62,7 @@ def markdown(report: Mapping, notes: Sequence[str] = ()) -> str:
   t, r = report["target_lang"], report["ref_lang"]
   lines = [f"# {'TOY model: ' if report['toy'] else ''}activation-aware LoRA, {t} -> {r}", ""]
   lines += [f"> {n}" for n in notes] + ([""] if notes else [])
-  weights = (report.get("flags") or {}).get("objective") or {}
+  objective = report.get("objective") or {}
   lines += [f"Held-out lines: {report['heldout_lines']}; objective layers "
             f"{report['objective_layers']}; {report['steps']} steps.", ""]
   if "gap_closure_pct" in report:
@@ -72,7 +72,10 @@ def markdown(report: Mapping, notes: Sequence[str] = ()) -> str:
               + (f" The align term trains {t}'s code mass at the objective layers toward {r}'s "
                  "value before training, so closure near 100% there is the objective's set "
                  "point, not a measured effect: read it beside the control adapters and the "
-                 "per-language measurements below." if weights.get("w_align", 1) else ""), ""]
+                 "per-language measurements below." if objective.get("w_align", 1) else
+                 f" This adapter has no align term (weights align {objective.get('w_align')}, "
+                 f"retain {objective.get('w_retain')}, lm {objective.get('w_lm')}, norm "
+                 f"{objective.get('w_norm')}): a control."), ""]
   lines += [
             f"| layer | {t} before | {t} after | {t} gain % | {r} before | {r} after | "
             f"{r} retention % |", "|---|---|---|---|---|---|---|"]
