@@ -39,19 +39,19 @@ FLAGS = flags.FLAGS
 shared_flags.define_platform_flags()
 flags.adopt_module_key_flags(shared_flags)  # --help lists the shared flags too
 flags.DEFINE_string("config", "toy",
-                    "Model shape with random weights: a preset (toy, toy_gemma3, small, "
-                    "gemma2_2b, gemma3_270m, gemma3_1b, ...). small ~ a minute per stack on a "
-                    "2-core CPU. Ignored with --checkpoint.")
+                    "Model shape with random weights: a preset (toy, toy_gemma3, toy_gemma4, "
+                    "toy_gemma4_moe, small, gemma2_2b, gemma3_270m, gemma3_1b, gemma4_e2b, ...). "
+                    "small ~ a minute per stack on a 2-core CPU. Ignored with --checkpoint.")
 flags.DEFINE_string("checkpoint", None,
                     "Real weights instead of random ones: any path load_params reads, or "
                     "gemma3-270m. Both stacks get the same float weights (HF loads them from a "
                     "safetensors copy we write).")
-flags.DEFINE_integer("batch", None, "Batch size (default per config: toy 8, small 4, gemma2_2b 32, "
-                     "otherwise 8).")
-flags.DEFINE_integer("seq", None, "Sequence length (default: toy 64, small 128, gemma2_2b 256, "
-                     "otherwise 128).")
-flags.DEFINE_integer("sae_width", None, "SAE width (default: toy 256, small 4096, gemma2_2b "
-                     "16384, otherwise 4096).")
+flags.DEFINE_integer("batch", None, "Batch size (default per config: toy, toy_gemma4(_moe) 8, "
+                     "small 4, gemma2_2b 32, otherwise 8).")
+flags.DEFINE_integer("seq", None, "Sequence length (default: toy, toy_gemma4(_moe) 64, small 128, "
+                     "gemma2_2b 256, otherwise 128).")
+flags.DEFINE_integer("sae_width", None, "SAE width (default: toy, toy_gemma4(_moe) 256, small "
+                     "4096, gemma2_2b 16384, otherwise 4096).")
 flags.DEFINE_integer("repeats", 5, "Timed repeats per row (median reported).")
 flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                   "Weights/activations dtype for both stacks. auto: float32 on cpu, bfloat16 else.")
@@ -74,7 +74,8 @@ flags.DEFINE_string("profile_dir", None,
                     "After timing, trace one call of each of our rows with jax.profiler into this "
                     "directory (TensorBoard/XProf, plus perfetto_trace.json.gz).")
 
-DEFAULTS = {"toy": (8, 64, 256), "small": (4, 128, 4096), "gemma2_2b": (32, 256, 16384)}
+DEFAULTS = {"toy": (8, 64, 256), "toy_gemma4": (8, 64, 256), "toy_gemma4_moe": (8, 64, 256),
+            "small": (4, 128, 4096), "gemma2_2b": (32, 256, 16384)}
 OTHER_DEFAULTS = (8, 128, 4096)
 
 
@@ -125,10 +126,12 @@ def _weights(shape: Shape, accelerator: bool):
 
 
 def _inputs(config, shape: Shape):
-  """Random tokens after BOS, no padding: tokens, mask [batch, seq] int32."""
+  """Random tokens after BOS, no padding: tokens, mask [batch, seq] int32. Ids stay inside a
+  smaller per-layer-embedding table (the Gemma 4 toy's), which HF's lookup cannot pass."""
   import numpy as np
   rng = np.random.default_rng(0)
-  tokens = rng.integers(4, config.vocab_size, (shape.batch, shape.seq)).astype(np.int32)
+  high = min(config.vocab_size, config.ple_vocab_size or config.vocab_size)
+  tokens = rng.integers(4, high, (shape.batch, shape.seq)).astype(np.int32)
   tokens[:, 0] = config.bos_id
   return tokens, np.ones((shape.batch, shape.seq), np.int32)
 

@@ -74,7 +74,8 @@ class HFStack:
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     cls = {"gemma2": transformers.Gemma2ForCausalLM,
-           "gemma3": transformers.Gemma3ForCausalLM}[config.family]
+           "gemma3": transformers.Gemma3ForCausalLM,
+           "gemma4": transformers.Gemma4ForCausalLM}[config.family]
     self.model = cls.from_pretrained(
         hf_dir, dtype=tdtype, attn_implementation=attn).to(self.device).eval()
     self.hf_dir, self.tdtype, self.obj_layer = hf_dir, tdtype, obj_layer
