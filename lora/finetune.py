@@ -98,7 +98,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   flag). Settings are checked before anything is computed (ValueError).
   """
   from lora import data, objectives, peft_io, report as report_lib, train as train_lib
-  from lora.lora import project_hook
+  from lora.lora import project_hook, unadapted_notes
   from xling_jax.analysis import corpus_stats
   from xling_jax.model import presets
   from xling_jax.runtime import io, platform
@@ -121,7 +121,10 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
 
   train_split, heldout = data.split_parallel(corpus.sentences[target], corpus.sentences[ref],
                                                   train.eval_fraction, train.seed)
-  notes = [presets.toy_note(config)] if setup.is_toy else []
+  skipped = unadapted_notes(config, lora)  # Gemma 4's experts: said, not refused
+  for note in skipped:
+    echo(f"note: {note}")
+  notes = ([presets.toy_note(config)] if setup.is_toy else []) + skipped
 
   texts = {target: heldout.target, ref: heldout.ref}
 
