@@ -70,6 +70,12 @@ flags.DEFINE_enum("order", "auto", ["auto", "turns", "stacks"],
                   "ours, so torch hands back its device memory before JAX's allocator (which "
                   "never shrinks) grows. auto: turns on CPU, stacks on accelerators.")
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
+flags.DEFINE_bool("dry_run", False,
+                  "Run nothing: for the analysis and lora_step rows, the device memory they need "
+                  "at --batch x --seq (weights, SAEs, adapter and what autodiff keeps exactly "
+                  "from jax.eval_shape, one block's working set estimated; bin/bench_memory.py) "
+                  "and their analytic FLOPs. No weights are made or read (--checkpoint: its "
+                  "config only), so full-size presets plan on any machine.")
 flags.DEFINE_string("profile_dir", None,
                     "After timing, trace one call of each of our rows with jax.profiler into this "
                     "directory (TensorBoard/XProf, plus perfetto_trace.json.gz).")
@@ -262,6 +268,44 @@ def _print_table(result: dict) -> None:
   print(f"\npeak matmul: {result['peak_matmul_flop_s'] / 1e9:.1f} GFLOP/s ({result['dtype']})")
 
 
+def _config_only(shape: Shape):
+  """The model config in the run's dtype, without weights (for --dry_run)."""
+  from xling_jax import checkpoints
+  from xling_jax.model import presets
+  config = checkpoints.read_config(FLAGS.checkpoint) if FLAGS.checkpoint else presets.preset(
+      FLAGS.config)
+  return config.replace(param_dtype=shape.dtype, compute_dtype=shape.dtype)
+
+
+def _dry_run(devices: str, shape: Shape) -> dict:
+  """--dry_run's record: per planned row its bytes and FLOPs (bench_memory), printed in GB."""
+  from bin import bench_memory
+  from lora import objectives
+  from xling_jax.runtime.platform import describe_host
+  config = _config_only(shape)
+  per_token, _ = _work(config, shape)
+  rows = bench_memory.plan(config, shape, FLAGS.rows, objectives.default_objective_layer(
+      config.n_layers), FLAGS.lora_remat, per_token)
+  if not rows:
+    raise app.UsageError(f"--dry_run plans the rows {bench_memory.PLANNED_ROWS}; --rows has none")
+  print("\n| work | weights | SAEs | adapter + optimiser | phase peak (saved for backward) | "
+        "total | TFLOP per call |\n|---|---|---|---|---|---|---|")
+  gb = lambda n: f"{n / bench_memory.GB:.3g}"
+  for r in rows:
+    saved = r.get("saved_for_backward")
+    print(f"| {r['work']} | {gb(r['resident']['weights'])} | {gb(r['resident']['saes'])} | "
+          f"{gb(r['resident'].get('adapter_and_optimizer', 0))} | {gb(max(r['phases'].values()))}"
+          + (f" ({gb(saved)})" if saved is not None else "")
+          + f" | **{gb(r['total'])}** | {r['flops_per_call'] / 1e12:.2f} |")
+  print(f"\nGB = 1e9 bytes per device; {shape.name}, batch {shape.batch} x seq {shape.seq}, SAE "
+        f"width {shape.sae_width}, {shape.dtype}, lora_remat {FLAGS.lora_remat}")
+  return {"dry_run": True, "device": devices, "machine": describe_host(),
+          "config": None if FLAGS.checkpoint else FLAGS.config, "checkpoint": FLAGS.checkpoint,
+          "family": config.family, "batch": shape.batch, "seq": shape.seq,
+          "sae_width": shape.sae_width, "dtype": shape.dtype, "lora_remat": FLAGS.lora_remat,
+          "rows": rows}
+
+
 def main(argv):
   del argv
   # torch shares the accelerator in this process: JAX must not take 75% of it up front.
@@ -280,6 +324,12 @@ def main(argv):
     raise app.UsageError(f"unknown --rows {sorted(unknown)}; choose from {ROWS}")
   accelerator = jax.default_backend() != "cpu"
   shape = _shape(jax.default_backend())
+  if FLAGS.dry_run:
+    result = _dry_run(devices, shape)
+    if FLAGS.json:
+      io.write_json(FLAGS.json, result)
+      print(f"wrote {FLAGS.json}")
+    return
   config, params, saes, load = _weights(shape, accelerator)
   if accelerator and FLAGS.hf:
     # JAX's allocator never returns memory; closing the backend does, so HF (whose LoRA step
