@@ -296,7 +296,9 @@ def _dry_run(devices: str, shape: Shape) -> dict:
     print(f"| {r['work']} | {gb(r['resident']['weights'])} | {gb(r['resident']['saes'])} | "
           f"{gb(r['resident'].get('adapter_and_optimizer', 0))} | {gb(max(r['phases'].values()))}"
           + (f" ({gb(saved)})" if saved is not None else "")
-          + f" | **{gb(r['total'])}** | {r['flops_per_call'] / 1e12:.2f} |")
+          + f" | **{gb(r['total'])}**"
+          + (f" ({gb(r['total_grouped_experts'])} grouped)" if "total_grouped_experts" in r else "")
+          + f" | {r['flops_per_call'] / 1e12:.2f} |")
   print(f"\nGB = 1e9 bytes per device; {shape.name}, batch {shape.batch} x seq {shape.seq}, SAE "
         f"width {shape.sae_width}, {shape.dtype}, lora_remat {FLAGS.lora_remat}")
   return {"dry_run": True, "device": devices, "machine": describe_host(),

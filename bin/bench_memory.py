@@ -13,8 +13,9 @@ Three parts per row, each named in the result:
   the scan's carry (the residual, the input embeddings, the K/V that KV-shared layers read), and
   the largest of the attention phase (q, k, v, float32 scores and probabilities over the whole
   [T, T] square, as the reference kernel computes them), the MLP phase (gate, up, their product;
-  the routed experts' gathered rows and hidden units, sized by the routed tokens as the GPU's
-  grouped matmul runs them) and the SAE phase (float32 pre-activations and codes); doubled in
+  the routed experts' gathered rows and hidden units, and, as JAX 0.10 lowers `ragged_dot`,
+  their inputs expanded over every expert: `total_grouped_experts` is the total without that)
+  and the SAE phase (float32 pre-activations and codes); doubled in
   the backward pass (each recomputed activation meets its cotangent), plus one vocabulary chunk
   of float32 logits and its cotangent for the lm term.
 A row's total is the resident arrays plus its largest phase: for the LoRA step the English
@@ -26,9 +27,8 @@ Checked against XLA's own buffer assignment on the CPU (`jax.jit(...).lower(...)
 .memory_analysis()`, float32, SAE width 16384), planned phase peak against XLA's temporaries:
 Gemma-2-2B at 8 x 128, analysis 0.47 / 0.49 GB, LoRA step 10.2 / 9.4 (dots) and 4.4 / 3.6
 (full); at 16 x 256, 0.92 / 0.66 and 30.7 / 31.3 (dots); E2B at 8 x 128, 0.46 / 0.45 and
-18.7 / 17.8 (dots). (The CPU is no guide in bfloat16, whose dots it runs on float32 copies of
-the weights, nor for routed experts, whose `ragged_dot` it lowers to a product over every
-expert.)
+18.7 / 17.8 (dots); 26B-A4B at 8 x 128 (dense experts), 15.4 / 18.3 and 41.3 / 26.8 (dots).
+(The CPU is no guide in bfloat16: it runs the dots on float32 copies of the weights.)
 """
 from __future__ import annotations
 
@@ -43,9 +43,14 @@ def _bytes(tree) -> int:
   return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
-def block_working_bytes(config, rows: int, seq: int, sae_width: int = 0) -> int:
+def block_working_bytes(config, rows: int, seq: int, sae_width: int = 0, *,
+                        dense_experts: bool = True) -> int:
   """One block's working set in the forward pass (see the module docstring), the largest over
-  the layers, for `rows` sequences of `seq` tokens in the config's compute dtype."""
+  the layers, for `rows` sequences of `seq` tokens in the config's compute dtype.
+  `dense_experts`: the routed experts' `lax.ragged_dot` lowered as this JAX (0.10) lowers it,
+  to a product over every expert, with the routed rows' inputs expanded to [E, rows, D] (seen
+  in XLA:CPU's buffers; a public report finds XLA:GPU doing the same); else a grouped matmul
+  over the routed rows only."""
   import jax.numpy as jnp
   c, T = config, seq
   item = jnp.dtype(c.compute_dtype).itemsize
@@ -66,6 +71,8 @@ def block_working_bytes(config, rows: int, seq: int, sae_width: int = 0) -> int:
       routed = tokens * c.top_k_experts
       mlp += routed * (c.d_model + 3 * c.moe_hidden) * item + routed * c.d_model * 4
       mlp += tokens * c.n_experts * 4  # router probabilities
+      if dense_experts:
+        mlp += c.n_experts * routed * c.d_model * item
     best = max(best, weights * item + max(attention, mlp, sae))
   return carry + best
 
@@ -84,12 +91,23 @@ def _shapes(config, shape):
   return params, saes
 
 
+def _totals(resident: dict, phases) -> dict:
+  """The row's record from its resident arrays and `phases(dense_experts)`: the total, and on
+  a model with routed experts also the total if they ran as a grouped matmul."""
+  dense = phases(True)
+  out = {"resident": resident, "phases": dense,
+         "total": sum(resident.values()) + max(dense.values())}
+  grouped = phases(False)
+  if grouped != dense:
+    out["total_grouped_experts"] = sum(resident.values()) + max(grouped.values())
+  return out
+
+
 def analysis_plan(config, shape) -> dict:
   params, saes = _shapes(config, shape)
-  resident = {"weights": _bytes(params), "saes": _bytes(saes)}
-  phases = {"forward": block_working_bytes(config, shape.batch, shape.seq, shape.sae_width)}
-  return {"resident": resident, "phases": phases,
-          "total": sum(resident.values()) + max(phases.values())}
+  return _totals({"weights": _bytes(params), "saes": _bytes(saes)}, lambda dense: {
+      "forward": block_working_bytes(config, shape.batch, shape.seq, shape.sae_width,
+                                     dense_experts=dense)})
 
 
 def saved_for_backward(config, shape, obj_layer: int, remat: str) -> dict:
@@ -140,11 +158,11 @@ def lora_step_plan(config, shape, obj_layer: int, remat: str) -> dict:
       "saes": 3 * config.d_model * shape.sae_width * jnp.dtype(shape.dtype).itemsize,  # 1 layer
       # AdamW: the adapter and its two moments, in and out (not donated), and the gradients.
       "adapter_and_optimizer": 7 * grads["adapter"]}
-  phases = {
-      "reference": residual_stack + block_working_bytes(config, B, T),
-      "differentiated": grads["saved"] + 2 * block_working_bytes(config, B, T) + lm_chunks}
-  return {"resident": resident, "phases": phases, "saved_for_backward": grads["saved"],
-          "total": sum(resident.values()) + max(phases.values())}
+  working = lambda dense: block_working_bytes(config, B, T, dense_experts=dense)
+  return {**_totals(resident, lambda dense: {
+      "reference": residual_stack + working(dense),
+      "differentiated": grads["saved"] + 2 * working(dense) + lm_chunks}),
+          "saved_for_backward": grads["saved"]}
 
 
 def plan(config, shape, rows, obj_layer: int, remat: str, per_token: dict) -> list[dict]:
