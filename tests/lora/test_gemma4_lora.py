@@ -129,7 +129,8 @@ def test_lora_gradient_reaches_adapted_modules_on_the_moe_toy():
 def test_expert_adapters_are_refused_with_a_clear_error(tmp_path):
   config = presets.toy_gemma4_moe()
   cfg = lora_lib.LoraConfig(rank=2, modules=("q",))
-  out = peft_io.save_peft(tmp_path / "p", lora_lib.init_adapter(config, cfg), cfg, config)
+  out = peft_io.save_peft(tmp_path / "p", lora_lib.init_adapter(config, cfg), cfg, config,
+                          "xling-jax-toy")
   raw = (out / peft_io.CONFIG_NAME).read_text().replace(
       '"target_parameters": null', '"target_parameters": ["experts.gate_up_proj"]')
   if "target_parameters" not in raw:
