@@ -68,6 +68,9 @@ flags.DEFINE_bool("progress", True, "Show progress (tokens/s, ETA) on stderr.")
 
 def _layers() -> tuple[int, ...]:
   if not FLAGS.layers:
+    if FLAGS.activations:
+      raise app.UsageError("--layers is required: with --activations it names the file's layer "
+                           "(one integer, e.g. --layers=6; it labels the output SAE)")
     raise app.UsageError("--layers is required (e.g. --layers=0,6,12)")
   try:
     return tuple(int(v) for v in FLAGS.layers)

@@ -84,3 +84,21 @@ def test_bad_activation_file_is_one_line(tmp_path):
                               f"--out={tmp_path / 'out'}"))
   assert f"{path}: shape (4, 8, 2) (rank 3), expected a [N, d] array" in line
   assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_activations_are_refused_before_training(tmp_path):
+  x = np.ones((64, 8), np.float32)
+  x[37, 2] = np.nan
+  path = tmp_path / "acts.npy"
+  np.save(path, x)
+  line = _one_error_line(_run("--activations=" + str(path), "--layers=3", "--steps=2",
+                              "--batch_size=8", f"--out={tmp_path / 'out'}"))
+  assert f"{path}: row 37 holds nan (column 2); activations must be finite" in line
+  assert not (tmp_path / "out").exists()
+
+
+def test_layers_with_activations_says_it_names_the_files_layer(tmp_path):
+  path = tmp_path / "acts.npy"
+  np.save(path, np.ones((64, 8), np.float32))
+  line = _one_error_line(_run("--activations=" + str(path), f"--out={tmp_path / 'out'}"))
+  assert "--layers is required: with --activations it names the file's layer" in line

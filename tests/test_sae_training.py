@@ -412,6 +412,10 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     (np.zeros((4, 8, 2), np.float32), r"shape \(4, 8, 2\) \(rank 3\), expected a \[N, d\]"),
     (np.zeros((16, 8), np.int32), "dtype int32, expected float16, float32 or float64"),
     (np.array([{"a": 1}], dtype=object), "not a plain .npy array"),
+    (np.full((8, 4), np.inf, np.float32), r"row 0 holds inf \(column 0\); activations must be "
+                                          "finite"),
+    (np.where(np.arange(40)[:, None] == 33, np.nan, np.ones((40, 4))),
+     r"row 33 holds nan \(column 0\)"),
 ])
 def test_bad_activation_files_are_one_clear_error_naming_the_file(tmp_path, array, message):
   path = tmp_path / "acts.npy"
@@ -419,6 +423,14 @@ def test_bad_activation_files_are_one_clear_error_naming_the_file(tmp_path, arra
   with pytest.raises(ValueError, match=message) as info:
     sources.NpyActivations(path, 4)
   assert str(path) in str(info.value)
+
+
+def test_a_non_finite_value_deep_in_a_large_file_is_found_in_chunks(tmp_path):
+  x = np.zeros((5000, 8), np.float16)
+  x[4321, 5] = np.inf
+  path = _npy(tmp_path / "acts.npy", x)
+  with pytest.raises(ValueError, match=r"row 4321 holds inf \(column 5\)"):
+    sources.check_finite(np.load(path, mmap_mode="r"), path, chunk_bytes=1000)
 
 
 def test_too_little_data_says_how_many_tokens_it_has(tmp_path):
