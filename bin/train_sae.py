@@ -41,7 +41,9 @@ flags.DEFINE_enum("sparsity", None, ["step", "quadratic", "tanh"],
 flags.DEFINE_float("target_l0", None, "Target active features per token (quadratic mode).")
 flags.DEFINE_float("l0_coefficient", None,
                    "Sparsity coefficient after warm-up. Default per mode (sae/train/config.py).")
-flags.DEFINE_float("lr", 7e-5, "Peak learning rate (DeepMind's 7e-5; warm-up, then decay).")
+flags.DEFINE_float("lr", None,
+                   "Peak learning rate (warm-up, then decay). Default: scaled to --steps, "
+                   "7e-5 (DeepMind's) x sqrt(1M / steps), at most 5e-3 (sae/train/config.py).")
 flags.DEFINE_string("activations", None,
                     "A .npy [N, d] float array to train on instead of model activations (one "
                     "layer: --layers names it).")
@@ -142,7 +144,9 @@ def main(argv):
   print(f"devices: {devices}; data: {described['name']} ({source.n_tokens:,} tokens"
         f"{f' x {source.epochs} epochs' if source.epochs > 1 else ''}); layers "
         f"{list(layers)}; width {config.width}; {config.sparsity} sparsity"
-        + (f" (target L0 {config.target_l0:g})" if config.target_l0 is not None else ""),
+        + (f" (target L0 {config.target_l0:g})" if config.target_l0 is not None else "")
+        + f"; lr {config.peak_lr:.3g}"
+        + (f" (scaled to {config.steps:,} steps)" if FLAGS.lr is None else ""),
         file=sys.stderr)
   result = loop.train(source, config, FLAGS.out, resume=FLAGS.resume, model_name=model_name,
                       saelens=FLAGS.saelens, progress=FLAGS.progress)

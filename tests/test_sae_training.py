@@ -226,6 +226,49 @@ def test_trained_decoder_recovers_the_dictionary(tmp_path, sparsity):
   assert result.final[0]["fvu"] < 0.15, result.final
 
 
+class DictionarySource:
+  """The issue-25 case as an ActivationSource: tokens of d=48 dims, each the sum of k=3 unit
+  atoms of a fixed random 384-atom dictionary (distinct atoms, magnitudes U(0.5, 1.5)) plus
+  noise 0.01; batch i is drawn from seed (seed, i), so no array is held."""
+
+  def __init__(self, batch_size: int, d: int = 48, atoms: int = 384, k: int = 3, seed: int = 0):
+    dictionary = np.random.default_rng([seed, 1 << 20]).standard_normal((atoms, d))
+    self.dictionary = dictionary / np.linalg.norm(dictionary, axis=1, keepdims=True)
+    self.batch_size, self.d_in, self.k, self.seed = batch_size, d, k, seed
+    self.layers, self.epochs, self.n_tokens = (0,), 1, batch_size << 20
+
+  def batch(self, index: int) -> np.ndarray:
+    rng = np.random.default_rng([self.seed, index])
+    atoms = np.argsort(rng.random((self.batch_size, len(self.dictionary))), axis=1)[:, :self.k]
+    x = np.einsum("bk,bkd->bd", rng.uniform(0.5, 1.5, atoms.shape), self.dictionary[atoms])
+    return (x + 0.01 * rng.standard_normal(x.shape)).astype(np.float32)[None]
+
+  def describe(self) -> dict:
+    return {"name": "dictionary", "seed": self.seed}
+
+
+def _recovered(dictionary: np.ndarray, w_dec) -> float:
+  """Fraction of the atoms with a decoder row at cosine > 0.9."""
+  w_dec = np.asarray(w_dec, np.float64)
+  w_dec /= np.maximum(np.linalg.norm(w_dec, axis=1, keepdims=True), 1e-12)
+  return float(((dictionary @ w_dec.T).max(axis=1) > 0.9).mean())
+
+
+@pytest.mark.slow
+def test_default_settings_recover_a_known_dictionary(tmp_path):
+  """Issue 25: the defaults (learning rate and warm-ups scaled to the run's length) converge on
+  a short run like the study's (270 steps of 512 tokens). With the old fixed lr 7e-5 the same
+  run ends at L0 224, FVU 0.75, no atom recovered (and issue 25's 6000 x 1024 run at L0 17)."""
+  source = DictionarySource(512)
+  config = SAETrainConfig(width=1024, steps=270, batch_size=512, sparsity="quadratic",
+                          target_l0=3, log_every=90, save_every=270)
+  result = loop.train(source, config, tmp_path / "out", echo=lambda _: None, progress=False)
+  final = result.final[0]
+  assert _recovered(source.dictionary, result.saes.W_dec[0]) >= 0.8, final
+  assert 1.5 <= final["l0"] <= 4.5, final
+  assert final["fvu"] < 0.3, final
+
+
 # ----------------------------------------------------------------------------- folding
 
 def test_folded_weights_on_raw_inputs_reproduce_the_normalised_model():
@@ -327,6 +370,17 @@ def test_schedules():
                              [0.1, 1.0, 2.0, 2.0], rtol=1e-6)
   short = _config(steps=200)  # DeepMind's 1000 / 2000 warm-ups, capped for short runs
   assert (short.lr_warmup, short.sparsity_warmup, short.l0_coef) == (20, 40, 1e-3)
+
+
+def test_default_lr_is_scaled_to_the_run_length():
+  """7e-5 x sqrt(1M / steps), at most 5e-3; an explicit lr wins."""
+  assert SAETrainConfig(steps=1_000_000).peak_lr == pytest.approx(7e-5)
+  assert SAETrainConfig(steps=6000).peak_lr == pytest.approx(9.04e-4, rel=1e-3)
+  assert SAETrainConfig(steps=270).peak_lr == pytest.approx(4.26e-3, rel=1e-3)
+  assert SAETrainConfig(steps=10).peak_lr == 5e-3
+  assert SAETrainConfig(steps=10, lr=1e-4).peak_lr == 1e-4
+  np.testing.assert_allclose(optim.lr_schedule(SAETrainConfig(steps=6000))(3000), 9.04e-4,
+                             rtol=1e-3)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -480,3 +534,7 @@ def test_config_errors_name_every_bad_setting():
     SAETrainConfig(sparsity="quadratic", target_l0=5000)
   with pytest.raises(ValueError, match="sparsity='l1'"):
     SAETrainConfig(sparsity="l1")
+  with pytest.raises(ValueError, match=r"l0_coefficient=inf \(must be finite\); target_l0=nan "
+                                       r"\(must be finite\); lr=nan \(must be finite\)$"):
+    SAETrainConfig(sparsity="quadratic", lr=float("nan"), l0_coefficient=float("inf"),
+                   target_l0=float("nan"))

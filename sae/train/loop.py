@@ -224,8 +224,10 @@ def _finish(source: ActivationSource, c: SAETrainConfig, out: Path, state: step_
                     dense_fraction=records[-1]["dense_fraction"][i])
     summary = {"layer": layer, "width": c.width, "d_in": source.d_in, "steps": step,
                "tokens": step * c.batch_size, "sparsity": c.sparsity, "target_l0": c.target_l0,
-               "l0_coefficient": c.l0_coef, "normalisation_scale": float(scale[i]),
-               "final": final[i], "eval_tokens": c.eval_tokens, "sae_dir": str(sae_dirs[i]),
+               "l0_coefficient": c.l0_coef, "lr": c.peak_lr, "lr_warmup_steps": c.lr_warmup,
+               "sparsity_warmup_steps": c.sparsity_warmup,
+               "normalisation_scale": float(scale[i]), "final": final[i],
+               "eval_tokens": c.eval_tokens, "sae_dir": str(sae_dirs[i]),
                "data": source.describe(), "config": dataclasses.asdict(c)}
     report_lib.write(out / REPORTS, layer, summary, report_lib.curves(records, i), c.target_l0)
   return TrainResult(saes=saes, layers=layers, step=step, final=final, sae_dirs=sae_dirs)
