@@ -10,9 +10,11 @@ it trains on the toy model and says so. For Gemma 3 270M on NTREX:
 
 Writes to --out the Gemma Scope 2 layout, resid_post/layer_{L}_width_{W}_l0_{l0}/
 (params.safetensors + config.json; `bin.analyze --sae_dir=OUT` reads it), reports/layer_{L}.json
-and .png (FVU, L0, dead/dense fractions, curves), train_log.jsonl, checkpoints/ (orbax) and,
-with --saelens, SAELens directories under saelens/. --resume continues the latest checkpoint.
-Settings, data size and --out are all checked before any compute.
+and .png (FVU, L0, dead/dense fractions, curves, the resolved learning rate and warm-ups, and
+warnings: an L0 off its target, a poor or non-finite FVU, many dead or dense features, each
+with what to change; they are also the last lines printed), train_log.jsonl, checkpoints/
+(orbax) and, with --saelens, SAELens directories under saelens/. --resume continues the latest
+checkpoint. Settings, data size (finite values) and --out are all checked before any compute.
 """
 from __future__ import annotations
 
@@ -154,6 +156,9 @@ def main(argv):
   for layer, final, path in zip(result.layers, result.final, result.sae_dirs):
     print(f"{layer:>5}  {final['fvu']:7.4f}  {final['l0']:7.2f}  {final['dead_fraction']:6.3f}  "
           f"{final['dense_fraction']:6.3f}  {path}")
+  for layer, warnings in zip(result.layers, result.flags):
+    for warning in warnings:
+      print(f"warning: layer {layer}: {warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ def test_toy_run_writes_the_gemma_scope2_layout_and_reports(trained):
   assert saes.W_enc.shape == (2, 64, 32)
   report = json.loads((out / "reports" / "layer_3.json").read_text())
   assert report["steps"] == 12 and report["sparsity"] == "quadratic"
+  assert report["config"]["lr"] is None and report["lr"] == 5e-3  # scaled to 12 steps
+  assert "lr 0.005 (scaled to 12 steps)" in proc.stderr
+  for flag in report["flags"]:
+    assert f"warning: layer 3: {flag}" in proc.stderr
   assert {"fvu", "l0", "mse", "dead_fraction", "dense_fraction"} <= set(report["final"])
   assert (out / "reports" / "layer_3.png").stat().st_size > 0
 
@@ -102,3 +106,20 @@ def test_layers_with_activations_says_it_names_the_files_layer(tmp_path):
   np.save(path, np.ones((64, 8), np.float32))
   line = _one_error_line(_run("--activations=" + str(path), f"--out={tmp_path / 'out'}"))
   assert "--layers is required: with --activations it names the file's layer" in line
+
+
+def test_an_sae_that_missed_its_target_is_flagged_at_the_end(tmp_path):
+  """lr 1e-6 cannot move the thresholds in 12 steps: the run succeeds, and its last lines say
+  the L0 missed the target and what to change, as reports/layer_3.json does."""
+  path = tmp_path / "acts.npy"
+  np.save(path, np.random.default_rng(0).standard_normal((16 * 14, 8)).astype(np.float32))
+  out = tmp_path / "out"
+  proc = _run("--activations=" + str(path), "--layers=3", "--steps=12", "--batch_size=16",
+              "--width=32", "--target_l0=2", "--lr=1e-6", "--eval_batches=2", "--progress=false",
+              f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((out / "reports" / "layer_3.json").read_text())
+  assert report["lr"] == 1e-6 and report["flags"][0].startswith("L0 ")
+  tail = proc.stderr.strip().splitlines()[-len(report["flags"]):]
+  assert tail == [f"warning: layer 3: {flag}" for flag in report["flags"]]
+  assert "raise --lr or --l0_coefficient (were --lr=1e-06" in tail[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 from sae import gemma_scope as gs
 from sae import jumprelu as jr
 from sae.train import features, loop, normalize, objective, optim, sources
+from sae.train import report as report_lib
 from sae.train import step as step_lib
 from sae.train.config import SAETrainConfig
 from xling_jax.runtime import train_checkpoints
@@ -267,6 +269,7 @@ def test_default_settings_recover_a_known_dictionary(tmp_path):
   assert _recovered(source.dictionary, result.saes.W_dec[0]) >= 0.8, final
   assert 1.5 <= final["l0"] <= 4.5, final
   assert final["fvu"] < 0.3, final
+  assert not [f for f in result.flags[0] if "L0" in f or "FVU" in f], result.flags
 
 
 # ----------------------------------------------------------------------------- folding
@@ -381,6 +384,56 @@ def test_default_lr_is_scaled_to_the_run_length():
   assert SAETrainConfig(steps=10, lr=1e-4).peak_lr == 1e-4
   np.testing.assert_allclose(optim.lr_schedule(SAETrainConfig(steps=6000))(3000), 9.04e-4,
                              rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- report flags
+
+_GOOD = {"fvu": 0.1, "l0": 3.2, "dead_fraction": 0.01, "dense_fraction": 0.0}
+_RUN = dict(steps=6000, lr=7e-5, l0_coefficient=1.0, target_l0=3.0, dead_window=1000)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, []),
+    ({"l0": 4.4}, []),  # within 50% of the target
+    ({"l0": 17.0}, [r"L0 17\.0 missed the target 3 \(5\.7x\).*in 6,000 steps; train more steps, "
+                    r"or raise --lr or --l0_coefficient \(were --lr=7e-05, --l0_coefficient=1\)"]),
+    ({"l0": 1.0}, [r"L0 1\.0 missed the target 3 \(0\.33x, too sparse\); lower --lr"]),
+    ({"fvu": float("nan")}, [r"FVU nan: .* not finite"]),
+    ({"fvu": float("inf")}, [r"FVU inf: .* not finite"]),
+    ({"fvu": 0.8}, [r"FVU 0\.800: the SAE explains less than 50% of the held-out variance"]),
+    ({"dead_fraction": 0.9}, [r"90% of the features are dead \(no firing in the last 1,000 "
+                              r"steps\): a smaller --width"]),
+    ({"dense_fraction": 0.2}, [r"20% of the features fire on more than 10% of the tokens"]),
+    ({"l0": 40.0, "fvu": 0.9}, ["L0 40.0 missed", "FVU 0.900"]),
+])
+def test_report_flags(change, expected):
+  got = report_lib.flags({**_GOOD, **change}, **_RUN)
+  assert len(got) == len(expected), got
+  for line, pattern in zip(got, expected):
+    assert re.search(pattern, line), line
+    assert "\n" not in line
+
+
+def test_no_l0_flag_without_a_target():
+  assert report_lib.flags({**_GOOD, "l0": 300.0}, **{**_RUN, "target_l0": None}) == []
+
+
+def test_the_report_records_resolved_settings_and_flags(tmp_path):
+  """A run that cannot reach its target (lr 1e-6) says so in layer_L.json, with the resolved
+  lr and warm-ups beside the config's None."""
+  x = np.random.default_rng(5).standard_normal((1, 64 * 12, 16)).astype(np.float32)
+  config = _config(steps=10, lr=None, sparsity="quadratic", target_l0=2)
+  result = loop.train(ArraySource(x, 64, layers=[4]), config, tmp_path / "out",
+                      echo=lambda _: None, progress=False)
+  report = json.loads((tmp_path / "out" / loop.REPORTS / "layer_4.json").read_text())
+  assert report["config"]["lr"] is None
+  assert (report["lr"], report["lr_warmup_steps"], report["sparsity_warmup_steps"]) == (
+      5e-3, 1, 2)
+  slow = _config(steps=10, lr=1e-6, sparsity="quadratic", target_l0=2)
+  result = loop.train(ArraySource(x, 64, layers=[4]), slow, tmp_path / "slow",
+                      echo=lambda _: None, progress=False)
+  report = json.loads((tmp_path / "slow" / loop.REPORTS / "layer_4.json").read_text())
+  assert report["flags"] == result.flags[0] and report["flags"][0].startswith("L0 ")
 
 
 # ----------------------------------------------------------------------------- checkpoints
