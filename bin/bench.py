@@ -39,19 +39,19 @@ FLAGS = flags.FLAGS
 shared_flags.define_platform_flags()
 flags.adopt_module_key_flags(shared_flags)  # --help lists the shared flags too
 flags.DEFINE_string("config", "toy",
-                    "Model shape with random weights: a preset (toy, toy_gemma3, small, "
-                    "gemma2_2b, gemma3_270m, gemma3_1b, ...). small ~ a minute per stack on a "
-                    "2-core CPU. Ignored with --checkpoint.")
+                    "Model shape with random weights: a preset (toy, toy_gemma3, toy_gemma4, "
+                    "toy_gemma4_moe, small, gemma2_2b, gemma3_270m, gemma3_1b, gemma4_e2b, ...). "
+                    "small ~ a minute per stack on a 2-core CPU. Ignored with --checkpoint.")
 flags.DEFINE_string("checkpoint", None,
                     "Real weights instead of random ones: any path load_params reads, or "
                     "gemma3-270m. Both stacks get the same float weights (HF loads them from a "
                     "safetensors copy we write).")
-flags.DEFINE_integer("batch", None, "Batch size (default per config: toy 8, small 4, gemma2_2b 32, "
-                     "otherwise 8).")
-flags.DEFINE_integer("seq", None, "Sequence length (default: toy 64, small 128, gemma2_2b 256, "
-                     "otherwise 128).")
-flags.DEFINE_integer("sae_width", None, "SAE width (default: toy 256, small 4096, gemma2_2b "
-                     "16384, otherwise 4096).")
+flags.DEFINE_integer("batch", None, "Batch size (default per config: toy, toy_gemma4(_moe) 8, "
+                     "small 4, gemma2_2b 32, otherwise 8).")
+flags.DEFINE_integer("seq", None, "Sequence length (default: toy, toy_gemma4(_moe) 64, small 128, "
+                     "gemma2_2b 256, otherwise 128).")
+flags.DEFINE_integer("sae_width", None, "SAE width (default: toy, toy_gemma4(_moe) 256, small "
+                     "4096, gemma2_2b 16384, otherwise 4096).")
 flags.DEFINE_integer("repeats", 5, "Timed repeats per row (median reported).")
 flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                   "Weights/activations dtype for both stacks. auto: float32 on cpu, bfloat16 else.")
@@ -70,11 +70,18 @@ flags.DEFINE_enum("order", "auto", ["auto", "turns", "stacks"],
                   "ours, so torch hands back its device memory before JAX's allocator (which "
                   "never shrinks) grows. auto: turns on CPU, stacks on accelerators.")
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
+flags.DEFINE_bool("dry_run", False,
+                  "Run nothing: for the analysis and lora_step rows, the device memory they need "
+                  "at --batch x --seq (weights, SAEs, adapter and what autodiff keeps exactly "
+                  "from jax.eval_shape, one block's working set estimated; bin/bench_memory.py) "
+                  "and their analytic FLOPs. No weights are made or read (--checkpoint: its "
+                  "config only), so full-size presets plan on any machine.")
 flags.DEFINE_string("profile_dir", None,
                     "After timing, trace one call of each of our rows with jax.profiler into this "
                     "directory (TensorBoard/XProf, plus perfetto_trace.json.gz).")
 
-DEFAULTS = {"toy": (8, 64, 256), "small": (4, 128, 4096), "gemma2_2b": (32, 256, 16384)}
+DEFAULTS = {"toy": (8, 64, 256), "toy_gemma4": (8, 64, 256), "toy_gemma4_moe": (8, 64, 256),
+            "small": (4, 128, 4096), "gemma2_2b": (32, 256, 16384)}
 OTHER_DEFAULTS = (8, 128, 4096)
 
 
@@ -125,10 +132,12 @@ def _weights(shape: Shape, accelerator: bool):
 
 
 def _inputs(config, shape: Shape):
-  """Random tokens after BOS, no padding: tokens, mask [batch, seq] int32."""
+  """Random tokens after BOS, no padding: tokens, mask [batch, seq] int32. Ids stay inside a
+  smaller per-layer-embedding table (the Gemma 4 toy's), which HF's lookup cannot pass."""
   import numpy as np
   rng = np.random.default_rng(0)
-  tokens = rng.integers(4, config.vocab_size, (shape.batch, shape.seq)).astype(np.int32)
+  high = min(config.vocab_size, config.ple_vocab_size or config.vocab_size)
+  tokens = rng.integers(4, high, (shape.batch, shape.seq)).astype(np.int32)
   tokens[:, 0] = config.bos_id
   return tokens, np.ones((shape.batch, shape.seq), np.int32)
 
@@ -259,6 +268,46 @@ def _print_table(result: dict) -> None:
   print(f"\npeak matmul: {result['peak_matmul_flop_s'] / 1e9:.1f} GFLOP/s ({result['dtype']})")
 
 
+def _config_only(shape: Shape):
+  """The model config in the run's dtype, without weights (for --dry_run)."""
+  from xling_jax import checkpoints
+  from xling_jax.model import presets
+  config = checkpoints.read_config(FLAGS.checkpoint) if FLAGS.checkpoint else presets.preset(
+      FLAGS.config)
+  return config.replace(param_dtype=shape.dtype, compute_dtype=shape.dtype)
+
+
+def _dry_run(devices: str, shape: Shape) -> dict:
+  """--dry_run's record: per planned row its bytes and FLOPs (bench_memory), printed in GB."""
+  from bin import bench_memory
+  from lora import objectives
+  from xling_jax.runtime.platform import describe_host
+  config = _config_only(shape)
+  per_token, _ = _work(config, shape)
+  rows = bench_memory.plan(config, shape, FLAGS.rows, objectives.default_objective_layer(
+      config.n_layers), FLAGS.lora_remat, per_token)
+  if not rows:
+    raise app.UsageError(f"--dry_run plans the rows {bench_memory.PLANNED_ROWS}; --rows has none")
+  print("\n| work | weights | SAEs | adapter + optimiser | phase peak (saved for backward) | "
+        "total | TFLOP per call |\n|---|---|---|---|---|---|---|")
+  gb = lambda n: f"{n / bench_memory.GB:.3g}"
+  for r in rows:
+    saved = r.get("saved_for_backward")
+    print(f"| {r['work']} | {gb(r['resident']['weights'])} | {gb(r['resident']['saes'])} | "
+          f"{gb(r['resident'].get('adapter_and_optimizer', 0))} | {gb(max(r['phases'].values()))}"
+          + (f" ({gb(saved)})" if saved is not None else "")
+          + f" | **{gb(r['total'])}**"
+          + (f" ({gb(r['total_grouped_experts'])} grouped)" if "total_grouped_experts" in r else "")
+          + f" | {r['flops_per_call'] / 1e12:.2f} |")
+  print(f"\nGB = 1e9 bytes per device; {shape.name}, batch {shape.batch} x seq {shape.seq}, SAE "
+        f"width {shape.sae_width}, {shape.dtype}, lora_remat {FLAGS.lora_remat}")
+  return {"dry_run": True, "device": devices, "machine": describe_host(),
+          "config": None if FLAGS.checkpoint else FLAGS.config, "checkpoint": FLAGS.checkpoint,
+          "family": config.family, "batch": shape.batch, "seq": shape.seq,
+          "sae_width": shape.sae_width, "dtype": shape.dtype, "lora_remat": FLAGS.lora_remat,
+          "rows": rows}
+
+
 def main(argv):
   del argv
   # torch shares the accelerator in this process: JAX must not take 75% of it up front.
@@ -277,6 +326,12 @@ def main(argv):
     raise app.UsageError(f"unknown --rows {sorted(unknown)}; choose from {ROWS}")
   accelerator = jax.default_backend() != "cpu"
   shape = _shape(jax.default_backend())
+  if FLAGS.dry_run:
+    result = _dry_run(devices, shape)
+    if FLAGS.json:
+      io.write_json(FLAGS.json, result)
+      print(f"wrote {FLAGS.json}")
+    return
   config, params, saes, load = _weights(shape, accelerator)
   if accelerator and FLAGS.hf:
     # JAX's allocator never returns memory; closing the backend does, so HF (whose LoRA step

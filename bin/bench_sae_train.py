@@ -74,7 +74,7 @@ def _saelens(config, batches):
       l0_coefficient=config.l0_coef, jumprelu_sparsity_loss_mode="step"))
   trainer = SAETrainer(
       cfg=SAETrainerConfig(total_training_samples=10**9, train_batch_size_samples=config.batch_size,
-                           lr=config.lr, lr_end=config.lr, adam_beta1=config.adam_b1,
+                           lr=config.peak_lr, lr_end=config.peak_lr, adam_beta1=config.adam_b1,
                            adam_beta2=config.adam_b2),
       sae=sae, data_provider=iter(()))
   tensors = [torch.from_numpy(b) for b in batches]

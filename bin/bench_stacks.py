@@ -6,6 +6,14 @@ from __future__ import annotations
 ROWS = ("residuals", "analysis", "scoring", "mc_scoring", "lora_step")
 # mc_scoring: each row is one item, its choices slices of the row's last 2 * MC_CHOICE_LEN tokens.
 MC_CHOICES, MC_CHOICE_LEN = 4, 8
+# lora_step: rank 16 on all 7 projections, align + lm at the objective layer (both stacks).
+LORA_RANK, LORA_ALPHA = 16, 32.0
+
+
+def lora_objective(obj_layer: int):
+  """The lora_step row's objective (our stack; `bench_memory` plans the same)."""
+  from lora import objectives
+  return objectives.ObjectiveConfig(layers=(obj_layer,), w_align=1.0, w_retain=0.0, w_lm=1.0)
 
 
 class OurStack:
@@ -45,9 +53,9 @@ class OurStack:
         for row in ids]
     self.mc_scoring = lambda: scoring.score(params, config, items, batch_size=len(items))
 
-    lora_config = lora_lib.LoraConfig(rank=16, alpha=32.0)
+    lora_config = lora_lib.LoraConfig(rank=LORA_RANK, alpha=LORA_ALPHA)
     adapter = lora_lib.init_adapter(config, lora_config)
-    objective = objectives.ObjectiveConfig(layers=(obj_layer,), w_align=1.0, w_retain=0.0, w_lm=1.0)
+    objective = lora_objective(obj_layer)
     tx = optax.adamw(1e-4)
     step = train.make_train_step(config, objective, tx, lora_config.scale, remat=lora_remat)
     obj_saes = jax.tree.map(lambda a: a[obj_layer:obj_layer + 1], saes)
@@ -74,7 +82,8 @@ class HFStack:
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     cls = {"gemma2": transformers.Gemma2ForCausalLM,
-           "gemma3": transformers.Gemma3ForCausalLM}[config.family]
+           "gemma3": transformers.Gemma3ForCausalLM,
+           "gemma4": transformers.Gemma4ForCausalLM}[config.family]
     self.model = cls.from_pretrained(
         hf_dir, dtype=tdtype, attn_implementation=attn).to(self.device).eval()
     self.hf_dir, self.tdtype, self.obj_layer = hf_dir, tdtype, obj_layer
@@ -144,7 +153,7 @@ class HFStack:
 
   def setup_lora(self, remat: bool):
     import peft
-    config = peft.LoraConfig(r=16, lora_alpha=32, target_modules=[
+    config = peft.LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     if remat:
       # HF checkpoints only in training mode (Gemma-2 has no dropout: same math).

@@ -48,7 +48,8 @@ flags.DEFINE_string("layers", "all", "Blocks that get LoRA: 'all' or comma-separ
 flags.DEFINE_integer("rank", 8, "LoRA rank r.", lower_bound=1)
 flags.DEFINE_float("alpha", 16.0, "LoRA alpha; the update is scaled by alpha / r (as PEFT).")
 flags.DEFINE_list("modules", ["q", "k", "v", "o", "gate", "up", "down"],
-                  "Adapted weights: any of q, k, v, o, gate, up, down.")
+                  "Adapted weights: any of q, k, v, o, gate, up, down (on a Gemma 4 with "
+                  "per-layer embeddings also ple_gate, ple_proj; routed experts take none).")
 flags.DEFINE_integer("steps", 300, "Optimiser steps.", lower_bound=1)
 flags.DEFINE_float("lr", 1e-3, "Peak learning rate (linear warmup, cosine decay to lr/10).")
 flags.DEFINE_integer("warmup_steps", None, "Linear warmup steps. Default: min(20, steps // 10).")

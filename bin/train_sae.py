@@ -10,9 +10,11 @@ it trains on the toy model and says so. For Gemma 3 270M on NTREX:
 
 Writes to --out the Gemma Scope 2 layout, resid_post/layer_{L}_width_{W}_l0_{l0}/
 (params.safetensors + config.json; `bin.analyze --sae_dir=OUT` reads it), reports/layer_{L}.json
-and .png (FVU, L0, dead/dense fractions, curves), train_log.jsonl, checkpoints/ (orbax) and,
-with --saelens, SAELens directories under saelens/. --resume continues the latest checkpoint.
-Settings, data size and --out are all checked before any compute.
+and .png (FVU, L0, dead/dense fractions, curves, the resolved learning rate and warm-ups, and
+warnings: an L0 off its target, a poor or non-finite FVU, many dead or dense features, each
+with what to change; they are also the last lines printed), train_log.jsonl, checkpoints/
+(orbax) and, with --saelens, SAELens directories under saelens/. --resume continues the latest
+checkpoint. Settings, data size (finite values) and --out are all checked before any compute.
 """
 from __future__ import annotations
 
@@ -41,7 +43,9 @@ flags.DEFINE_enum("sparsity", None, ["step", "quadratic", "tanh"],
 flags.DEFINE_float("target_l0", None, "Target active features per token (quadratic mode).")
 flags.DEFINE_float("l0_coefficient", None,
                    "Sparsity coefficient after warm-up. Default per mode (sae/train/config.py).")
-flags.DEFINE_float("lr", 7e-5, "Peak learning rate (DeepMind's 7e-5; warm-up, then decay).")
+flags.DEFINE_float("lr", None,
+                   "Peak learning rate (warm-up, then decay). Default: scaled to --steps, "
+                   "7e-5 (DeepMind's) x sqrt(1M / steps), at most 5e-3 (sae/train/config.py).")
 flags.DEFINE_string("activations", None,
                     "A .npy [N, d] float array to train on instead of model activations (one "
                     "layer: --layers names it).")
@@ -68,6 +72,9 @@ flags.DEFINE_bool("progress", True, "Show progress (tokens/s, ETA) on stderr.")
 
 def _layers() -> tuple[int, ...]:
   if not FLAGS.layers:
+    if FLAGS.activations:
+      raise app.UsageError("--layers is required: with --activations it names the file's layer "
+                           "(one integer, e.g. --layers=6; it labels the output SAE)")
     raise app.UsageError("--layers is required (e.g. --layers=0,6,12)")
   try:
     return tuple(int(v) for v in FLAGS.layers)
@@ -139,7 +146,9 @@ def main(argv):
   print(f"devices: {devices}; data: {described['name']} ({source.n_tokens:,} tokens"
         f"{f' x {source.epochs} epochs' if source.epochs > 1 else ''}); layers "
         f"{list(layers)}; width {config.width}; {config.sparsity} sparsity"
-        + (f" (target L0 {config.target_l0:g})" if config.target_l0 is not None else ""),
+        + (f" (target L0 {config.target_l0:g})" if config.target_l0 is not None else "")
+        + f"; lr {config.peak_lr:.3g}"
+        + (f" (scaled to {config.steps:,} steps)" if FLAGS.lr is None else ""),
         file=sys.stderr)
   result = loop.train(source, config, FLAGS.out, resume=FLAGS.resume, model_name=model_name,
                       saelens=FLAGS.saelens, progress=FLAGS.progress)
@@ -147,6 +156,9 @@ def main(argv):
   for layer, final, path in zip(result.layers, result.final, result.sae_dirs):
     print(f"{layer:>5}  {final['fvu']:7.4f}  {final['l0']:7.2f}  {final['dead_fraction']:6.3f}  "
           f"{final['dense_fraction']:6.3f}  {path}")
+  for layer, warnings in zip(result.layers, result.flags):
+    for warning in warnings:
+      print(f"warning: layer {layer}: {warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   are checked before anything is computed (ValueError).
   """
   from lora import data, objectives, peft_io, report as report_lib, train as train_lib
-  from lora.lora import project_hook
+  from lora.lora import project_hook, unadapted_notes
   from xling_jax.analysis import corpus_stats, intrinsic
   from xling_jax.data import languages
   from xling_jax.model import presets
@@ -140,7 +140,10 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   rows = data.heldout_rows(corpus.n_sentences, train.eval_fraction, train.seed)
   train_split, heldout = data.split_parallel(corpus.sentences[target], corpus.sentences[ref],
                                              train.eval_fraction, train.seed)
-  notes = [presets.toy_note(config)] if setup.is_toy else []
+  skipped = unadapted_notes(config, lora)  # Gemma 4's experts: said, not refused
+  for note in skipped:
+    echo(f"note: {note}")
+  notes = ([presets.toy_note(config)] if setup.is_toy else []) + skipped
   texts = {target: heldout.target, ref: heldout.ref}
   measure_texts = ({lang: eval_corpus.sentences[lang] for lang in measured} if eval_corpus else
                    {lang: tuple(corpus.sentences[lang][i] for i in rows) for lang in measured})

@@ -101,6 +101,17 @@ def module_layers(config: ModelConfig, lora_config: LoraConfig, module: str) -> 
                if layout.has_module(config, module, l))
 
 
+def unadapted_notes(config: ModelConfig, lora_config: LoraConfig) -> list[str]:
+  """What a model has that `lora_config` cannot adapt, one sentence each: Gemma 4's routed
+  experts (an MoE's gate, up, down are its dense MLP beside them)."""
+  if not config.n_experts:
+    return []
+  mlp = [m for m in ("gate", "up", "down") if m in lora_config.modules]
+  return [f"LoRA skips the {config.n_experts} routed experts of every layer (PEFT reaches them "
+          "only through target_parameters, which our PEFT export does not write)"
+          + (f"; {', '.join(mlp)} adapt the dense MLP beside them" if mlp else "") + "."]
+
+
 def layer_mask(config: ModelConfig, lora_config: LoraConfig) -> np.ndarray:
   """[L] float32: 1 on adapted blocks, 0 elsewhere."""
   mask = np.zeros(config.n_layers, np.float32)

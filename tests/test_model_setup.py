@@ -82,3 +82,25 @@ def test_select_stacks_the_asked_layers_in_the_asked_order(toy_setup):
                                 np.asarray(saes.params.W_enc)[[2, 0]])
   with pytest.raises(ValueError, match=r"the SAEs cover layers \[1, 2, 3\], not \[0\]"):
     saes.select((0, 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["toy_gemma4", "toy_gemma4_moe"])
+def test_notebook_api_on_a_toy_gemma4(preset, tmp_path):
+  """xj.load_model(config=...) -> load_saes -> analyze -> forward -> finetune, as a notebook
+  runs them, on the dense toy Gemma 4 (per-layer embeddings, KV sharing) and the MoE toy."""
+  import xling_jax as xj
+  model = xj.load_model(config=preset)
+  assert model.is_toy and model.config == presets.preset(preset)
+  corpus = xj.load_corpus("embedded", ["en", "hi"], max_sentences=6)
+  saes = xj.load_saes(model)
+  result = xj.analyze(model, saes, corpus, xj.AnalysisConfig(bootstrap=0), show_progress=False)
+  assert result.gaps["hi"].shape == (model.config.n_layers,)
+  enc = model.tokenizer.encode_batch(corpus.sentences["hi"][:2], add_bos=True)
+  out = xj.forward(model.params, model.config, enc.tokens, enc.mask)
+  assert out.residuals.shape[:2] == (model.config.n_layers, 2)
+  run = xj.finetune(model, saes, corpus, "hi", out=tmp_path, echo=lambda _: None,
+                    train=xj.TrainConfig(steps=2, batch_size=2, warmup_steps=0, eval_fraction=0.5))
+  adapted = xj.forward(model.params, model.config, enc.tokens, enc.mask, hook=run.hook())
+  assert np.isfinite(np.asarray(adapted.logits)).all()
+  assert any("routed experts" in n for n in run.report["notes"]) == (preset == "toy_gemma4_moe")

@@ -17,7 +17,8 @@ from xling_jax.model import presets, transformer as model_lib
 from xling_jax.nnx_model import Gemma2, Gemma3, Gemma4, GemmaModel
 
 FAMILIES = {"toy": (presets.toy, Gemma2), "toy_gemma3": (presets.toy_gemma3, Gemma3),
-            "toy_gemma4": (presets.toy_gemma4, Gemma4)}
+            "toy_gemma4": (presets.toy_gemma4, Gemma4),
+            "toy_gemma4_moe": (presets.toy_gemma4_moe, Gemma4)}
 
 
 def _tokens(config, B=2, T=12, seed=0):

@@ -1,10 +1,11 @@
-"""xling-jax: measure and repair cross-lingual disparities inside Gemma 2 and Gemma 3, in JAX.
+"""xling-jax: measure and repair cross-lingual disparities inside Gemma 2, 3 and 4, in JAX.
 
 The names below are the API a notebook needs; each is the function or class of the module it
 comes from (imported on first use, so `import xling_jax` stays cheap):
 
     import xling_jax as xj
     model = xj.load_model("gemma3-270m")            # ModelSetup: params, config, tokenizer, mesh
+                                                    # (or config="toy_gemma4": random weights)
     corpus = xj.load_corpus("flores200/", ["en", "hi", "ml"], max_sentences=200)
     saes = xj.load_saes(model, "random", width=4096)   # or Gemma Scope (2) / our trained SAEs
     result = xj.analyze(model, saes, corpus)        # .gaps, .band_summary, .record, .write(dir)

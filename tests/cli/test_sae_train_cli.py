@@ -50,6 +50,10 @@ def test_toy_run_writes_the_gemma_scope2_layout_and_reports(trained):
   assert saes.W_enc.shape == (2, 64, 32)
   report = json.loads((out / "reports" / "layer_3.json").read_text())
   assert report["steps"] == 12 and report["sparsity"] == "quadratic"
+  assert report["config"]["lr"] is None and report["lr"] == 5e-3  # scaled to 12 steps
+  assert "lr 0.005 (scaled to 12 steps)" in proc.stderr
+  for flag in report["flags"]:
+    assert f"warning: layer 3: {flag}" in proc.stderr
   assert {"fvu", "l0", "mse", "dead_fraction", "dense_fraction"} <= set(report["final"])
   assert (out / "reports" / "layer_3.png").stat().st_size > 0
 
@@ -84,3 +88,38 @@ def test_bad_activation_file_is_one_line(tmp_path):
                               f"--out={tmp_path / 'out'}"))
   assert f"{path}: shape (4, 8, 2) (rank 3), expected a [N, d] array" in line
   assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_activations_are_refused_before_training(tmp_path):
+  x = np.ones((64, 8), np.float32)
+  x[37, 2] = np.nan
+  path = tmp_path / "acts.npy"
+  np.save(path, x)
+  line = _one_error_line(_run("--activations=" + str(path), "--layers=3", "--steps=2",
+                              "--batch_size=8", f"--out={tmp_path / 'out'}"))
+  assert f"{path}: row 37 holds nan (column 2); activations must be finite" in line
+  assert not (tmp_path / "out").exists()
+
+
+def test_layers_with_activations_says_it_names_the_files_layer(tmp_path):
+  path = tmp_path / "acts.npy"
+  np.save(path, np.ones((64, 8), np.float32))
+  line = _one_error_line(_run("--activations=" + str(path), f"--out={tmp_path / 'out'}"))
+  assert "--layers is required: with --activations it names the file's layer" in line
+
+
+def test_an_sae_that_missed_its_target_is_flagged_at_the_end(tmp_path):
+  """lr 1e-6 cannot move the thresholds in 12 steps: the run succeeds, and its last lines say
+  the L0 missed the target and what to change, as reports/layer_3.json does."""
+  path = tmp_path / "acts.npy"
+  np.save(path, np.random.default_rng(0).standard_normal((16 * 14, 8)).astype(np.float32))
+  out = tmp_path / "out"
+  proc = _run("--activations=" + str(path), "--layers=3", "--steps=12", "--batch_size=16",
+              "--width=32", "--target_l0=2", "--lr=1e-6", "--eval_batches=2", "--progress=false",
+              f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((out / "reports" / "layer_3.json").read_text())
+  assert report["lr"] == 1e-6 and report["flags"][0].startswith("L0 ")
+  tail = proc.stderr.strip().splitlines()[-len(report["flags"]):]
+  assert tail == [f"warning: layer 3: {flag}" for flag in report["flags"]]
+  assert "raise --lr or --l0_coefficient (were --lr=1e-06" in tail[0]

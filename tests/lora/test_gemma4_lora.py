@@ -129,7 +129,8 @@ def test_lora_gradient_reaches_adapted_modules_on_the_moe_toy():
 def test_expert_adapters_are_refused_with_a_clear_error(tmp_path):
   config = presets.toy_gemma4_moe()
   cfg = lora_lib.LoraConfig(rank=2, modules=("q",))
-  out = peft_io.save_peft(tmp_path / "p", lora_lib.init_adapter(config, cfg), cfg, config)
+  out = peft_io.save_peft(tmp_path / "p", lora_lib.init_adapter(config, cfg), cfg, config,
+                          "xling-jax-toy")
   raw = (out / peft_io.CONFIG_NAME).read_text().replace(
       '"target_parameters": null', '"target_parameters": ["experts.gate_up_proj"]')
   if "target_parameters" not in raw:
@@ -140,3 +141,15 @@ def test_expert_adapters_are_refused_with_a_clear_error(tmp_path):
     peft_io.load_peft_with_config(out, config)
   with pytest.raises(ValueError, match="unknown LoRA module 'ple_gate'"):
     lora_lib.init_adapter(config, lora_lib.LoraConfig(modules=("ple_gate",)))
+
+
+def test_experts_are_skipped_with_a_note_not_an_error():
+  """The default modules on the MoE toy adapt its dense MLP and say the experts take none; a
+  model without experts has nothing to say."""
+  default = lora_lib.LoraConfig()
+  (note,) = lora_lib.unadapted_notes(presets.toy_gemma4_moe(), default)
+  assert "6 routed experts" in note and "gate, up, down adapt the dense MLP" in note
+  (note,) = lora_lib.unadapted_notes(presets.toy_gemma4_moe(), lora_lib.LoraConfig(modules=("q",)))
+  assert "dense MLP" not in note
+  assert lora_lib.unadapted_notes(presets.toy_gemma4(), default) == []
+  assert lora_lib.unadapted_notes(presets.toy(), default) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import numpy as np
 import pytest
 
 from sae import formats, jumprelu as jr, trees
-from sae.train import features, loop, normalize, objective, optim, sources, step as step_lib
+from sae.train import (features, loop, normalize, objective, optim, report as report_lib,
+                       sources, step as step_lib)
 from sae.train.config import SAETrainConfig
 from xling_jax.runtime import train_checkpoints
 
@@ -224,6 +226,50 @@ def test_trained_decoder_recovers_the_dictionary(tmp_path, sparsity):
   assert result.final[0]["fvu"] < 0.15, result.final
 
 
+class DictionarySource:
+  """The issue-25 case as an ActivationSource: tokens of d=48 dims, each the sum of k=3 unit
+  atoms of a fixed random 384-atom dictionary (distinct atoms, magnitudes U(0.5, 1.5)) plus
+  noise 0.01; batch i is drawn from seed (seed, i), so no array is held."""
+
+  def __init__(self, batch_size: int, d: int = 48, atoms: int = 384, k: int = 3, seed: int = 0):
+    dictionary = np.random.default_rng([seed, 1 << 20]).standard_normal((atoms, d))
+    self.dictionary = dictionary / np.linalg.norm(dictionary, axis=1, keepdims=True)
+    self.batch_size, self.d_in, self.k, self.seed = batch_size, d, k, seed
+    self.layers, self.epochs, self.n_tokens = (0,), 1, batch_size << 20
+
+  def batch(self, index: int) -> np.ndarray:
+    rng = np.random.default_rng([self.seed, index])
+    atoms = np.argsort(rng.random((self.batch_size, len(self.dictionary))), axis=1)[:, :self.k]
+    x = np.einsum("bk,bkd->bd", rng.uniform(0.5, 1.5, atoms.shape), self.dictionary[atoms])
+    return (x + 0.01 * rng.standard_normal(x.shape)).astype(np.float32)[None]
+
+  def describe(self) -> dict:
+    return {"name": "dictionary", "seed": self.seed}
+
+
+def _recovered(dictionary: np.ndarray, w_dec) -> float:
+  """Fraction of the atoms with a decoder row at cosine > 0.9."""
+  w_dec = np.asarray(w_dec, np.float64)
+  w_dec /= np.maximum(np.linalg.norm(w_dec, axis=1, keepdims=True), 1e-12)
+  return float(((dictionary @ w_dec.T).max(axis=1) > 0.9).mean())
+
+
+@pytest.mark.slow
+def test_default_settings_recover_a_known_dictionary(tmp_path):
+  """Issue 25: the defaults (learning rate and warm-ups scaled to the run's length) converge on
+  a short run like the study's (270 steps of 512 tokens). With the old fixed lr 7e-5 the same
+  run ends at L0 224, FVU 0.75, no atom recovered (and issue 25's 6000 x 1024 run at L0 17)."""
+  source = DictionarySource(512)
+  config = SAETrainConfig(width=1024, steps=270, batch_size=512, sparsity="quadratic",
+                          target_l0=3, log_every=90, save_every=270)
+  result = loop.train(source, config, tmp_path / "out", echo=lambda _: None, progress=False)
+  final = result.final[0]
+  assert _recovered(source.dictionary, result.saes.W_dec[0]) >= 0.8, final
+  assert 1.5 <= final["l0"] <= 4.5, final
+  assert final["fvu"] < 0.3, final
+  assert not [f for f in result.flags[0] if "L0" in f or "FVU" in f], result.flags
+
+
 # ----------------------------------------------------------------------------- folding
 
 def test_folded_weights_on_raw_inputs_reproduce_the_normalised_model():
@@ -327,6 +373,67 @@ def test_schedules():
   assert (short.lr_warmup, short.sparsity_warmup, short.l0_coef) == (20, 40, 1e-3)
 
 
+def test_default_lr_is_scaled_to_the_run_length():
+  """7e-5 x sqrt(1M / steps), at most 5e-3; an explicit lr wins."""
+  assert SAETrainConfig(steps=1_000_000).peak_lr == pytest.approx(7e-5)
+  assert SAETrainConfig(steps=6000).peak_lr == pytest.approx(9.04e-4, rel=1e-3)
+  assert SAETrainConfig(steps=270).peak_lr == pytest.approx(4.26e-3, rel=1e-3)
+  assert SAETrainConfig(steps=10).peak_lr == 5e-3
+  assert SAETrainConfig(steps=10, lr=1e-4).peak_lr == 1e-4
+  np.testing.assert_allclose(optim.lr_schedule(SAETrainConfig(steps=6000))(3000), 9.04e-4,
+                             rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- report flags
+
+_GOOD = {"fvu": 0.1, "l0": 3.2, "dead_fraction": 0.01, "dense_fraction": 0.0}
+_RUN = dict(steps=6000, lr=7e-5, l0_coefficient=1.0, target_l0=3.0, dead_window=1000)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, []),
+    ({"l0": 4.4}, []),  # within 50% of the target
+    ({"l0": 17.0}, [r"L0 17\.0 missed the target 3 \(5\.7x\).*in 6,000 steps; train more steps, "
+                    r"or raise --lr or --l0_coefficient \(were --lr=7e-05, --l0_coefficient=1\)"]),
+    ({"l0": 1.0}, [r"L0 1\.0 missed the target 3 \(0\.33x, too sparse\); lower --lr"]),
+    ({"fvu": float("nan")}, [r"FVU nan: .* not finite"]),
+    ({"fvu": float("inf")}, [r"FVU inf: .* not finite"]),
+    ({"fvu": 0.8}, [r"FVU 0\.800: the SAE explains less than 50% of the held-out variance"]),
+    ({"dead_fraction": 0.9}, [r"90% of the features are dead \(no firing in the last 1,000 "
+                              r"steps\): a smaller --width"]),
+    ({"dense_fraction": 0.2}, [r"20% of the features fire on more than 10% of the tokens"]),
+    ({"l0": 40.0, "fvu": 0.9}, ["L0 40.0 missed", "FVU 0.900"]),
+])
+def test_report_flags(change, expected):
+  got = report_lib.flags({**_GOOD, **change}, **_RUN)
+  assert len(got) == len(expected), got
+  for line, pattern in zip(got, expected):
+    assert re.search(pattern, line), line
+    assert "\n" not in line
+
+
+def test_no_l0_flag_without_a_target():
+  assert report_lib.flags({**_GOOD, "l0": 300.0}, **{**_RUN, "target_l0": None}) == []
+
+
+def test_the_report_records_resolved_settings_and_flags(tmp_path):
+  """A run that cannot reach its target (lr 1e-6) says so in layer_L.json, with the resolved
+  lr and warm-ups beside the config's None."""
+  x = np.random.default_rng(5).standard_normal((1, 64 * 12, 16)).astype(np.float32)
+  config = _config(steps=10, lr=None, sparsity="quadratic", target_l0=2)
+  result = loop.train(ArraySource(x, 64, layers=[4]), config, tmp_path / "out",
+                      echo=lambda _: None, progress=False)
+  report = json.loads((tmp_path / "out" / loop.REPORTS / "layer_4.json").read_text())
+  assert report["config"]["lr"] is None
+  assert (report["lr"], report["lr_warmup_steps"], report["sparsity_warmup_steps"]) == (
+      5e-3, 1, 2)
+  slow = _config(steps=10, lr=1e-6, sparsity="quadratic", target_l0=2)
+  result = loop.train(ArraySource(x, 64, layers=[4]), slow, tmp_path / "slow",
+                      echo=lambda _: None, progress=False)
+  report = json.loads((tmp_path / "slow" / loop.REPORTS / "layer_4.json").read_text())
+  assert report["flags"] == result.flags[0] and report["flags"][0].startswith("L0 ")
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 _KILL_SCRIPT = textwrap.dedent("""
@@ -410,6 +517,10 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     (np.zeros((4, 8, 2), np.float32), r"shape \(4, 8, 2\) \(rank 3\), expected a \[N, d\]"),
     (np.zeros((16, 8), np.int32), "dtype int32, expected float16, float32 or float64"),
     (np.array([{"a": 1}], dtype=object), "not a plain .npy array"),
+    (np.full((8, 4), np.inf, np.float32), r"row 0 holds inf \(column 0\); activations must be "
+                                          "finite"),
+    (np.where(np.arange(40)[:, None] == 33, np.nan, np.ones((40, 4))),
+     r"row 33 holds nan \(column 0\)"),
 ])
 def test_bad_activation_files_are_one_clear_error_naming_the_file(tmp_path, array, message):
   path = tmp_path / "acts.npy"
@@ -417,6 +528,14 @@ def test_bad_activation_files_are_one_clear_error_naming_the_file(tmp_path, arra
   with pytest.raises(ValueError, match=message) as info:
     sources.NpyActivations(path, 4)
   assert str(path) in str(info.value)
+
+
+def test_a_non_finite_value_deep_in_a_large_file_is_found_in_chunks(tmp_path):
+  x = np.zeros((5000, 8), np.float16)
+  x[4321, 5] = np.inf
+  path = _npy(tmp_path / "acts.npy", x)
+  with pytest.raises(ValueError, match=r"row 4321 holds inf \(column 5\)"):
+    sources.check_finite(np.load(path, mmap_mode="r"), path, chunk_bytes=1000)
 
 
 def test_too_little_data_says_how_many_tokens_it_has(tmp_path):
@@ -466,3 +585,7 @@ def test_config_errors_name_every_bad_setting():
     SAETrainConfig(sparsity="quadratic", target_l0=5000)
   with pytest.raises(ValueError, match="sparsity='l1'"):
     SAETrainConfig(sparsity="l1")
+  with pytest.raises(ValueError, match=r"l0_coefficient=inf \(must be finite\); target_l0=nan "
+                                       r"\(must be finite\); lr=nan \(must be finite\)$"):
+    SAETrainConfig(sparsity="quadratic", lr=float("nan"), l0_coefficient=float("inf"),
+                   target_l0=float("nan"))
