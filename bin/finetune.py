@@ -216,5 +216,13 @@ def main(argv):
   print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 
 
+def interrupted() -> str:
+  """The checkpoint an interrupted run saved, and how to continue from it."""
+  from pathlib import Path
+
+  from lora import finetune
+  return cli.resume_hint(Path(FLAGS.out).expanduser() / finetune.CHECKPOINTS)
+
+
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, on_interrupt=interrupted)

@@ -236,4 +236,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, on_interrupt=lambda: f"the finished stages in {FLAGS.out} are kept (an "
+          "interrupted training keeps its checkpoints); rerun the same command to continue")

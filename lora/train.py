@@ -255,6 +255,5 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
       if state.step % tc.save_every == 0 or state.step == tc.steps:
         save(state)
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    train_checkpoints.finish(manager)
   return TrainResult({"scale": lora_config.scale, "layers": state.layers}, state.step, metrics)

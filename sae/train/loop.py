@@ -207,8 +207,7 @@ def train(source: ActivationSource, config: SAETrainConfig, out: str | Path, *,
         train_checkpoints.save(mgr, step, _saved(state, step, sums, count), meta)
       bar.update(c.batch_size)
   finally:
-    mgr.wait_until_finished()
-    mgr.close()
+    train_checkpoints.finish(mgr)
   return _finish(source, c, out, state, step, model_name=model_name, saelens=saelens)
 
 
