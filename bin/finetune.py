@@ -165,8 +165,8 @@ def main(argv):
 
   from lora import finetune, objectives, train
   from lora.lora import LoraConfig
+  from sae import random_saes
   from xling_jax.data import corpora, languages
-  from xling_jax.model import presets
 
   train_config = train.TrainConfig(
       steps=FLAGS.steps, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
@@ -200,8 +200,8 @@ def main(argv):
                                          w_norm=w_norm)
   saes = shared_flags.load_saes(setup, sorted(set(objective_layers) | set(report_layers)),
                           corpus.sentences[ref][:16])
-  if setup.is_toy:
-    print(presets.toy_note(config), file=sys.stderr)
+  for note in random_saes.notes(setup, saes):
+    print(note, file=sys.stderr)
   print(f"devices: {devices}; corpus: {corpus.name} ({corpus.n_sentences} lines, "
         f"{FLAGS.eval_fraction:.0%} held out); SAEs: {saes.description}; objective layers "
         f"{list(objective_layers)}", file=sys.stderr)

@@ -109,8 +109,8 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   from lora import data, objectives, peft_io, report as report_lib, train as train_lib
   from lora.lora import project_hook, unadapted_notes
   from xling_jax.analysis import corpus_stats, intrinsic
+  from sae import random_saes
   from xling_jax.data import languages
-  from xling_jax.model import presets
   from xling_jax.runtime import io, platform
   start = time.perf_counter()
   config = setup.config
@@ -143,7 +143,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   skipped = unadapted_notes(config, lora)  # Gemma 4's experts: said, not refused
   for note in skipped:
     echo(f"note: {note}")
-  notes = ([presets.toy_note(config)] if setup.is_toy else []) + skipped
+  notes = [*random_saes.notes(setup, saes), *skipped]
   texts = {target: heldout.target, ref: heldout.ref}
   measure_texts = ({lang: eval_corpus.sentences[lang] for lang in measured} if eval_corpus else
                    {lang: tuple(corpus.sentences[lang][i] for i in rows) for lang in measured})
@@ -207,6 +207,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
       "objective_layers": list(objective.layers), "steps": result.step,
       "final_terms": report_lib.final_terms(log_path, result.step),
       "train_lines": len(train_split), "heldout_lines": len(heldout), "toy": setup.is_toy,
+      "random_saes": saes.random,
       "notes": notes, "saes": saes.description, "corpus": corpus.source,
       "devices": platform.describe_devices(), "provenance": setup.provenance,
       "flags": dict(run_config) if run_config is not None else {

@@ -84,11 +84,13 @@ def load_model(checkpoint: str | None = None, *, config: str | ModelConfig | Non
 class SAESetup:
   """JumpReLU SAEs stacked over `layers` (`params` leaves [len(layers), ...]) and where they
   came from (`description`, recorded in every output). `neuronpedia`: the Neuronpedia set of
-  released SAEs these are, for feature links; None when unknown."""
+  released SAEs these are, for feature links; None when unknown. `random`: random SAEs
+  (`sae.random_saes`), not trained ones, which every output then says on its first screen."""
   params: Any
   layers: tuple[int, ...]
   description: str
   neuronpedia: NeuronpediaSet | None = None
+  random: bool = False
 
   def select(self, layers: Sequence[int]):
     """The params stacked over `layers` (each one of `self.layers`), in that order."""
@@ -154,7 +156,7 @@ def load_saes(setup: ModelSetup, source: str | Path | None = None,
     every = random_saes.calibrated_random_saes(setup.params, setup.config, setup.tokenizer,
                                        calibration_texts, width=size, seed=seed)
     saes = jax.tree.map(lambda x: x[np.asarray(layers)], every)
-    return SAESetup(saes, layers, f"random SAEs (width {size}, seed {seed})")
+    return SAESetup(saes, layers, f"random SAEs (width {size}, seed {seed})", random=True)
   saes = trees.load_layers(hub.local_or_hub(source, what), layers, width=width, l0=l0,
                            d_in=setup.config.d_model, dtype="float32")
   check_finite_saes(saes, layers, f"{what}={source}")

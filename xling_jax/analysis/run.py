@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sae import releases
+from sae import random_saes, releases
 from xling_jax.data.languages import LOW_RESOURCE
 
 
@@ -184,7 +184,6 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
   first batch runs (ValueError).
   """
   from xling_jax.analysis import corpus_stats, disparity, report, sae_quality
-  from xling_jax.model import presets
   from xling_jax.runtime import batching, platform
   start = time.perf_counter()
   model_config = setup.config
@@ -225,6 +224,7 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
     run_config = dict(dataclasses.asdict(config), langs=list(corpus.languages))
   provenance = dict(setup.provenance, saes=saes.description, corpus=corpus.source,
                     devices=platform.describe_devices(), versions=_versions(), toy=setup.is_toy,
+                    random_saes=saes.random,
                     seconds=round(time.perf_counter() - start, 2))
   record = report.build_stats_json(stats, gaps=gaps, ref=ref, bands=plan.bands,
                                    band_summary=summary, group=plan.group, ci=ci, top=top,
@@ -232,5 +232,4 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
                                    gap_by_metric=others,
                                    norm_control=disparity.norm_control(others, ci),
                                    sae_quality=quality)
-  notes = (presets.toy_note(model_config),) if setup.is_toy else ()
-  return Analysis(record, stats, corpus.name, setup.is_toy, notes)
+  return Analysis(record, stats, corpus.name, setup.is_toy, random_saes.notes(setup, saes))
