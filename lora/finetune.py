@@ -69,13 +69,14 @@ def check_start(out: str | Path, resume: bool) -> Path:
 
 
 def score_benchmarks(setup, config, out: Path, *, prompts=None, adapter=None,
-                     adapter_dir: Path | None = None) -> dict:
+                     adapter_dir: Path | None = None, progress: bool = False) -> dict:
   """Benchmark scores as `bin.evaluate` computes them, in process on the loaded model (through
   `adapter` when given, saved in `adapter_dir`); its files go to `out`. The adapter comes from
   memory, not from the directory: in a multi-process run only process 0 writes it."""
   from lora.lora import project_hook
   from xling_jax.evaluation import run as evaluation
-  result = evaluation.evaluate(setup, config, hook=project_hook(adapter), prompts=prompts)
+  result = evaluation.evaluate(setup, config, hook=project_hook(adapter), prompts=prompts,
+                               progress=progress)
   settings = dict(dataclasses.asdict(config),
                   lora=None if adapter_dir is None else str(adapter_dir))
   run = {"flags": settings, "toy": setup.is_toy, "provenance": setup.provenance}
@@ -91,7 +92,8 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
              resume: bool = False, remat: bool | str = DEFAULT_REMAT, bench=None,
              bench_prompts=None, base_model_name: str | None = None,
              echo: Callable[[str], None] = print, run_config: Mapping | None = None,
-             eval_corpus=None, compare: Sequence[str] | None = None) -> Finetuned:
+             eval_corpus=None, compare: Sequence[str] | None = None,
+             progress: bool = False) -> Finetuned:
   """Train a LoRA adapter that lifts `target`'s SAE activation at the objective layers toward
   the frozen model's `ref` activation (the objective: `lora.objectives`), on the lines of
   `corpus` (a ParallelCorpus holding both languages) not held out for the report.
@@ -104,7 +106,9 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   flag). `eval_corpus`: a ParallelCorpus (FLORES) for the gain, retention and per-language
   measurements; `compare`: the related and unrelated languages measured beside target and
   reference (default `languages.comparison_languages`, those the measured text has). Settings
-  are checked before anything is computed (ValueError).
+  are checked before anything is computed (ValueError). `echo` gets a line per phase and per
+  logged step (with an ETA); `progress` adds the measurements' and the benchmarks' progress
+  lines (items/s, ETA) on stderr.
   """
   from lora import data, objectives, peft_io, report as report_lib, train as train_lib
   from lora.lora import project_hook, unadapted_notes
@@ -153,14 +157,14 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
     return corpus_stats.corpus_stats(
         setup.params, config, saes.select(report_layers), setup.tokenizer, texts_by_lang,
         batch_size=train.batch_size, bucket=train.bucket, max_len=train.max_len,
-        hook=project_hook(adapter), mesh=setup.mesh, layers=report_layers, show_progress=False)
+        hook=project_hook(adapter), mesh=setup.mesh, layers=report_layers, show_progress=progress)
 
   def measure(adapter) -> dict:
     """{bits_per_char: {lang}, resid_norm: {lang: [L]}, code_mass: {lang: [L]}} of measured."""
     s = stats(adapter, measure_texts)
     bits = intrinsic.bits_per_char(setup.params, config, setup.tokenizer, measure_texts,
                                    batch_size=train.batch_size, mesh=setup.mesh,
-                                   show_progress=False, hook=project_hook(adapter))
+                                   show_progress=progress, hook=project_hook(adapter))
     return {"bits_per_char": {lang: b["bits_per_char"] for lang, b in bits.items()},
             "resid_norm": s.metrics("resid_norm"), "code_mass": s.metrics("activation")}
 
@@ -168,7 +172,8 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   before = stats(None, texts).metrics("activation")
   measured_before = measure(None)
   scores_before = (None if bench is None else
-                   score_benchmarks(setup, bench, out / "eval_before", prompts=bench_prompts))
+                   score_benchmarks(setup, bench, out / "eval_before", prompts=bench_prompts,
+                                    progress=progress))
   log_path = out / train_lib.LOG_NAME
   result = train_lib.train(
       setup.params, config, saes.select(objective.layers),
@@ -218,6 +223,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
     report["benchmarks"] = {
         "before": scores_before,
         "after": score_benchmarks(setup, bench, out / "eval_after", prompts=bench_prompts,
+                                  progress=progress,
                                   adapter=result.adapter, adapter_dir=peft_dir)}
   report["seconds"] = round(time.perf_counter() - start, 2)
   run = Finetuned(result.adapter, report, peft_dir)

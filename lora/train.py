@@ -230,6 +230,8 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
     train_checkpoints.save(manager, s.step, _to_saved(s), meta)
 
   metrics: dict[str, float] = {}
+  if state.step < tc.steps:
+    echo(f"training steps {state.step + 1}-{tc.steps} (the first compiles the step) ...")
   tick, tick_step = time.perf_counter(), state.step
   try:
     while state.step < tc.steps:
@@ -249,7 +251,8 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
         record = {"step": state.step, **out, "lr": float(schedule(state.step - 1)),
                   "steps_per_s": rate}
         echo(f"step {state.step}/{tc.steps}  " + "  ".join(
-            f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
+            f"{k}={v:.4g}" for k, v in record.items() if k != "step")
+             + f"  (ETA {(tc.steps - state.step) / max(rate, 1e-9):.0f}s)")
         if log_path is not None:
           io.append_line(log_path, json.dumps(record))
       if state.step % tc.save_every == 0 or state.step == tc.steps:

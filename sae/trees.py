@@ -44,6 +44,7 @@ GS2_SITE = "resid_post"  # the only Gemma Scope 2 site read here: residual-strea
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _GS1_LAYER = re.compile(r"^layer_\d+$")
+_GS1_WIDTH = re.compile(r"^width_(\d+[km]?)$")
 # Variants with a suffix (_seed_1, _affine) are other SAEs and are not matched.
 _GS2_DIR = re.compile(r"^layer_(\d+)_width_(\d+[km]?)_l0_([a-z0-9]+)$")
 
@@ -234,20 +235,45 @@ def resolve_layers(root: str | os.PathLike, layers: Iterable[int], width: str | 
       return [_hub_download(str(root), i, width, l0) for i in layers]
     example = releases.canonical_release().hub_id
     raise SAENotFoundError(f"{root}: no such directory (nor a hub id like {example!r})")
+  kind, where, found = _local_tree(path)
+  if kind == "gs1":
+    return [_resolve_hf_layout(where, i, width, l0) for i in layers]
+  if kind == "gs2":
+    return [_resolve_gs2(where, found, i, width, l0) for i in layers]
+  return [_resolve_saelens(where, found, i, width) for i in layers]
+
+
+def _local_tree(path: Path) -> tuple[str, Path, dict]:
+  """(layout "gs1" / "gs2" / "saelens", the folder its SAEs are in, the Gemma Scope 2 or SAELens
+  entries by layer) of the local tree at `path`."""
   if any(_GS1_LAYER.match(name) for name in list_names(path, "layer_")):
-    return [_resolve_hf_layout(path, i, width, l0) for i in layers]
+    return "gs1", path, {}
   gs2 = _gs2_root(path)
   if gs2 is not None:
-    found = _gs2_entries(gs2)
-    return [_resolve_gs2(gs2, found, i, width, l0) for i in layers]
+    return "gs2", gs2, _gs2_entries(gs2)
   found = _saelens_dirs(path)
   if found:
-    return [_resolve_saelens(path, found, i, width) for i in layers]
-  raise SAENotFoundError(f"{root}: neither the Gemma Scope layout (layer_{{i}}/width_{{w}}/"
+    return "saelens", path, found
+  raise SAENotFoundError(f"{path}: neither the Gemma Scope layout (layer_{{i}}/width_{{w}}/"
                          f"average_l0_{{n}}/{NPZ_NAME}), nor the Gemma Scope 2 one "
                          f"({GS2_SITE}/layer_{{i}}_width_{{w}}_l0_{{l0}}/{GS2_PARAMS}), nor "
                          f"SAELens directories (*/{SAELENS_CFG} with hook "
                          f"blocks.{{i}}.hook_resid_post); it has {list_names(path)}")
+
+
+def held_widths(root: str | os.PathLike) -> dict[int, list[int]]:
+  """{layer: the SAE widths the local tree at `root` holds for it, ascending}, from its folder
+  and file names alone (what a tool picks its defaults from before loading anything)."""
+  kind, where, found = _local_tree(Path(root))
+  if kind == "gs1":
+    return {int(name.split("_")[1]): sorted(width_size(m.group(1))
+                                            for m in map(_GS1_WIDTH.match,
+                                                         list_names(where / name, "width_")) if m)
+            for name in list_names(where, "layer_")
+            if _GS1_LAYER.match(name) and (where / name).is_dir()}
+  if kind == "gs2":
+    return {layer: sorted({e.width for e in entries}) for layer, entries in found.items()}
+  return {layer: sorted({c.d_sae for c in configs}) for layer, configs in found.items()}
 
 
 # ----------------------------------------------------------------------------- stacked loading

@@ -235,3 +235,19 @@ def test_gemma_scope2_hub_ids_download_the_safetensors(monkeypatch, tmp_path):
   assert_sae_equal(jr.unstack(got)[0], _sae(1))
   with pytest.raises(ValueError, match="Gemma Scope 2 has no canonical L0 table"):
     trees.load_layers("google/gemma-scope-2-270m-pt", [12])
+
+
+def test_held_widths_read_every_local_layout_from_its_names(tmp_path, stacked):
+  """What a tool picks --sae_width and its layers from before loading anything."""
+  trees.save_layers_tree(tmp_path / "gs1", stacked, width=W, l0s=20, layers=(0, 4, 7))
+  (tmp_path / "gs1" / "layer_4" / "width_16k").mkdir()
+  (tmp_path / "gs1" / "layer_4" / "width_junk").mkdir()  # not a width: ignored
+  assert trees.held_widths(tmp_path / "gs1") == {0: [W], 4: [W, 16384], 7: [W]}
+  trees.save_gemma_scope2_layers(tmp_path / "gs2", stacked, (1, 3, 5), l0s=9)
+  trees.save_gemma_scope2_layers(tmp_path / "gs2", jr.random_params(
+      jax.random.PRNGKey(4), D, 32, n_layers=1), (3,), l0s=9)
+  assert trees.held_widths(tmp_path / "gs2") == {1: [W], 3: [32, W], 5: [W]}
+  trees.save_saelens_layers(tmp_path / "saelens", stacked, (2, 6, 8))
+  assert trees.held_widths(tmp_path / "saelens") == {2: [W], 6: [W], 8: [W]}
+  with pytest.raises(formats.SAENotFoundError, match="neither the Gemma Scope layout"):
+    trees.held_widths(tmp_path)
