@@ -86,6 +86,29 @@ def score_benchmarks(setup, config, out: Path, *, prompts=None, adapter=None,
   return result.scores
 
 
+def check_arguments(setup, saes, corpus, target, ref, out, lora, objective, train,
+                    report_layers, eval_corpus) -> None:
+  """`finetune`'s arguments are what it reads (TypeError naming the first that is not)."""
+  import os
+
+  from lora.objectives import ObjectiveConfig
+  from xling_jax.data.corpora import ParallelCorpus
+  from xling_jax.runtime import validate
+  validate.model(setup, "finetune: setup")
+  validate.saes(saes, "finetune: saes")
+  for name, value in (("corpus", corpus), ("eval_corpus", eval_corpus)):
+    if value is not None or name == "corpus":
+      validate.instance(value, ParallelCorpus, f"finetune: {name}", "xj.load_corpus(...)")
+  validate.value(target, str, "finetune: target")
+  validate.value(ref, str, "finetune: ref")
+  validate.value(out, str | os.PathLike, "finetune: out")
+  validate.instance(lora, LoraConfig, "finetune: lora")
+  if objective is not None:
+    validate.instance(objective, ObjectiveConfig, "finetune: objective")
+  validate.instance(train, TrainConfig, "finetune: train")
+  validate.value(report_layers, tuple[int, ...] | None, "finetune: report_layers")
+
+
 def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Path,
              lora: LoraConfig = LoraConfig(), objective=None,
              train: TrainConfig = TrainConfig(), report_layers: Sequence[int] | None = None,
@@ -116,6 +139,8 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   from sae import random_saes
   from xling_jax.data import languages
   from xling_jax.runtime import io, platform
+  check_arguments(setup, saes, corpus, target, ref, out, lora, objective, train, report_layers,
+                  eval_corpus)
   start = time.perf_counter()
   config = setup.config
   if target == ref:

@@ -28,7 +28,7 @@ from lora import DEFAULT_REMAT, objectives
 from lora.data import BatchStream
 from lora.lora import Adapter, LoraConfig, init_adapter, layer_mask
 from xling_jax.model.config import ModelConfig
-from xling_jax.runtime import io, train_checkpoints
+from xling_jax.runtime import io, train_checkpoints, validate
 
 LOG_NAME = "train_log.jsonl"
 # TrainConfig fields that may change between a run and its resume without changing the result.
@@ -61,6 +61,7 @@ class TrainConfig:
   log_every: int = 10
 
   def __post_init__(self):
+    validate.fields(self)
     positive = ("steps", "batch_size", "lr", "clip_norm", "max_len", "bucket", "save_every",
                 "max_to_keep", "log_every")
     bad = [f"{k}={getattr(self, k)}" for k in positive if not getattr(self, k) > 0]

@@ -25,6 +25,7 @@ import numpy as np
 
 from sae import random_saes, releases
 from xling_jax.data.languages import LOW_RESOURCE
+from xling_jax.runtime import validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,10 @@ class AnalysisConfig:
   seed: int = 0
   neuronpedia: str | None = None
   quality_sentences: int | None = None
+
+  def __post_init__(self):
+    validate.fields(self, minimum={"bootstrap": 0, "top_k": 1, "batch_size": 1, "bucket": 1,
+                                   "max_len": 2, "quality_sentences": 0})
 
 
 # The quality pass runs the model once per analysed layer more: 100 sentences per language
@@ -173,6 +178,18 @@ def _versions() -> dict:
   return out
 
 
+def check_arguments(setup, saes, corpus, config) -> None:
+  """`analyze`'s arguments are what it reads (TypeError naming the first that is not)."""
+  from xling_jax.data.corpora import ParallelCorpus
+  validate.model(setup, "analyze: setup")
+  validate.saes(saes, "analyze: saes")
+  validate.instance(corpus, ParallelCorpus, "analyze: corpus",
+                    f"corpus = xj.load_corpus({corpus!r}, langs)" if isinstance(corpus, str)
+                    else "corpus = xj.load_corpus(...)")
+  validate.instance(config, AnalysisConfig, "analyze: config",
+                    "xj.AnalysisConfig(**settings)" if isinstance(config, Mapping) else "")
+
+
 def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
             show_progress: bool = True, run_config: Mapping | None = None) -> Analysis:
   """SAE activation statistics of every language of `corpus` (a `corpora.ParallelCorpus`) at
@@ -185,6 +202,7 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
   """
   from xling_jax.analysis import corpus_stats, disparity, report, sae_quality
   from xling_jax.runtime import batching, platform
+  check_arguments(setup, saes, corpus, config)
   start = time.perf_counter()
   model_config = setup.config
   plan = check(config if config.layers is not None
