@@ -219,9 +219,9 @@ def main(argv):
   timings = run_stages(stages, out)
   from xling_jax.runtime.platform import describe_host
   record = study_record.collect(stages, settings, timings, command, machine=describe_host())
-  io.write_json(out / "study.json", record)
-  paths = study_page.write(results_md, record, stages_lib.figures(stages))
-  print(f"wrote {out / 'study.json'}, " + ", ".join(str(p) for p in paths))
+  paths = study_page.write(results_md, record, stages_lib.figures(stages),
+                           also={out / "study.json": io.json_text(record)})
+  print("wrote " + ", ".join(str(p) for p in paths))
 
 
 if __name__ == "__main__":

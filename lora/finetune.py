@@ -212,8 +212,9 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
     from xling_jax.checkpoints.weights_package import HUB_IDS
     checkpoint = setup.provenance.get("checkpoint")
     base_model_name = HUB_IDS.get(checkpoint, checkpoint) or "xling-jax-toy"
-  peft_dir = peft_io.save_peft(out / PEFT, result.adapter, lora, config,
-                               base_model_name_or_path=str(base_model_name))
+  peft_dir = out / PEFT
+  adapter_files = peft_io.peft_files(result.adapter, lora, config,
+                                     base_model_name_or_path=str(base_model_name))
   report = {
       "target_lang": target, "ref_lang": ref, "layers": list(report_layers),
       "before": before, "after": after,
@@ -252,6 +253,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
                                   adapter=result.adapter, adapter_dir=peft_dir)}
   report["seconds"] = round(time.perf_counter() - start, 2)
   run = Finetuned(result.adapter, report, peft_dir)
-  io.write_json(out / REPORT_NAME, report)
-  io.write_text(out / "report.md", run.markdown())
+  # The adapter and its report are one set: a failure leaves the previous run's both.
+  io.write_set(out, {**{f"{PEFT}/{name}": data for name, data in adapter_files.items()},
+                     REPORT_NAME: io.json_text(report), "report.md": run.markdown()})
   return run

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as safetensors_numpy
-from safetensors.numpy import save_file
 
 from sae.jumprelu import PARAM_NAMES, JumpReLUParams
 from xling_jax.checkpoints.safetensors_io import read_safetensors
@@ -279,14 +278,20 @@ def save_saelens(directory: str | os.PathLike, params: JumpReLUParams, layer: in
   `sae_lens.SAE.load_from_disk` opens as a JumpReLUSAE hooked at `blocks.{layer}.hook_resid_post`.
   Weights keep their dtype; `model_name` is the model the SAE reads (as the caller knows it);
   `metadata` entries are added to cfg.json's metadata block."""
+  io.write_set(directory, saelens_files(params, layer, d_in, model_name, metadata))
+  return Path(directory)
+
+
+def saelens_files(params: JumpReLUParams, layer: int, d_in: int | None = None,
+                  model_name: str = "unknown",
+                  metadata: Mapping[str, Any] | None = None) -> dict[str, bytes | str]:
+  """What `save_saelens` writes, {file name: contents}, for a caller writing a larger set."""
   _single(params, "save_saelens")
   if d_in is not None and params.d_in != d_in:
     raise SAEFormatError(f"save_saelens: the SAE reads d_in={params.d_in} but d_in={d_in} "
                          "was given")
-  directory = Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  save_file({k: np.ascontiguousarray(getattr(params, k)) for k in PARAM_NAMES},
-            directory / SAELENS_WEIGHTS)
+  weights = safetensors_numpy.save({k: np.ascontiguousarray(getattr(params, k))
+                                    for k in PARAM_NAMES})
   cfg = {
       "architecture": "jumprelu",
       "d_in": params.d_in,
@@ -305,23 +310,26 @@ def save_saelens(directory: str | os.PathLike, params: JumpReLUParams, layer: in
           **(metadata or {}),
       },
   }
-  (directory / SAELENS_CFG).write_text(json.dumps(cfg, indent=2) + "\n")
-  return directory
+  return {SAELENS_WEIGHTS: weights, SAELENS_CFG: json.dumps(cfg, indent=2) + "\n"}
 
 
 def save_gemma_scope2(directory: str | os.PathLike, params: JumpReLUParams, layer: int, l0: int,
                       model_name: str = "unknown") -> Path:
   """Write one SAE as a Gemma Scope 2 folder: `params.safetensors` (float32, lowercase keys
   w_enc, w_dec, b_enc, b_dec, threshold) and `config.json` (the released files' keys; `l0` is
-  the SAE's target or measured L0). Each file is written atomically."""
+  the SAE's target or measured L0), as one set."""
+  io.write_set(directory, gemma_scope2_files(params, layer, l0, model_name))
+  return Path(directory)
+
+
+def gemma_scope2_files(params: JumpReLUParams, layer: int, l0: int,
+                       model_name: str = "unknown") -> dict[str, bytes | str]:
+  """What `save_gemma_scope2` writes, {file name: contents}, for a caller writing a larger
+  set."""
   _single(params, "save_gemma_scope2")
-  directory = Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
   arrays = {k.lower(): np.ascontiguousarray(getattr(params, k), np.float32) for k in PARAM_NAMES}
-  io.write_bytes(directory / GS2_PARAMS, safetensors_numpy.save(arrays))
   hook = GS2_HOOK.format(layer=int(layer))
   cfg = {"model_name": model_name, "architecture": "jump_relu", "hf_hook_point_in": hook,
          "hf_hook_point_out": hook, "width": params.d_sae, "l0": int(l0),
          "affine_connection": False, "type": "sae"}
-  io.write_json(directory / GS2_CONFIG, cfg)
-  return directory
+  return {GS2_PARAMS: safetensors_numpy.save(arrays), GS2_CONFIG: io.json_text(cfg)}

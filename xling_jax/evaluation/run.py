@@ -258,8 +258,8 @@ def scores_csv(scores: dict) -> str:
 def write_outputs(out: str | os.PathLike, result: EvalResult, run: dict[str, Any],
                   md: str) -> list[Path]:
   """scores.json, scores.csv, items.jsonl, scores.md and run.json (`run` plus the missing and
-  too-long items) in `out`. Everything is rendered first, then each file written atomically,
-  so a failure leaves the previous results as they were. Returns the paths."""
+  too-long items) in `out`. Everything is rendered first, then written as one set
+  (`io.write_set`), so a failure leaves the previous results whole. Returns the paths."""
   out = Path(out)
   run = {**run, "no_data": result.missing, "too_long": result.too_long,
          "notes": [*run.get("notes", []), *result.notes]}
@@ -270,6 +270,4 @@ def write_outputs(out: str | os.PathLike, result: EvalResult, run: dict[str, Any
       "scores.md": md,
       RUN_NAME: io.json_text(run),
   }
-  for name, text in rendered.items():
-    io.write_text(out / name, text)
-  return [out / name for name in rendered]
+  return list(io.write_set(out, rendered).values())
