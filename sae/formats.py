@@ -18,6 +18,8 @@ import dataclasses
 import json
 import os
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -119,9 +121,18 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
   except SAEFormatError:
     raise
   except ValueError as e:
-    # numpy's answer to object arrays / pickles under allow_pickle=False.
-    raise SAEFormatError(f"{path}: holds pickled (object) data, which is never loaded; "
-                         f"re-save it with plain numeric arrays ({e})") from e
+    if "pickle" in str(e):  # numpy's answer to object arrays under allow_pickle=False
+      raise SAEFormatError(f"{path}: holds pickled (object) data, which is never loaded; "
+                           f"re-save it with plain numeric arrays ({e})") from None
+    raise _damaged_npz(path, e) from None
+  except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+    raise _damaged_npz(path, e) from None
+
+
+def _damaged_npz(path: Path, error: Exception) -> SAEFormatError:
+  reason = str(error) or type(error).__name__
+  return SAEFormatError(f"{path}: not a complete .npz archive ({reason}); a download that "
+                        "stopped early leaves this: fetch the file again")
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:

@@ -24,9 +24,10 @@ def _run(*args, timeout=600):
 
 def test_platform_tpu_without_tpu_is_a_clear_message_not_a_traceback():
   proc = _run("--platform=tpu")
-  assert proc.returncode != 0
-  assert "--platform=tpu: no TPU is available" in proc.stderr
-  assert "Traceback" not in proc.stderr
+  assert proc.returncode == 2
+  assert proc.stderr.startswith("error: --platform=tpu: no TPU is available")
+  assert "JAX_PLATFORMS" not in proc.stderr  # JAX's hint would undo the flag
+  assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_unknown_language_is_a_clear_error():
