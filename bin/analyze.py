@@ -85,9 +85,9 @@ def main(argv):
     print(f"--batch_size={FLAGS.batch_size} is more than the corpus's {corpus.n_sentences} "
           f"sentences: batches of {batch_size}", file=sys.stderr)
   saes = shared_flags.load_saes(setup, layers, corpus.sentences[langs[0]][:16])
-  if setup.is_toy:
-    from xling_jax.model import presets
-    print(presets.toy_note(config), file=sys.stderr)
+  from sae import random_saes
+  for note in random_saes.notes(setup, saes):
+    print(note, file=sys.stderr)
   print(f"devices: {devices}; corpus: {corpus.name} ({corpus.n_sentences} sentences x "
         f"{len(langs)} languages); SAEs: {saes.description}", file=sys.stderr)
 

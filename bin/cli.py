@@ -1,5 +1,6 @@
-"""Running a command-line tool: `run` (absl's app.run, with --help exiting 0 and a user's error
-as one line `error: ...` and exit code 2), `fail`, the checks and parsers the tools share
+"""Running a command-line tool: `run` (absl's app.run, with --help exiting 0, a user's error
+as one line `error: ...` and exit code 2, and Ctrl-C as one line `interrupted: ...` saying what
+was saved and how to continue, exit code 130), `fail`, the checks and parsers the tools share
 (`check_out`, `parse_layers`) and a run's provenance (`resolved_flags`). The shared flags
 themselves are `bin.shared_flags`."""
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from absl import flags
 
@@ -14,6 +16,7 @@ from bin import shared_flags
 
 FLAGS = flags.FLAGS
 USAGE_EXIT = 2  # usage and input errors, as argparse and most Unix tools
+INTERRUPT_EXIT = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
 
 
 def check_out() -> Path:
@@ -89,11 +92,37 @@ def parse_flags(argv: list[str], flag_values=FLAGS) -> list[str]:
     fail(f"{e} (--help lists the flags)")
 
 
-def run(main, positional: tuple[str, ...] = ()) -> None:
+def nothing_written() -> str:
+  """What an interrupted tool that writes its results only at its end has left: nothing."""
+  out = FLAGS["out"].value if "out" in FLAGS else None
+  return "nothing written" + (f"; the previous results in {out} are kept" if out else "")
+
+
+def resume_hint(checkpoints: Path) -> str:
+  """What an interrupted trainer has left in `checkpoints` (orbax, `train_checkpoints`) and how
+  to continue from it."""
+  from xling_jax.runtime import train_checkpoints
+  step = train_checkpoints.latest_step(checkpoints)
+  if step is None:
+    return (f"no checkpoint was saved yet (none in {checkpoints}); rerun the same command to "
+            "start again")
+  return f"saved step {step} in {checkpoints}; rerun with --resume to continue"
+
+
+def interrupted(message: str) -> None:
+  """One line `interrupted: ...` on stderr, exit code 130."""
+  print("interrupted: " + " ".join(message.split()), file=sys.stderr, flush=True)
+  sys.exit(INTERRUPT_EXIT)
+
+
+def run(main, positional: tuple[str, ...] = (),
+        on_interrupt: Callable[[], str] = nothing_written) -> None:
   """absl's app.run for a tool: usage errors and errors a user can cause (USER_ERRORS) are one
   line `error: ...` on stderr with exit code 2, never the whole --help nor a traceback
-  (XLING_TRACEBACK=1 shows the traceback); --help exits 0. `positional` names the arguments
-  `main(argv)` takes after the program name (none by default)."""
+  (XLING_TRACEBACK=1 shows the traceback); --help exits 0. Ctrl-C (SIGINT) is one line
+  `interrupted: ` + `on_interrupt()` (what was saved, how to continue; default: nothing was
+  written) and exit code 130. `positional` names the arguments `main(argv)` takes after the
+  program name (none by default)."""
   from absl import app
 
   def guarded(argv):
@@ -105,6 +134,10 @@ def run(main, positional: tuple[str, ...] = ()) -> None:
       fail(f"expected {expected}, got {argv[1:]} (--help lists the flags)")
     try:
       return main(argv)
+    except KeyboardInterrupt:
+      if os.environ.get("XLING_TRACEBACK"):
+        raise
+      interrupted(on_interrupt())
     except (app.UsageError, *USER_ERRORS) as e:
       if os.environ.get("XLING_TRACEBACK"):
         raise

@@ -40,7 +40,7 @@ shared_flags.define_model_flags()
 shared_flags.define_sae_flags()
 shared_flags.define_corpus_flags(max_len=128)
 shared_flags.define_batch_flag(8, "parallel lines per step, each seen in both languages")
-shared_flags.define_output_flags("finetune_out", progress=False)
+shared_flags.define_output_flags("finetune_out")
 flags.adopt_module_key_flags(shared_flags)  # --help lists the shared flags too
 flags.DEFINE_string("target_lang", "ml", "Language whose activation the adapter lifts.")
 flags.DEFINE_string("ref_lang", "en", "Reference language: the alignment target, kept unchanged.")
@@ -158,15 +158,40 @@ def check_flags():
   return target, ref, weights, out, bench, prompts
 
 
+def layer_plan(n_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """(objective layers, report layers) on an `n_layers` model, matched to what a local
+  --sae_dir holds before the model loads: the default objective layer, when it has no SAE
+  there, becomes the nearest that has one (said on stderr); any other mismatch is an error
+  naming the fix (`shared_flags.match_sae_dir`, which also settles --sae_width)."""
+  from lora import objectives
+  objective = cli.parse_layers(FLAGS.objective_layers, n_layers, "objective_layers")
+  if objective is None:
+    default = objectives.default_objective_layer(n_layers)
+    held = [l for l in (shared_flags.sae_dir_widths() or {}) if 0 <= l < n_layers]
+    objective = (default,)
+    if held and default not in held:
+      objective = (min(held, key=lambda l: (abs(l - default), l)),)
+  report = cli.parse_layers(FLAGS.report_layers, n_layers, "report_layers") or objective
+  shared_flags.match_sae_dir(sorted(set(objective) | set(report)),
+                             "--objective_layers and --report_layers")
+  if FLAGS.objective_layers is None and objective != (default,):
+    print(f"--objective_layers: the default, layer {default} (the paper's relative depth), has "
+          f"no SAE in --sae_dir={FLAGS.sae_dir}; using the nearest that has one, {objective[0]}",
+          file=sys.stderr)
+  return objective, report
+
+
 def main(argv):
   target, ref, (w_align, w_retain, w_lm, w_norm), out, bench, bench_prompts = check_flags()
   devices = shared_flags.setup_platform()
   start = time.perf_counter()
+  objective_layers, report_layers = layer_plan(shared_flags.n_model_layers())
+  print(f"devices: {devices}", file=sys.stderr, flush=True)
 
   from lora import finetune, objectives, train
   from lora.lora import LoraConfig
+  from sae import random_saes
   from xling_jax.data import corpora, languages
-  from xling_jax.model import presets
 
   train_config = train.TrainConfig(
       steps=FLAGS.steps, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
@@ -184,13 +209,9 @@ def main(argv):
   corpus = corpora.load_corpus(FLAGS.corpus, (target, ref) if eval_corpus else langs,
                                None if FLAGS.max_sentences is None
                                else FLAGS.first_line + FLAGS.max_sentences).lines(FLAGS.first_line)
+  print(f"loading {FLAGS.checkpoint or 'the toy model'} ...", file=sys.stderr, flush=True)
   setup = shared_flags.load_model()
-  config = setup.config
-  L = config.n_layers
-  objective_layers = (cli.parse_layers(FLAGS.objective_layers, L, "objective_layers")
-                      or (objectives.default_objective_layer(L),))
-  report_layers = (cli.parse_layers(FLAGS.report_layers, L, "report_layers")
-                   or objective_layers)
+  L = setup.config.n_layers
   lora_layers = (None if FLAGS.layers == "all"
                  else cli.parse_layers(FLAGS.layers, L, "layers"))
   lora_config = LoraConfig(rank=FLAGS.rank, alpha=FLAGS.alpha, modules=tuple(FLAGS.modules),
@@ -198,23 +219,33 @@ def main(argv):
   objective = objectives.ObjectiveConfig(layers=objective_layers, w_align=w_align,
                                          w_retain=w_retain, w_lm=w_lm, retain=FLAGS.retain,
                                          w_norm=w_norm)
-  saes = shared_flags.load_saes(setup, sorted(set(objective_layers) | set(report_layers)),
-                          corpus.sentences[ref][:16])
-  if setup.is_toy:
-    print(presets.toy_note(config), file=sys.stderr)
-  print(f"devices: {devices}; corpus: {corpus.name} ({corpus.n_sentences} lines, "
-        f"{FLAGS.eval_fraction:.0%} held out); SAEs: {saes.description}; objective layers "
-        f"{list(objective_layers)}", file=sys.stderr)
+  sae_layers = sorted(set(objective_layers) | set(report_layers))
+  print(f"loading SAEs for layers {sae_layers} ({FLAGS.sae_dir or 'random toy SAEs'}) ...",
+        file=sys.stderr, flush=True)
+  saes = shared_flags.load_saes(setup, sae_layers, corpus.sentences[ref][:16])
+  for note in random_saes.notes(setup, saes):
+    print(note, file=sys.stderr)
+  print(f"corpus: {corpus.name} ({corpus.n_sentences} lines, {FLAGS.eval_fraction:.0%} held "
+        f"out); SAEs: {saes.description}; objective layers {list(objective_layers)}",
+        file=sys.stderr, flush=True)
   run = finetune.finetune(
       setup, saes, corpus, target, ref, out=out, lora=lora_config, objective=objective,
       train=train_config, report_layers=report_layers, resume=FLAGS.resume, remat=FLAGS.remat,
       bench=bench, bench_prompts=bench_prompts, base_model_name=FLAGS.base_model_name,
       echo=lambda line: print(line, flush=True), run_config=cli.resolved_flags(),
-      eval_corpus=eval_corpus, compare=compare)
+      eval_corpus=eval_corpus, compare=compare, progress=FLAGS.progress)
   print(run.markdown())
   print(f"wrote {run.peft_dir}/, {out / 'checkpoints'}/, {out}/report.json, {out}/report.md")
   print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 
 
+def interrupted() -> str:
+  """The checkpoint an interrupted run saved, and how to continue from it."""
+  from pathlib import Path
+
+  from lora import finetune
+  return cli.resume_hint(Path(FLAGS.out).expanduser() / finetune.CHECKPOINTS)
+
+
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, on_interrupt=interrupted)

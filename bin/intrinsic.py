@@ -62,9 +62,8 @@ def main(argv):
             "provenance": setup.provenance, "devices": devices,
             "flags": cli.resolved_flags(), "seconds": round(time.perf_counter() - start, 2)}
   md = intrinsic.markdown(record)
-  io.write_json(out / intrinsic.RECORD_NAME, record)
-  io.write_text(out / "intrinsic.csv", intrinsic.csv_text(record))
-  io.write_text(out / "intrinsic.md", md)
+  io.write_set(out, {intrinsic.RECORD_NAME: io.json_text(record),
+                     "intrinsic.csv": intrinsic.csv_text(record), "intrinsic.md": md})
   print(md)
   print(f"wrote {out}/{intrinsic.RECORD_NAME}, intrinsic.csv, intrinsic.md")
 

@@ -1,7 +1,11 @@
 """The flag groups the command-line tools share (platform, model, SAEs, languages, corpus,
 batches, output), and the adapters from their values to library calls (`setup_platform`,
-`load_model`, `load_saes`). Running a tool (`run`, errors, provenance) is `bin.cli`."""
+`load_model`, `load_saes`, and what can be settled before the model loads: `n_model_layers`,
+`sae_dir_widths`, `match_sae_dir`). Running a tool (`run`, errors, provenance) is `bin.cli`."""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 from absl import flags
 
@@ -118,9 +122,53 @@ def define_output_flags(default_out: str, progress: bool = True) -> None:
     flags.DEFINE_bool("progress", True, "Show progress (items/s, ETA) on stderr.")
 
 
+def sae_dir_widths() -> dict[int, list[int]] | None:
+  """{layer: widths} of the local SAE tree --sae_dir names, from its folder names (None for
+  'random', a hub id or no --sae_dir)."""
+  if FLAGS.sae_dir in (None, "random") or not Path(FLAGS.sae_dir).expanduser().exists():
+    return None
+  from sae import trees
+  return trees.held_widths(Path(FLAGS.sae_dir).expanduser())
+
+
+def match_sae_dir(layers, layer_flags: str) -> None:
+  """Check that the local tree --sae_dir names has SAEs for `layers` (which `layer_flags` chose)
+  and settle --sae_width: unless given, the one width the tree holds at those layers. A
+  mismatch is a UsageError naming the fix; nothing loads, so it fails in seconds."""
+  from absl import app
+
+  from sae import releases
+  held = sae_dir_widths()
+  if held is None:
+    return
+  where = f"--sae_dir={FLAGS.sae_dir}"
+  absent = sorted(set(layers) - set(held))
+  if absent:
+    raise app.UsageError(f"{where} holds SAEs for layers {sorted(held)}, not {absent}: choose "
+                         f"{layer_flags} among those (or train SAEs for them: bin.train_sae)")
+  widths = sorted(set.intersection(*(set(held[l]) for l in layers)))
+  names = [releases.width_name(w) for w in widths]
+  if releases.width_size(FLAGS.sae_width) in widths:
+    return
+  if not widths:
+    per_layer = {l: [releases.width_name(w) for w in held[l]] for l in sorted(layers)}
+    raise app.UsageError(f"{where}: the SAEs of layers {per_layer} share no width; choose "
+                         f"{layer_flags} whose SAEs have one")
+  given = f"--sae_width={FLAGS.sae_width}: " if FLAGS["sae_width"].present else ""
+  if given or len(widths) > 1:
+    fix = (f"use --sae_width={names[0]}" if len(widths) == 1 else
+           "choose one of them with --sae_width")
+    raise app.UsageError(f"{given}{where} holds widths {names} at layers {sorted(layers)}; "
+                         f"{fix}")
+  FLAGS.sae_width = names[0]
+  print(f"--sae_width={names[0]}: the width of the SAEs in {where}", file=sys.stderr)
+
+
 def load_saes(setup, layers, calibration_texts):
-  """`model_setup.load_saes` with the SAE flags above: an SAESetup over `layers`."""
+  """`model_setup.load_saes` with the SAE flags above: an SAESetup over `layers` (--sae_width,
+  unless given, follows what a local --sae_dir holds: `match_sae_dir`)."""
   from xling_jax.model_setup import load_saes as load
+  match_sae_dir(layers, "--layers")
   l0 = int(FLAGS.sae_l0) if FLAGS.sae_l0.isdigit() else FLAGS.sae_l0
   return load(setup, FLAGS.sae_dir, layers, width=FLAGS.sae_width, l0=l0,
               calibration_texts=calibration_texts, seed=FLAGS.seed, what="--sae_dir")
@@ -151,6 +199,17 @@ def _mesh_shape(spec: str) -> tuple[int, ...] | None:
   if len(parts) not in (2, 3) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
     return None
   return tuple(int(p) for p in parts)
+
+
+def n_model_layers() -> int:
+  """The layer count of the model the flags name, read without loading its weights."""
+  from xling_jax import checkpoints
+  from xling_jax.model.presets import load_config
+  if FLAGS.config:
+    return load_config(FLAGS.config).n_layers
+  if FLAGS.checkpoint:
+    return checkpoints.read_config(FLAGS.checkpoint).n_layers
+  return load_config("toy").n_layers
 
 
 def load_model():

@@ -198,17 +198,6 @@ def run_stages(stages: list[Stage], out: Path) -> dict:
   return timings
 
 
-def n_model_layers() -> int:
-  """The model's layer count, read without loading its weights."""
-  from xling_jax import checkpoints
-  from xling_jax.model.presets import load_config
-  if FLAGS.config:
-    return load_config(FLAGS.config).n_layers
-  if FLAGS.checkpoint:
-    return checkpoints.read_config(FLAGS.checkpoint).n_layers
-  return load_config("toy").n_layers
-
-
 def main(argv):
   from xling_jax.runtime import hub, io
   from xling_jax.study import page as study_page, record as study_record, stages as stages_lib
@@ -220,7 +209,7 @@ def main(argv):
       raise FileNotFoundError(f"--{flag}={value}: no such file or directory")
   if FLAGS.sae_dir:
     hub.local_or_hub(FLAGS.sae_dir, "--sae_dir")
-  settings = settings_of(n_model_layers())
+  settings = settings_of(shared_flags.n_model_layers())
   stages = stages_lib.plan(out, settings, card_check=FLAGS.card_check,
                            card_limit=FLAGS.card_limit)
   check_settings(out, settings)
@@ -230,10 +219,11 @@ def main(argv):
   timings = run_stages(stages, out)
   from xling_jax.runtime.platform import describe_host
   record = study_record.collect(stages, settings, timings, command, machine=describe_host())
-  io.write_json(out / "study.json", record)
-  paths = study_page.write(results_md, record, stages_lib.figures(stages))
-  print(f"wrote {out / 'study.json'}, " + ", ".join(str(p) for p in paths))
+  paths = study_page.write(results_md, record, stages_lib.figures(stages),
+                           also={out / "study.json": io.json_text(record)})
+  print("wrote " + ", ".join(str(p) for p in paths))
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, on_interrupt=lambda: f"the finished stages in {FLAGS.out} are kept (an "
+          "interrupted training keeps its checkpoints); rerun the same command to continue")

@@ -161,5 +161,15 @@ def main(argv):
       print(f"warning: layer {layer}: {warning}", file=sys.stderr)
 
 
+def interrupted() -> str:
+  """The checkpoint an interrupted run saved, and how to continue from it."""
+  from pathlib import Path
+
+  from sae.train import loop
+  if not FLAGS.out:
+    return "nothing written"
+  return cli.resume_hint(Path(FLAGS.out) / loop.CHECKPOINTS)
+
+
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, on_interrupt=interrupted)

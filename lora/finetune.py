@@ -69,13 +69,14 @@ def check_start(out: str | Path, resume: bool) -> Path:
 
 
 def score_benchmarks(setup, config, out: Path, *, prompts=None, adapter=None,
-                     adapter_dir: Path | None = None) -> dict:
+                     adapter_dir: Path | None = None, progress: bool = False) -> dict:
   """Benchmark scores as `bin.evaluate` computes them, in process on the loaded model (through
   `adapter` when given, saved in `adapter_dir`); its files go to `out`. The adapter comes from
   memory, not from the directory: in a multi-process run only process 0 writes it."""
   from lora.lora import project_hook
   from xling_jax.evaluation import run as evaluation
-  result = evaluation.evaluate(setup, config, hook=project_hook(adapter), prompts=prompts)
+  result = evaluation.evaluate(setup, config, hook=project_hook(adapter), prompts=prompts,
+                               progress=progress)
   settings = dict(dataclasses.asdict(config),
                   lora=None if adapter_dir is None else str(adapter_dir))
   run = {"flags": settings, "toy": setup.is_toy, "provenance": setup.provenance}
@@ -85,13 +86,37 @@ def score_benchmarks(setup, config, out: Path, *, prompts=None, adapter=None,
   return result.scores
 
 
+def check_arguments(setup, saes, corpus, target, ref, out, lora, objective, train,
+                    report_layers, eval_corpus) -> None:
+  """`finetune`'s arguments are what it reads (TypeError naming the first that is not)."""
+  import os
+
+  from lora.objectives import ObjectiveConfig
+  from xling_jax.data.corpora import ParallelCorpus
+  from xling_jax.runtime import validate
+  validate.model(setup, "finetune: setup")
+  validate.saes(saes, "finetune: saes")
+  for name, value in (("corpus", corpus), ("eval_corpus", eval_corpus)):
+    if value is not None or name == "corpus":
+      validate.instance(value, ParallelCorpus, f"finetune: {name}", "xj.load_corpus(...)")
+  validate.value(target, str, "finetune: target")
+  validate.value(ref, str, "finetune: ref")
+  validate.value(out, str | os.PathLike, "finetune: out")
+  validate.instance(lora, LoraConfig, "finetune: lora")
+  if objective is not None:
+    validate.instance(objective, ObjectiveConfig, "finetune: objective")
+  validate.instance(train, TrainConfig, "finetune: train")
+  validate.value(report_layers, tuple[int, ...] | None, "finetune: report_layers")
+
+
 def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Path,
              lora: LoraConfig = LoraConfig(), objective=None,
              train: TrainConfig = TrainConfig(), report_layers: Sequence[int] | None = None,
              resume: bool = False, remat: bool | str = DEFAULT_REMAT, bench=None,
              bench_prompts=None, base_model_name: str | None = None,
              echo: Callable[[str], None] = print, run_config: Mapping | None = None,
-             eval_corpus=None, compare: Sequence[str] | None = None) -> Finetuned:
+             eval_corpus=None, compare: Sequence[str] | None = None,
+             progress: bool = False) -> Finetuned:
   """Train a LoRA adapter that lifts `target`'s SAE activation at the objective layers toward
   the frozen model's `ref` activation (the objective: `lora.objectives`), on the lines of
   `corpus` (a ParallelCorpus holding both languages) not held out for the report.
@@ -104,14 +129,18 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   flag). `eval_corpus`: a ParallelCorpus (FLORES) for the gain, retention and per-language
   measurements; `compare`: the related and unrelated languages measured beside target and
   reference (default `languages.comparison_languages`, those the measured text has). Settings
-  are checked before anything is computed (ValueError).
+  are checked before anything is computed (ValueError). `echo` gets a line per phase and per
+  logged step (with an ETA); `progress` adds the measurements' and the benchmarks' progress
+  lines (items/s, ETA) on stderr.
   """
   from lora import data, objectives, peft_io, report as report_lib, train as train_lib
   from lora.lora import project_hook, unadapted_notes
   from xling_jax.analysis import corpus_stats, intrinsic
+  from sae import random_saes
   from xling_jax.data import languages
-  from xling_jax.model import presets
   from xling_jax.runtime import io, platform
+  check_arguments(setup, saes, corpus, target, ref, out, lora, objective, train, report_layers,
+                  eval_corpus)
   start = time.perf_counter()
   config = setup.config
   if target == ref:
@@ -143,7 +172,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   skipped = unadapted_notes(config, lora)  # Gemma 4's experts: said, not refused
   for note in skipped:
     echo(f"note: {note}")
-  notes = ([presets.toy_note(config)] if setup.is_toy else []) + skipped
+  notes = [*random_saes.notes(setup, saes), *skipped]
   texts = {target: heldout.target, ref: heldout.ref}
   measure_texts = ({lang: eval_corpus.sentences[lang] for lang in measured} if eval_corpus else
                    {lang: tuple(corpus.sentences[lang][i] for i in rows) for lang in measured})
@@ -153,14 +182,14 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
     return corpus_stats.corpus_stats(
         setup.params, config, saes.select(report_layers), setup.tokenizer, texts_by_lang,
         batch_size=train.batch_size, bucket=train.bucket, max_len=train.max_len,
-        hook=project_hook(adapter), mesh=setup.mesh, layers=report_layers, show_progress=False)
+        hook=project_hook(adapter), mesh=setup.mesh, layers=report_layers, show_progress=progress)
 
   def measure(adapter) -> dict:
     """{bits_per_char: {lang}, resid_norm: {lang: [L]}, code_mass: {lang: [L]}} of measured."""
     s = stats(adapter, measure_texts)
     bits = intrinsic.bits_per_char(setup.params, config, setup.tokenizer, measure_texts,
                                    batch_size=train.batch_size, mesh=setup.mesh,
-                                   show_progress=False, hook=project_hook(adapter))
+                                   show_progress=progress, hook=project_hook(adapter))
     return {"bits_per_char": {lang: b["bits_per_char"] for lang, b in bits.items()},
             "resid_norm": s.metrics("resid_norm"), "code_mass": s.metrics("activation")}
 
@@ -168,7 +197,8 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
   before = stats(None, texts).metrics("activation")
   measured_before = measure(None)
   scores_before = (None if bench is None else
-                   score_benchmarks(setup, bench, out / "eval_before", prompts=bench_prompts))
+                   score_benchmarks(setup, bench, out / "eval_before", prompts=bench_prompts,
+                                    progress=progress))
   log_path = out / train_lib.LOG_NAME
   result = train_lib.train(
       setup.params, config, saes.select(objective.layers),
@@ -182,8 +212,9 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
     from xling_jax.checkpoints.weights_package import HUB_IDS
     checkpoint = setup.provenance.get("checkpoint")
     base_model_name = HUB_IDS.get(checkpoint, checkpoint) or "xling-jax-toy"
-  peft_dir = peft_io.save_peft(out / PEFT, result.adapter, lora, config,
-                               base_model_name_or_path=str(base_model_name))
+  peft_dir = out / PEFT
+  adapter_files = peft_io.peft_files(result.adapter, lora, config,
+                                     base_model_name_or_path=str(base_model_name))
   report = {
       "target_lang": target, "ref_lang": ref, "layers": list(report_layers),
       "before": before, "after": after,
@@ -207,6 +238,7 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
       "objective_layers": list(objective.layers), "steps": result.step,
       "final_terms": report_lib.final_terms(log_path, result.step),
       "train_lines": len(train_split), "heldout_lines": len(heldout), "toy": setup.is_toy,
+      "random_saes": saes.random,
       "notes": notes, "saes": saes.description, "corpus": corpus.source,
       "devices": platform.describe_devices(), "provenance": setup.provenance,
       "flags": dict(run_config) if run_config is not None else {
@@ -217,9 +249,11 @@ def finetune(setup, saes, corpus, target: str, ref: str = "en", *, out: str | Pa
     report["benchmarks"] = {
         "before": scores_before,
         "after": score_benchmarks(setup, bench, out / "eval_after", prompts=bench_prompts,
+                                  progress=progress,
                                   adapter=result.adapter, adapter_dir=peft_dir)}
   report["seconds"] = round(time.perf_counter() - start, 2)
   run = Finetuned(result.adapter, report, peft_dir)
-  io.write_json(out / REPORT_NAME, report)
-  io.write_text(out / "report.md", run.markdown())
+  # The adapter and its report are one set: a failure leaves the previous run's both.
+  io.write_set(out, {**{f"{PEFT}/{name}": data for name, data in adapter_files.items()},
+                     REPORT_NAME: io.json_text(report), "report.md": run.markdown()})
   return run

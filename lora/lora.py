@@ -36,6 +36,7 @@ import numpy as np
 from xling_jax.model import layout
 from xling_jax.model.config import ModelConfig
 from xling_jax.model.transformer import Params, ProjectHook
+from xling_jax.runtime import validate
 
 LORA_MODULES = layout.CORE_LINEAR_MODULES  # the default: attention and MLP, every family
 ALL_LORA_MODULES = layout.LINEAR_MODULES  # plus Gemma 4's per-layer-embedding maps
@@ -59,6 +60,7 @@ class LoraConfig:
   seed: int = 0
 
   def __post_init__(self):
+    validate.fields(self)
     if self.rank < 1:
       raise ValueError(f"LoraConfig.rank must be >= 1, got {self.rank}")
     if not self.alpha > 0:

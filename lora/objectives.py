@@ -36,6 +36,7 @@ from lora.lora import project_hook
 from xling_jax.analysis import sae_stats
 from xling_jax.model import transformer as model_lib
 from xling_jax.model.config import ModelConfig
+from xling_jax.runtime import validate
 
 RETAIN_KINDS = ("residual", "kl")
 
@@ -58,6 +59,7 @@ class ObjectiveConfig:
   w_norm: float = 0.0
 
   def __post_init__(self):
+    validate.fields(self)
     if self.layers is not None:
       if not self.layers or len(set(self.layers)) != len(self.layers):
         raise ValueError(f"ObjectiveConfig.layers={self.layers!r}: expected a non-empty, "

@@ -48,8 +48,16 @@ def peft_key(layer: int, module: str, which: str) -> str:
 def save_peft(directory: str | Path, adapter: Adapter, lora_config: LoraConfig,
               config: ModelConfig, base_model_name_or_path: str) -> Path:
   """Write `directory/adapter_model.safetensors` and `adapter_config.json` (float32 tensors,
-  only the adapted layers). `base_model_name_or_path`: the model the adapter belongs to (its
-  hub id or path; the caller knows it, `config` does not). Returns the directory."""
+  only the adapted layers) as one set. `base_model_name_or_path`: the model the adapter
+  belongs to (its hub id or path; the caller knows it, `config` does not). Returns the
+  directory."""
+  io.write_set(directory, peft_files(adapter, lora_config, config, base_model_name_or_path))
+  return Path(directory)
+
+
+def peft_files(adapter: Adapter, lora_config: LoraConfig, config: ModelConfig,
+               base_model_name_or_path: str) -> dict[str, bytes | str]:
+  """What `save_peft` writes, {file name: contents}, for a caller writing it in a larger set."""
   check_adapter(adapter, config)
   if not np.isclose(float(adapter["scale"]), lora_config.scale, rtol=1e-6):
     raise ValueError(f"adapter scale {adapter['scale']} disagrees with lora_config alpha/rank "
@@ -57,7 +65,6 @@ def save_peft(directory: str | Path, adapter: Adapter, lora_config: LoraConfig,
   if set(adapter["layers"]) != set(lora_config.modules):
     raise ValueError(f"adapter modules {sorted(adapter['layers'])} disagree with lora_config "
                      f"modules {list(lora_config.modules)}")
-  directory = Path(directory)
   tensors = {}
   for module, ab in adapter["layers"].items():
     a, b = np.asarray(ab["a"], np.float32), np.asarray(ab["b"], np.float32)
@@ -86,9 +93,7 @@ def save_peft(directory: str | Path, adapter: Adapter, lora_config: LoraConfig,
       "alpha_pattern": {},
       "inference_mode": True,
   }
-  io.write_bytes(directory / WEIGHTS_NAME, weights)
-  io.write_text(directory / CONFIG_NAME, json.dumps(peft_config, indent=2) + "\n")
-  return directory
+  return {WEIGHTS_NAME: weights, CONFIG_NAME: json.dumps(peft_config, indent=2) + "\n"}
 
 
 # Options whose non-default values change the math in ways our forward does not implement.

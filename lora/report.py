@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from sae import random_saes
+
 _NOT_TERMS = ("step", "lr", "steps_per_s")
 
 
@@ -60,7 +62,8 @@ def measured_markdown(report: Mapping) -> list[str]:
 
 def markdown(report: Mapping, notes: Sequence[str] = ()) -> str:
   t, r = report["target_lang"], report["ref_lang"]
-  lines = [f"# {'TOY model: ' if report['toy'] else ''}activation-aware LoRA, {t} -> {r}", ""]
+  prefix = random_saes.title_prefix(report["toy"], report.get("random_saes", False))
+  lines = [f"# {prefix}activation-aware LoRA, {t} -> {r}", ""]
   lines += [f"> {n}" for n in notes] + ([""] if notes else [])
   objective = report.get("objective") or {}
   lines += [f"Held-out lines: {report['heldout_lines']}; objective layers "

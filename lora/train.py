@@ -28,7 +28,7 @@ from lora import DEFAULT_REMAT, objectives
 from lora.data import BatchStream
 from lora.lora import Adapter, LoraConfig, init_adapter, layer_mask
 from xling_jax.model.config import ModelConfig
-from xling_jax.runtime import io, train_checkpoints
+from xling_jax.runtime import io, train_checkpoints, validate
 
 LOG_NAME = "train_log.jsonl"
 # TrainConfig fields that may change between a run and its resume without changing the result.
@@ -61,6 +61,7 @@ class TrainConfig:
   log_every: int = 10
 
   def __post_init__(self):
+    validate.fields(self)
     positive = ("steps", "batch_size", "lr", "clip_norm", "max_len", "bucket", "save_every",
                 "max_to_keep", "log_every")
     bad = [f"{k}={getattr(self, k)}" for k in positive if not getattr(self, k) > 0]
@@ -230,6 +231,8 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
     train_checkpoints.save(manager, s.step, _to_saved(s), meta)
 
   metrics: dict[str, float] = {}
+  if state.step < tc.steps:
+    echo(f"training steps {state.step + 1}-{tc.steps} (the first compiles the step) ...")
   tick, tick_step = time.perf_counter(), state.step
   try:
     while state.step < tc.steps:
@@ -249,12 +252,12 @@ def train(params, config: ModelConfig, saes, stream: BatchStream, lora_config: L
         record = {"step": state.step, **out, "lr": float(schedule(state.step - 1)),
                   "steps_per_s": rate}
         echo(f"step {state.step}/{tc.steps}  " + "  ".join(
-            f"{k}={v:.4g}" for k, v in record.items() if k != "step"))
+            f"{k}={v:.4g}" for k, v in record.items() if k != "step")
+             + f"  (ETA {(tc.steps - state.step) / max(rate, 1e-9):.0f}s)")
         if log_path is not None:
           io.append_line(log_path, json.dumps(record))
       if state.step % tc.save_every == 0 or state.step == tc.steps:
         save(state)
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    train_checkpoints.finish(manager)
   return TrainResult({"scale": lora_config.scale, "layers": state.layers}, state.step, metrics)

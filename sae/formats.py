@@ -18,6 +18,8 @@ import dataclasses
 import json
 import os
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as safetensors_numpy
-from safetensors.numpy import save_file
 
 from sae.jumprelu import PARAM_NAMES, JumpReLUParams
 from xling_jax.checkpoints.safetensors_io import read_safetensors
@@ -120,9 +121,18 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
   except SAEFormatError:
     raise
   except ValueError as e:
-    # numpy's answer to object arrays / pickles under allow_pickle=False.
-    raise SAEFormatError(f"{path}: holds pickled (object) data, which is never loaded; "
-                         f"re-save it with plain numeric arrays ({e})") from e
+    if "pickle" in str(e):  # numpy's answer to object arrays under allow_pickle=False
+      raise SAEFormatError(f"{path}: holds pickled (object) data, which is never loaded; "
+                           f"re-save it with plain numeric arrays ({e})") from None
+    raise _damaged_npz(path, e) from None
+  except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+    raise _damaged_npz(path, e) from None
+
+
+def _damaged_npz(path: Path, error: Exception) -> SAEFormatError:
+  reason = str(error) or type(error).__name__
+  return SAEFormatError(f"{path}: not a complete .npz archive ({reason}); a download that "
+                        "stopped early leaves this: fetch the file again")
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -279,14 +289,20 @@ def save_saelens(directory: str | os.PathLike, params: JumpReLUParams, layer: in
   `sae_lens.SAE.load_from_disk` opens as a JumpReLUSAE hooked at `blocks.{layer}.hook_resid_post`.
   Weights keep their dtype; `model_name` is the model the SAE reads (as the caller knows it);
   `metadata` entries are added to cfg.json's metadata block."""
+  io.write_set(directory, saelens_files(params, layer, d_in, model_name, metadata))
+  return Path(directory)
+
+
+def saelens_files(params: JumpReLUParams, layer: int, d_in: int | None = None,
+                  model_name: str = "unknown",
+                  metadata: Mapping[str, Any] | None = None) -> dict[str, bytes | str]:
+  """What `save_saelens` writes, {file name: contents}, for a caller writing a larger set."""
   _single(params, "save_saelens")
   if d_in is not None and params.d_in != d_in:
     raise SAEFormatError(f"save_saelens: the SAE reads d_in={params.d_in} but d_in={d_in} "
                          "was given")
-  directory = Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  save_file({k: np.ascontiguousarray(getattr(params, k)) for k in PARAM_NAMES},
-            directory / SAELENS_WEIGHTS)
+  weights = safetensors_numpy.save({k: np.ascontiguousarray(getattr(params, k))
+                                    for k in PARAM_NAMES})
   cfg = {
       "architecture": "jumprelu",
       "d_in": params.d_in,
@@ -305,23 +321,26 @@ def save_saelens(directory: str | os.PathLike, params: JumpReLUParams, layer: in
           **(metadata or {}),
       },
   }
-  (directory / SAELENS_CFG).write_text(json.dumps(cfg, indent=2) + "\n")
-  return directory
+  return {SAELENS_WEIGHTS: weights, SAELENS_CFG: json.dumps(cfg, indent=2) + "\n"}
 
 
 def save_gemma_scope2(directory: str | os.PathLike, params: JumpReLUParams, layer: int, l0: int,
                       model_name: str = "unknown") -> Path:
   """Write one SAE as a Gemma Scope 2 folder: `params.safetensors` (float32, lowercase keys
   w_enc, w_dec, b_enc, b_dec, threshold) and `config.json` (the released files' keys; `l0` is
-  the SAE's target or measured L0). Each file is written atomically."""
+  the SAE's target or measured L0), as one set."""
+  io.write_set(directory, gemma_scope2_files(params, layer, l0, model_name))
+  return Path(directory)
+
+
+def gemma_scope2_files(params: JumpReLUParams, layer: int, l0: int,
+                       model_name: str = "unknown") -> dict[str, bytes | str]:
+  """What `save_gemma_scope2` writes, {file name: contents}, for a caller writing a larger
+  set."""
   _single(params, "save_gemma_scope2")
-  directory = Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
   arrays = {k.lower(): np.ascontiguousarray(getattr(params, k), np.float32) for k in PARAM_NAMES}
-  io.write_bytes(directory / GS2_PARAMS, safetensors_numpy.save(arrays))
   hook = GS2_HOOK.format(layer=int(layer))
   cfg = {"model_name": model_name, "architecture": "jump_relu", "hf_hook_point_in": hook,
          "hf_hook_point_out": hook, "width": params.d_sae, "l0": int(l0),
          "affine_connection": False, "type": "sae"}
-  io.write_json(directory / GS2_CONFIG, cfg)
-  return directory
+  return {GS2_PARAMS: safetensors_numpy.save(arrays), GS2_CONFIG: io.json_text(cfg)}

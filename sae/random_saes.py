@@ -10,6 +10,25 @@ from sae import jumprelu
 from xling_jax.model import transformer as model_lib
 
 TOY_SAE_WIDTH = 256
+NOTE = ("RANDOM SAEs: {description} stand in for trained ones. The activations, gaps and "
+        "features exercise the pipeline; they say nothing about what the model represents.")
+
+
+def notes(setup, saes) -> tuple[str, ...]:
+  """What the outputs of a run of `setup` (a `model_setup.ModelSetup`) with `saes` (an
+  `SAESetup`) must say first: the toy model (whose note covers its random SAEs), or random SAEs
+  on a real model."""
+  from xling_jax.model import presets
+  if setup.is_toy:
+    return (presets.toy_note(setup.config),)
+  return (NOTE.format(description=saes.description),) if saes.random else ()
+
+
+def title_prefix(toy: bool, random_saes: bool) -> str:
+  """How a report's or figure's title starts, so that the first thing read says what made it:
+  'TOY model, random SAEs: ', 'TOY model: ', 'RANDOM SAEs: ' or nothing."""
+  return {(True, True): "TOY model, random SAEs: ", (True, False): "TOY model: ",
+          (False, True): "RANDOM SAEs: ", (False, False): ""}[bool(toy), bool(random_saes)]
 
 
 def calibrated_random_saes(params, config, tokenizer, calibration_texts, *,

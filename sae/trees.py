@@ -34,16 +34,18 @@ import numpy as np
 
 from sae import releases
 from sae.formats import (GS2_PARAMS, NPZ_NAME, SAELENS_CFG, SAELENS_HOOK, SAEFormatError,
-                         SAELensConfig, SAENotFoundError, Sharding, leaf_sharding, list_names,
-                         read_checked, read_gemma_scope2_config, read_saelens_cfg,
-                         save_gemma_scope2, save_params_npz, save_saelens)
+                         SAELensConfig, SAENotFoundError, Sharding, gemma_scope2_files,
+                         leaf_sharding, list_names, read_checked, read_gemma_scope2_config,
+                         read_saelens_cfg, save_params_npz, saelens_files)
 from sae.jumprelu import PARAM_NAMES, JumpReLUParams, unstack
 from sae.releases import width_name, width_size
+from xling_jax.runtime import io
 
 GS2_SITE = "resid_post"  # the only Gemma Scope 2 site read here: residual-stream SAEs
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _GS1_LAYER = re.compile(r"^layer_\d+$")
+_GS1_WIDTH = re.compile(r"^width_(\d+[km]?)$")
 # Variants with a suffix (_seed_1, _affine) are other SAEs and are not matched.
 _GS2_DIR = re.compile(r"^layer_(\d+)_width_(\d+[km]?)_l0_([a-z0-9]+)$")
 
@@ -234,20 +236,45 @@ def resolve_layers(root: str | os.PathLike, layers: Iterable[int], width: str | 
       return [_hub_download(str(root), i, width, l0) for i in layers]
     example = releases.canonical_release().hub_id
     raise SAENotFoundError(f"{root}: no such directory (nor a hub id like {example!r})")
+  kind, where, found = _local_tree(path)
+  if kind == "gs1":
+    return [_resolve_hf_layout(where, i, width, l0) for i in layers]
+  if kind == "gs2":
+    return [_resolve_gs2(where, found, i, width, l0) for i in layers]
+  return [_resolve_saelens(where, found, i, width) for i in layers]
+
+
+def _local_tree(path: Path) -> tuple[str, Path, dict]:
+  """(layout "gs1" / "gs2" / "saelens", the folder its SAEs are in, the Gemma Scope 2 or SAELens
+  entries by layer) of the local tree at `path`."""
   if any(_GS1_LAYER.match(name) for name in list_names(path, "layer_")):
-    return [_resolve_hf_layout(path, i, width, l0) for i in layers]
+    return "gs1", path, {}
   gs2 = _gs2_root(path)
   if gs2 is not None:
-    found = _gs2_entries(gs2)
-    return [_resolve_gs2(gs2, found, i, width, l0) for i in layers]
+    return "gs2", gs2, _gs2_entries(gs2)
   found = _saelens_dirs(path)
   if found:
-    return [_resolve_saelens(path, found, i, width) for i in layers]
-  raise SAENotFoundError(f"{root}: neither the Gemma Scope layout (layer_{{i}}/width_{{w}}/"
+    return "saelens", path, found
+  raise SAENotFoundError(f"{path}: neither the Gemma Scope layout (layer_{{i}}/width_{{w}}/"
                          f"average_l0_{{n}}/{NPZ_NAME}), nor the Gemma Scope 2 one "
                          f"({GS2_SITE}/layer_{{i}}_width_{{w}}_l0_{{l0}}/{GS2_PARAMS}), nor "
                          f"SAELens directories (*/{SAELENS_CFG} with hook "
                          f"blocks.{{i}}.hook_resid_post); it has {list_names(path)}")
+
+
+def held_widths(root: str | os.PathLike) -> dict[int, list[int]]:
+  """{layer: the SAE widths the local tree at `root` holds for it, ascending}, from its folder
+  and file names alone (what a tool picks its defaults from before loading anything)."""
+  kind, where, found = _local_tree(Path(root))
+  if kind == "gs1":
+    return {int(name.split("_")[1]): sorted(width_size(m.group(1))
+                                            for m in map(_GS1_WIDTH.match,
+                                                         list_names(where / name, "width_")) if m)
+            for name in list_names(where, "layer_")
+            if _GS1_LAYER.match(name) and (where / name).is_dir()}
+  if kind == "gs2":
+    return {layer: sorted({e.width for e in entries}) for layer, entries in found.items()}
+  return {layer: sorted({c.d_sae for c in configs}) for layer, configs in found.items()}
 
 
 # ----------------------------------------------------------------------------- stacked loading
@@ -272,7 +299,8 @@ def load_layers(root: str | os.PathLike, layers: Iterable[int], width: str | int
 
   Sources as in `resolve_layers`. Layers are streamed: each is read, checked, cast to `dtype`
   and written into the preallocated stack (placed with `sharding`, which applies to the stacked
-  leaves) before the next is read.
+  leaves) before the next is read. An SAE whose width is not `width` (a `width_16k` folder
+  holding 256 features) is refused: its recorded width would be wrong.
   """
   dtype = jnp.dtype(dtype)
   sources = resolve_layers(root, layers, width, l0)
@@ -280,6 +308,11 @@ def load_layers(root: str | os.PathLike, layers: Iterable[int], width: str | int
   first: dict[str, tuple[int, ...]] = {}
   for index, source in enumerate(sources):
     arrays = read_checked(source, d_in)
+    features = arrays["W_enc"].shape[1]
+    if features != width_size(width):
+      raise SAEFormatError(f"{source}: holds {features} features, but its place in the tree "
+                           f"says width {width_name(width)} ({width_size(width)}); rename its "
+                           f"folder for width {width_name(features)}")
     shapes = {k: arrays[k].shape for k in PARAM_NAMES}
     if not stacked:
       first = shapes
@@ -304,34 +337,56 @@ def _per_layer(stacked: JumpReLUParams, layers: Iterable[int] | None):
   return zip(layers, singles)
 
 
+def saelens_layer_files(stacked: JumpReLUParams, layers: Iterable[int] | None = None,
+                        **kwargs) -> dict[str, bytes | str]:
+  """A stack as one SAELens directory per layer, `blocks.{i}.hook_resid_post/`: {path under
+  the root: contents}. kwargs go to `formats.saelens_files`."""
+  return {f"{SAELENS_HOOK.format(layer=i)}/{name}": data for i, p in _per_layer(stacked, layers)
+          for name, data in saelens_files(p, i, **kwargs).items()}
+
+
 def save_saelens_layers(root: str | os.PathLike, stacked: JumpReLUParams,
                         layers: Iterable[int] | None = None, **kwargs) -> list[Path]:
-  """A stack as one SAELens directory per layer, `root/blocks.{i}.hook_resid_post/`
-  (what `load_layers(root, ...)` reads back). kwargs go to `save_saelens`."""
-  return [save_saelens(Path(root) / SAELENS_HOOK.format(layer=i), p, i, **kwargs)
-          for i, p in _per_layer(stacked, layers)]
+  """`saelens_layer_files` written under `root` as one set (what `load_layers(root, ...)` reads
+  back); returns the directories."""
+  written = io.write_set(root, saelens_layer_files(stacked, layers, **kwargs))
+  return list(dict.fromkeys(path.parent for path in written.values()))
 
 
 def save_layers_tree(root: str | os.PathLike, stacked: JumpReLUParams, width: str | int = "16k",
                      l0s: int | Mapping[int, int] = 100,
                      layers: Iterable[int] | None = None) -> list[Path]:
   """A stack in the HF repo layout, `root/layer_{i}/width_{w}/average_l0_{n}/params.npz`, with
-  n = l0s (one int) or l0s[i]. Layers default to 0..L-1."""
+  n = l0s (one int) or l0s[i]. Layers default to 0..L-1. `width` must be the SAEs' own: a
+  folder is never named for another width."""
+  if width_size(width) != stacked.d_sae:
+    raise ValueError(f"save_layers_tree: width={width!r} but the SAEs have {stacked.d_sae} "
+                     "features")
   return [save_params_npz(Path(root) / f"layer_{i}" / f"width_{width_name(width)}" /
                           f"average_l0_{_l0_for(l0s, width, i)}" / NPZ_NAME, p)
           for i, p in _per_layer(stacked, layers)]
+
+
+def gemma_scope2_layer_files(stacked: JumpReLUParams, layers: Iterable[int] | None = None,
+                             l0s: int | Mapping[int, int] = 100,
+                             model_name: str = "unknown") -> dict[str, bytes | str]:
+  """A stack in the Gemma Scope 2 layout, `resid_post/layer_{i}_width_{w}_l0_{n}/`, w = the
+  SAEs' width, n = l0s (one int or {layer: int}): {path under the root: contents}."""
+  files = {}
+  for i, p in _per_layer(stacked, layers):
+    l0 = int(l0s[i] if isinstance(l0s, Mapping) else l0s)
+    folder = f"{GS2_SITE}/{gemma_scope2_name(i, p.d_sae, l0)}"
+    files.update({f"{folder}/{name}": data
+                  for name, data in gemma_scope2_files(p, i, l0, model_name).items()})
+  return files
 
 
 def save_gemma_scope2_layers(root: str | os.PathLike, stacked: JumpReLUParams,
                              layers: Iterable[int] | None = None,
                              l0s: int | Mapping[int, int] = 100,
                              model_name: str = "unknown") -> list[Path]:
-  """A stack in the Gemma Scope 2 layout, `root/resid_post/layer_{i}_width_{w}_l0_{n}/` (what
-  `load_layers(root, ...)` reads back): w = the SAEs' width, n = l0s (one int or {layer: int}).
-  Bucket-named folders (`l0_medium`) are `save_gemma_scope2` into a `gemma_scope2_name`."""
-  out = []
-  for i, p in _per_layer(stacked, layers):
-    l0 = int(l0s[i] if isinstance(l0s, Mapping) else l0s)
-    out.append(save_gemma_scope2(Path(root) / GS2_SITE / gemma_scope2_name(i, p.d_sae, l0), p, i,
-                                 l0, model_name))
-  return out
+  """`gemma_scope2_layer_files` written under `root` as one set (what `load_layers(root, ...)`
+  reads back); returns the SAE folders. Bucket-named folders (`l0_medium`) are
+  `save_gemma_scope2` into a `gemma_scope2_name`."""
+  written = io.write_set(root, gemma_scope2_layer_files(stacked, layers, l0s, model_name))
+  return list(dict.fromkeys(path.parent for path in written.values()))

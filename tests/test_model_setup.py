@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from sae import formats, jumprelu, releases, trees
+from sae import jumprelu, releases, trees
 from xling_jax import model_setup
 from xling_jax.model import presets
 from xling_jax.runtime.errors import NonFiniteError
@@ -29,21 +29,22 @@ def test_saes_from_a_gemma_scope2_tree_are_those_of_the_layers_asked(tmp_path, t
                                   np.asarray(getattr(stacked, name))[::-1])
 
 
-def test_saes_of_a_release_carry_its_neuronpedia_set(tmp_path, toy_setup):
+def test_saes_of_a_release_carry_its_neuronpedia_set(tmp_path, toy_setup, monkeypatch):
   """The rule bin.analyze had: Gemma Scope SAEs (any tree or hub id) of the gemma2_2b model
   at width 16k get Neuronpedia ids; other models, widths and random SAEs do not."""
   gemma2_2b = dataclasses.replace(toy_setup, config=presets.gemma2_2b(), is_toy=False)
-  sae = jumprelu.random_params(jax.random.PRNGKey(0), gemma2_2b.config.d_model, 16)
-  for width in ("16k", "65k"):
-    l0 = releases.canonical_l0()[width][0]
-    formats.save_params_npz(tmp_path / f"layer_0/width_{width}/average_l0_{l0}/params.npz", sae)
-  assert model_setup.load_saes(gemma2_2b, tmp_path, (0,)).neuronpedia == (
-      releases.NeuronpediaSet("gemma-2-2b", "gemmascope-res-16k"))
-  assert model_setup.load_saes(gemma2_2b, tmp_path, (0,), width="65k").neuronpedia is None
+  # Real 16k SAEs of a 2304-wide model are 300 MB: the tree's reader is not the point here.
+  small = jumprelu.random_params(jax.random.PRNGKey(0), 8, 16, n_layers=1)
+  with monkeypatch.context() as patch:
+    patch.setattr(trees, "load_layers", lambda *args, **kwargs: small)
+    assert model_setup.load_saes(gemma2_2b, tmp_path, (0,)).neuronpedia == (
+        releases.NeuronpediaSet("gemma-2-2b", "gemmascope-res-16k"))
+    assert model_setup.load_saes(gemma2_2b, tmp_path, (0,), width="65k").neuronpedia is None
   d = toy_setup.config.d_model
   trees.save_layers_tree(tmp_path / "toy", jumprelu.random_params(jax.random.PRNGKey(1), d, 16,
-                                                                  n_layers=1), l0s=7)
-  assert model_setup.load_saes(toy_setup, tmp_path / "toy", (0,), l0=7).neuronpedia is None
+                                                                  n_layers=1), width=16, l0s=7)
+  assert model_setup.load_saes(toy_setup, tmp_path / "toy", (0,), width=16,
+                               l0=7).neuronpedia is None
   assert model_setup.load_saes(toy_setup, "random", (0,), width=16).neuronpedia is None
 
 

@@ -31,7 +31,7 @@ _EXPORTS = {
     "analyze": "xling_jax.analysis.run",
     "AnalysisConfig": "xling_jax.analysis.run",
     "Analysis": "xling_jax.analysis.run",
-    "forward": "xling_jax.model.transformer",
+    "forward": "xling_jax.model_setup",
     "ModelConfig": "xling_jax.model.config",
     "preset": "xling_jax.model.presets",
     "evaluate": "xling_jax.evaluation.run",

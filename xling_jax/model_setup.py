@@ -12,11 +12,13 @@ The command-line tools call these with their flags; nothing here reads flags.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from sae.releases import NeuronpediaSet
 from xling_jax.model.config import ModelConfig
+from xling_jax.runtime import validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +44,8 @@ def load_model(checkpoint: str | None = None, *, config: str | ModelConfig | Non
   weights from `seed`. `config`: a preset name, a configs/*.py path or a
   ModelConfig; default the checkpoint's own (toy without a checkpoint). `tokenizer`: a
   tokenizer.model / tokenizer.json / .gguf path or a directory holding one; default the
-  checkpoint's (the toy tokenizer without a checkpoint).
+  checkpoint's (the toy tokenizer without a checkpoint). Arguments are checked first
+  (TypeError / ValueError naming the argument).
   """
   import jax
 
@@ -53,6 +56,13 @@ def load_model(checkpoint: str | None = None, *, config: str | ModelConfig | Non
   from xling_jax.model.presets import load_config
   from xling_jax.runtime import sharding as sharding_lib
 
+  checkpoint = validate.value(checkpoint, str | os.PathLike | None, "load_model: checkpoint")
+  config = validate.value(config, str | ModelConfig | None, "load_model: config")
+  tokenizer = validate.value(tokenizer, str | os.PathLike | None, "load_model: tokenizer")
+  validate.choice(dtype, ("float32", "bfloat16"), "load_model: dtype")
+  mesh_shape = validate.value(mesh_shape, tuple[int, ...] | None, "load_model: mesh_shape")
+  validate.choice(param_sharding, sharding_lib.PARAM_MODES, "load_model: param_sharding")
+  seed = validate.value(seed, int, "load_model: seed")
   mesh = sharding_lib.make_mesh(mesh_shape)
   if isinstance(config, str):
     config = load_config(config) if checkpoint else load_config(
@@ -80,15 +90,44 @@ def load_model(checkpoint: str | None = None, *, config: str | ModelConfig | Non
   return ModelSetup(params, config, tok, mesh, checkpoint is None, provenance)
 
 
+def forward(params, config: ModelConfig, tokens, attention_mask=None, **options):
+  """`model.transformer.forward` (every layer's residual, the logits; `options` as there) once
+  its arguments are checked: `config` a ModelConfig (`setup.config`), `params` its parameter
+  tree (`setup.params`), `tokens` and `attention_mask` [B, T] integer arrays of one shape
+  (`setup.tokenizer.encode_batch(...)`)."""
+  import jax.numpy as jnp
+
+  from xling_jax.model import transformer
+  validate.instance(config, ModelConfig, "forward: config", "setup.config")
+  if not isinstance(params, dict) or "embed" not in params:
+    raise TypeError(f"forward: params={validate.show(params)}: expected the model's parameter "
+                    f"tree (setup.params), got {type(params).__name__}")
+  arrays = {"tokens": tokens} if attention_mask is None else {
+      "tokens": tokens, "attention_mask": attention_mask}
+  for name, array in arrays.items():
+    array = jnp.asarray(array)
+    if array.ndim != 2 or not jnp.issubdtype(array.dtype, jnp.integer):
+      raise TypeError(f"forward: {name}: expected a [batch, length] integer array, got "
+                      f"{array.dtype} of shape {tuple(array.shape)}")
+    arrays[name] = array
+  if attention_mask is not None and arrays["attention_mask"].shape != arrays["tokens"].shape:
+    raise ValueError(f"forward: attention_mask has shape {arrays['attention_mask'].shape}, "
+                     f"tokens {arrays['tokens'].shape}: expected one shape")
+  return transformer.forward(params, config, arrays["tokens"], arrays.get("attention_mask"),
+                             **options)
+
+
 @dataclasses.dataclass(frozen=True)
 class SAESetup:
   """JumpReLU SAEs stacked over `layers` (`params` leaves [len(layers), ...]) and where they
   came from (`description`, recorded in every output). `neuronpedia`: the Neuronpedia set of
-  released SAEs these are, for feature links; None when unknown."""
+  released SAEs these are, for feature links; None when unknown. `random`: random SAEs
+  (`sae.random_saes`), not trained ones, which every output then says on its first screen."""
   params: Any
   layers: tuple[int, ...]
   description: str
   neuronpedia: NeuronpediaSet | None = None
+  random: bool = False
 
   def select(self, layers: Sequence[int]):
     """The params stacked over `layers` (each one of `self.layers`), in that order."""
@@ -131,14 +170,23 @@ def load_saes(setup: ModelSetup, source: str | Path | None = None,
   `l0` (an int, "canonical", or Gemma Scope 2's "small" / "medium" / "big") pick among the
   SAEs a tree holds. `what` names the setting in errors (the tools pass "--sae_dir"). SAEs of a
   tree or hub id carry the Neuronpedia set `sae.releases` knows for the model and width.
+  Arguments are checked first (TypeError / ValueError naming the argument).
   """
   import jax
   import numpy as np
 
   from sae import random_saes, releases, trees
   from xling_jax.runtime import hub
+  validate.model(setup, "load_saes: setup")
+  source = validate.value(source, str | os.PathLike | None, "load_saes: source")
+  layers = validate.value(layers, tuple[int, ...] | None, "load_saes: layers")
+  width = validate.value(width, str | int, "load_saes: width")
+  l0 = validate.value(l0, int | str, "load_saes: l0")
+  calibration_texts = validate.value(calibration_texts, tuple[str, ...] | None,
+                                     "load_saes: calibration_texts")
+  seed = validate.value(seed, int, "load_saes: seed")
   n_layers = setup.config.n_layers
-  layers = tuple(range(n_layers)) if layers is None else tuple(int(l) for l in layers)
+  layers = tuple(range(n_layers)) if layers is None else layers
   bad = [l for l in layers if not 0 <= l < n_layers]
   if not layers or bad:
     raise ValueError(f"SAE layers {list(layers)}: expected layers of the model, 0..{n_layers - 1}")
@@ -154,7 +202,7 @@ def load_saes(setup: ModelSetup, source: str | Path | None = None,
     every = random_saes.calibrated_random_saes(setup.params, setup.config, setup.tokenizer,
                                        calibration_texts, width=size, seed=seed)
     saes = jax.tree.map(lambda x: x[np.asarray(layers)], every)
-    return SAESetup(saes, layers, f"random SAEs (width {size}, seed {seed})")
+    return SAESetup(saes, layers, f"random SAEs (width {size}, seed {seed})", random=True)
   saes = trees.load_layers(hub.local_or_hub(source, what), layers, width=width, l0=l0,
                            d_in=setup.config.d_model, dtype="float32")
   check_finite_saes(saes, layers, f"{what}={source}")

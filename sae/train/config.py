@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from xling_jax.runtime import validate
+
 SPARSITY_MODES = ("step", "quadratic", "tanh")
 THRESHOLD_PARAMS = ("direct", "log")
 # Per-mode l0_coefficient when none is given. step: GS1's sparsity_lambda range is 1e-4..1e-3
@@ -134,11 +136,7 @@ class SAETrainConfig:
   seed: int = 0
 
   def __post_init__(self):
-    non_finite = [f"{f.name}={getattr(self, f.name)} (must be finite)"
-                  for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), float)
-                  and not math.isfinite(getattr(self, f.name))]
-    if non_finite:
-      raise ValueError(f"invalid SAETrainConfig: {'; '.join(non_finite)}")
+    validate.fields(self)  # types, and every number finite
     bad = []
     positive = ("width", "steps", "batch_size", "bandwidth", "decoder_init_norm", "tanh_scale",
                 "adam_eps", "clip_norm", "norm_batches", "dead_window", "feature_window",

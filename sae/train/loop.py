@@ -207,14 +207,14 @@ def train(source: ActivationSource, config: SAETrainConfig, out: str | Path, *,
         train_checkpoints.save(mgr, step, _saved(state, step, sums, count), meta)
       bar.update(c.batch_size)
   finally:
-    mgr.wait_until_finished()
-    mgr.close()
+    train_checkpoints.finish(mgr)
   return _finish(source, c, out, state, step, model_name=model_name, saelens=saelens)
 
 
 def _finish(source: ActivationSource, c: SAETrainConfig, out: Path, state: step_lib.TrainState,
             step: int, *, model_name: str, saelens: bool) -> TrainResult:
-  """Fold, evaluate, write the SAEs and the reports."""
+  """Fold, evaluate, write the SAEs and the reports (one set: a failure leaves the previous
+  run's SAEs and reports whole, never some of each)."""
   layers = source.layers
   saes = _fold(step_lib.normalised_params(state, c), state.scale)
   records = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
@@ -224,9 +224,11 @@ def _finish(source: ActivationSource, c: SAETrainConfig, out: Path, state: step_
     final = [{k: records[-1][k][i] for k in ("mse", "fvu", "l0")} for i in range(len(layers))]
   l0s = {layer: saved_l0(c.sparsity, c.target_l0, final[i]["l0"])
          for i, layer in enumerate(layers)}
-  sae_dirs = trees.save_gemma_scope2_layers(out, saes, layers, l0s, model_name=model_name)
+  files = trees.gemma_scope2_layer_files(saes, layers, l0s, model_name=model_name)
+  sae_dirs = list(dict.fromkeys((out / name).parent for name in files))
   if saelens:
-    trees.save_saelens_layers(out / SAELENS, saes, layers, model_name=model_name)
+    files.update({f"{SAELENS}/{name}": data for name, data in
+                  trees.saelens_layer_files(saes, layers, model_name=model_name).items()})
   scale = np.asarray(state.scale)
   warnings = []
   for i, layer in enumerate(layers):
@@ -242,6 +244,8 @@ def _finish(source: ActivationSource, c: SAETrainConfig, out: Path, state: step_
                "normalisation_scale": float(scale[i]), "final": final[i], "flags": warnings[i],
                "eval_tokens": c.eval_tokens, "sae_dir": str(sae_dirs[i]),
                "data": source.describe(), "config": dataclasses.asdict(c)}
-    report_lib.write(out / REPORTS, layer, summary, report_lib.curves(records, i), c.target_l0)
+    files.update({f"{REPORTS}/{name}": data for name, data in report_lib.rendered(
+        layer, summary, report_lib.curves(records, i), c.target_l0).items()})
+  io.write_set(out, files)
   return TrainResult(saes=saes, layers=layers, step=step, final=final, sae_dirs=sae_dirs,
                      flags=warnings)

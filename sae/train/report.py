@@ -77,14 +77,20 @@ def files(directory: str | Path, layer: int) -> dict[str, Path]:
   return {"json": directory / f"layer_{layer}.json", "png": directory / f"layer_{layer}.png"}
 
 
+def rendered(layer: int, summary: Mapping, curve: Mapping[str, list],
+             target_l0: float | None = None) -> dict[str, str | bytes]:
+  """{file name: contents} of layer `layer`'s report: `summary` (JSON-able) plus `curve` as
+  layer_{layer}.json, and the curves as a PNG (`files` names them)."""
+  names = {kind: path.name for kind, path in files(".", layer).items()}
+  return {names["json"]: json.dumps({**summary, "curves": curve}, indent=2) + "\n",
+          names["png"]: plot_png(layer, curve, target_l0, summary.get("flags", ()))}
+
+
 def write(directory: str | Path, layer: int, summary: Mapping, curve: Mapping[str, list],
           target_l0: float | None = None) -> dict[str, Path]:
-  """`summary` (JSON-able) plus `curve` as layer_{layer}.json, and the curves as a PNG."""
-  paths = files(directory, layer)
-  png = plot_png(layer, curve, target_l0, summary.get("flags", ()))  # before either write
-  io.write_text(paths["json"], json.dumps({**summary, "curves": curve}, indent=2) + "\n")
-  io.write_bytes(paths["png"], png)
-  return paths
+  """`rendered` written into `directory` as one set; returns `files(directory, layer)`."""
+  io.write_set(directory, rendered(layer, summary, curve, target_l0))
+  return files(directory, layer)
 
 
 def plot_png(layer: int, curve: Mapping[str, list], target_l0: float | None,

@@ -108,6 +108,19 @@ def test_wrong_tensor_shape_names_file_and_tensor(hf_copy, toy_config):
   assert path.name in msg and name in msg and str(expected) in msg
 
 
+def test_an_integer_tensor_in_a_float_checkpoint_is_refused_not_cast(hf_copy):
+  from safetensors.numpy import load_file, save_file
+  index = json.loads((hf_copy / "model.safetensors.index.json").read_text())["weight_map"]
+  name = "model.layers.1.mlp.down_proj.weight"
+  path = hf_copy / index[name]
+  tensors = load_file(str(path))
+  tensors[name] = np.clip(tensors[name] * 100, -127, 127).astype(np.int8)
+  save_file(tensors, str(path))
+  with pytest.raises(CheckpointError, match=rf"{path.name}: tensor {name} is stored as I8; only "
+                                            r"F32, F16, BF16, F64 tensors are read"):
+    checkpoints.load_params(hf_copy)
+
+
 def test_layer_count_disagreement(hf_copy):
   with pytest.raises(CheckpointError, match=r"4 layers.*n_layers=6"):
     checkpoints.load_params(hf_copy, presets.toy(n_layers=6))

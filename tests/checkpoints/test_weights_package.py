@@ -99,3 +99,13 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
   assert weights_package.cache_dir() == tmp_path / "xdg" / "xling-jax"
   monkeypatch.setenv("XLING_CACHE_DIR", str(tmp_path / "mine"))
   assert weights_package.cache_dir() == tmp_path / "mine"
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line_naming_the_variable(tmp_path, monkeypatch):
+  (tmp_path / "afile").write_text("not a folder")
+  monkeypatch.setenv("XLING_CACHE_DIR", str(tmp_path / "afile"))
+  monkeypatch.setitem(sys.modules, PACKAGE, _fake_package(tmp_path))
+  with pytest.raises(CheckpointError, match=r"afile: the cache folder \(XLING_CACHE_DIR\) is a "
+                                            r"file; point XLING_CACHE_DIR at a writable folder"):
+    weights_package.resolve("gemma3-270m")
+  assert (tmp_path / "afile").read_text() == "not a folder"

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 
 import pytest
 
-from tests.conftest import shared_data_or_skip
+from tests.conftest import REPO, shared_data_or_skip
 from xling_jax.evaluation import benchmark_items as bi
 
 ARC = {"id": "Mercury_1", "question": "Which is a planet?", "choices": ["Sun", "Mars", "Moon"],
@@ -79,6 +80,11 @@ def test_line_separators_inside_records_are_not_line_breaks(tmp_path):
     ("arc", {k: v for k, v in ARC.items() if k != "question"}, "missing field 'question'"),
     ("arc", dict(ARC, choices=["a", 2]), "every choice must be a string"),
     ("mmlu", dict(MMLU, choices=["a", "b", "c"], answer=0), "exactly 4 choices"),
+    # Never "questions about m1": without a subject, the item is refused (issue 25, point 4).
+    ("mmlu", {k: v for k, v in MMLU.items() if k != "subject"} | {"id": "m1"},
+     "MMLU items need a 'subject' field"),
+    ("mmlu", dict(MMLU, id="m1", subject=" "), "need a 'subject' field"),
+    ("mmlu", dict(MMLU, subject=3), "field 'subject' should be a string"),
     ("hellaswag", dict(HELLASWAG, label=""), "0-based int index"),
     ("hellaswag", {k: v for k, v in HELLASWAG.items() if k != "ctx_b"}, "missing field 'ctx_b'"),
 ])
@@ -180,3 +186,19 @@ def test_shared_benchmarks_all_languages():
   assert len(bi.load_dir(root, "hellaswag", "en").items) == 10042
   with pytest.raises(bi.MissingData):
     bi.load_dir(root, "hellaswag", "zh")
+
+
+def test_the_readme_shows_every_field_each_task_needs():
+  """The README's benchmark-data table: each example line parses, and without any one of its
+  fields (the id aside) it is refused, so the table lists exactly what a file needs."""
+  readme = (REPO / "README.md").read_text(encoding="utf-8")
+  rows = re.findall(r"^\| `(\w+)/`[^|]*\| `(\{.*?\})`", readme, re.M)
+  folders = {folder: task for task, (folder, _) in bi.DIR_LAYOUT.items()}
+  assert sorted(folder for folder, _ in rows) == sorted(folders)
+  for folder, example in rows:
+    record = json.loads(example)
+    bi.parse_record(record, folders[folder], "en", "README", "0")
+    for field in set(record) - {"id"}:
+      without = {k: v for k, v in record.items() if k != field} | {"id": "x1"}
+      with pytest.raises(bi.ItemError):
+        bi.parse_record(without, folders[folder], "en", "README", "0")

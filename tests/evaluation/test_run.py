@@ -125,8 +125,8 @@ def test_outputs_replace_old_ones_only_when_complete(tmp_path, toy_setup, monkey
   def disk_full(*args, **kwargs):
     raise OSError(28, "No space left on device")
 
-  monkeypatch.setattr(io.os, "replace", disk_full)  # every file fails as it is completed
-  with pytest.raises(OSError, match="No space left"):
+  monkeypatch.setattr(io.os, "replace", disk_full)  # the set fails before any file is replaced
+  with pytest.raises(io.OutputError, match=r"scores.json: could not be written \(No space left"):
     evaluation.write_outputs(out, result, {"toy": False}, "other")
   assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files left either
 

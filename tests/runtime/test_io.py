@@ -81,3 +81,27 @@ def test_a_set_fails_whole_and_names_the_file(tmp_path, monkeypatch):
   written = io.write_set(tmp_path, {"stats.json": "new", "report.md": None, "layers.png": b"x"})
   assert sorted(written) == ["layers.png", "stats.json"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["layers.png", "stats.json"]
+
+
+def test_a_set_spanning_folders_fails_whole(tmp_path, monkeypatch):
+  """An SAE training run writes SAE folders and reports as one set: a failure in the last
+  folder leaves the first folder's old file in place and no new folder behind."""
+  (tmp_path / "resid_post").mkdir()
+  (tmp_path / "resid_post" / "params.safetensors").write_bytes(b"old sae")
+  real_fdopen, calls = os.fdopen, []
+
+  def disk_full_on_the_second(fd, mode, *a, **k):
+    calls.append(fd)
+    handle = real_fdopen(fd, mode, *a, **k)
+    if len(calls) == 2:
+      handle.close()
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return handle
+
+  monkeypatch.setattr(os, "fdopen", disk_full_on_the_second)
+  with pytest.raises(io.OutputError, match=r"reports/layer_0\.json: could not be written"):
+    io.write_set(tmp_path, {"resid_post/params.safetensors": b"new sae",
+                            "reports/layer_0.json": "{}"})
+  assert (tmp_path / "resid_post" / "params.safetensors").read_bytes() == b"old sae"
+  assert sorted(p.name for p in (tmp_path / "resid_post").iterdir()) == ["params.safetensors"]
+  assert not any((tmp_path / "reports").iterdir())  # the folder may exist, holding nothing

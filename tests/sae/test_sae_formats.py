@@ -86,6 +86,12 @@ def test_bad_npz_files_are_clear_errors(tmp_path, sae):
     formats.load(raw)
   with pytest.raises(formats.SAENotFoundError, match="no such file"):
     formats.load(tmp_path / "absent.npz")
+  whole = _npz(tmp_path / "g.npz", **good).read_bytes()
+  for name, cut in (("head.npz", len(whole) // 2), ("tail.npz", len(whole) - 30)):
+    (tmp_path / name).write_bytes(whole[:cut])  # a download that stopped early
+    with pytest.raises(formats.SAEFormatError, match=rf"{name}: not a complete \.npz archive "
+                                                     r"\(.*fetch the file again"):
+      formats.load(tmp_path / name)
 
 
 def test_bad_saelens_directories_are_clear_errors(tmp_path, sae):

@@ -579,13 +579,14 @@ def test_an_out_dir_holding_another_run_is_refused_before_compute(tmp_path):
 
 def test_config_errors_name_every_bad_setting():
   with pytest.raises(ValueError,
-                     match=r"lr=0 \(must be > 0\); sparsity=.quadratic. needs target_l0"):
+                     match=r"lr=0.0 \(must be > 0\); sparsity=.quadratic. needs target_l0"):
     SAETrainConfig(sparsity="quadratic", lr=0)
-  with pytest.raises(ValueError, match=r"target_l0=5000 \(needs 0 < target_l0 <= width=4096\)"):
+  with pytest.raises(ValueError, match=r"target_l0=5000.0 \(needs 0 < target_l0 <= width=4096\)"):
     SAETrainConfig(sparsity="quadratic", target_l0=5000)
   with pytest.raises(ValueError, match="sparsity='l1'"):
     SAETrainConfig(sparsity="l1")
-  with pytest.raises(ValueError, match=r"l0_coefficient=inf \(must be finite\); target_l0=nan "
-                                       r"\(must be finite\); lr=nan \(must be finite\)$"):
+  # Types and finiteness come first (runtime.validate), the first bad field named.
+  with pytest.raises(ValueError, match=r"SAETrainConfig.l0_coefficient=inf: expected a finite "
+                                       r"number$"):
     SAETrainConfig(sparsity="quadratic", lr=float("nan"), l0_coefficient=float("inf"),
                    target_l0=float("nan"))

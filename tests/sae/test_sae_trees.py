@@ -36,7 +36,7 @@ def _tiny_tree(root, width, l0s_per_layer, n_layers=3):
   for layer in range(n_layers):
     for l0 in l0s_per_layer[layer]:
       key = jax.random.PRNGKey(1000 * layer + l0)
-      written[layer, l0] = jr.random_params(key, 8, 16)
+      written[layer, l0] = jr.random_params(key, 8, releases.width_size(width))
       formats.save_params_npz(root / f"layer_{layer}" / f"width_{width}" / f"average_l0_{l0}" /
                               "params.npz", written[layer, l0])
   return written
@@ -53,7 +53,7 @@ def test_canonical_resolution(tmp_path, width):
   paths = trees.resolve_layers(tmp_path, layers, width=width)
   assert [p.parent.name for p in paths] == [f"average_l0_{table[str(i)]}" for i in layers]
   got = trees.load_layers(tmp_path, layers, width=width, d_in=8)
-  assert got.W_enc.shape == (2, 8, 16)
+  assert got.W_enc.shape == (2, 8, releases.width_size(width))
   for j, layer in enumerate(layers):
     assert_sae_equal(jr.unstack(got)[j], written[layer, table[str(layer)]])
   # An explicit per-layer mapping and a single int select other folders.
@@ -118,23 +118,36 @@ def test_folder_of_saelens_directories(tmp_path, stacked):
 
 
 def test_streamed_stack_is_placed_and_cast(tmp_path, stacked):
-  trees.save_layers_tree(tmp_path, stacked, width="16k", l0s={0: 11, 1: 12, 2: 13})
+  trees.save_layers_tree(tmp_path, stacked, width=W, l0s={0: 11, 1: 12, 2: 13})
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  got = trees.load_layers(tmp_path, [0, 1, 2], l0={0: 11, 1: 12, 2: 13}, dtype=jnp.bfloat16,
-                          sharding=sharding)
+  got = trees.load_layers(tmp_path, [0, 1, 2], width=W, l0={0: 11, 1: 12, 2: 13},
+                          dtype=jnp.bfloat16, sharding=sharding)
   assert all(leaf.dtype == jnp.bfloat16 and leaf.sharding == sharding
              for leaf in jax.tree.leaves(got))
   assert_sae_equal(got, jr.astype(stacked, jnp.bfloat16))
 
 
 def test_layers_of_different_shapes_do_not_stack(tmp_path):
-  formats.save_params_npz(tmp_path / "layer_0/width_16k/average_l0_5/params.npz",
+  formats.save_params_npz(tmp_path / "layer_0/width_16/average_l0_5/params.npz",
                           jr.random_params(jax.random.PRNGKey(0), 8, 16))
-  formats.save_params_npz(tmp_path / "layer_1/width_16k/average_l0_5/params.npz",
-                          jr.random_params(jax.random.PRNGKey(0), 8, 32))
+  formats.save_params_npz(tmp_path / "layer_1/width_16/average_l0_5/params.npz",
+                          jr.random_params(jax.random.PRNGKey(0), 12, 16))
   with pytest.raises(formats.SAEFormatError, match="differ from"):
-    trees.load_layers(tmp_path, [0, 1], l0=5)
+    trees.load_layers(tmp_path, [0, 1], width=16, l0=5)
+
+
+def test_a_folder_named_for_another_width_is_refused(tmp_path, stacked):
+  """A `width_16k` folder holding 256-wide SAEs is never trusted (its width would be recorded
+  wrong), and the writer never names one (issue 25, point 7)."""
+  formats.save_params_npz(tmp_path / "layer_0/width_16k/average_l0_105/params.npz",
+                          jr.unstack(stacked)[0])
+  with pytest.raises(formats.SAEFormatError, match=r"layer_0/width_16k/average_l0_105/params.npz: "
+                     r"holds 256 features, but its place in the tree says width 16k \(16384\); "
+                     r"rename its folder for width 256"):
+    trees.load_layers(tmp_path, [0])
+  with pytest.raises(ValueError, match="width='16k' but the SAEs have 256 features"):
+    trees.save_layers_tree(tmp_path / "other", stacked, width="16k")
 
 
 # ----------------------------------------------------------------------------- Gemma Scope 2
@@ -172,12 +185,9 @@ def bucket_tree(tmp_path):
   for i, (layer, width, label, l0) in enumerate([
       (5, 1 << 14, "small", 20), (5, 1 << 14, "medium", 60), (5, 1 << 14, "big", 150),
       (5, 1 << 16, "medium", 60), (9, 1 << 14, "small", 20)]):
-    saes[layer, width, label] = _sae(i, width=64)
+    saes[layer, width, label] = _sae(i, width=width)
     folder = tmp_path / trees.GS2_SITE / trees.gemma_scope2_name(layer, width, label)
     formats.save_gemma_scope2(folder, saes[layer, width, label], layer, l0)
-    # The folder names a width; the test weights stay 64 wide, so drop config.json's width.
-    cfg = json.loads((folder / formats.GS2_CONFIG).read_text())
-    (folder / formats.GS2_CONFIG).write_text(json.dumps({**cfg, "width": None}))
   formats.save_gemma_scope2(tmp_path / trees.GS2_SITE / "layer_9_width_16k_l0_small_seed_1",
                             _sae(9), 9, 20)
   return tmp_path, saes
@@ -221,7 +231,7 @@ def test_missing_layer_width_or_l0_names_the_path_and_lists_what_exists(bucket_t
 
 def test_gemma_scope2_hub_ids_download_the_safetensors(monkeypatch, tmp_path):
   huggingface_hub = pytest.importorskip("huggingface_hub")
-  folder = formats.save_gemma_scope2(tmp_path / "f", _sae(1), 12, 60)
+  folder = formats.save_gemma_scope2(tmp_path / "f", _sae(1, width=1 << 14), 12, 60)
   requested = []
 
   def fake_download(repo_id, filename):
@@ -232,6 +242,22 @@ def test_gemma_scope2_hub_ids_download_the_safetensors(monkeypatch, tmp_path):
   got = trees.load_layers("google/gemma-scope-2-270m-pt", [12], "16k", "medium")
   assert requested == [("google/gemma-scope-2-270m-pt",
                         "resid_post/layer_12_width_16k_l0_medium/params.safetensors")]
-  assert_sae_equal(jr.unstack(got)[0], _sae(1))
+  assert_sae_equal(jr.unstack(got)[0], _sae(1, width=1 << 14))
   with pytest.raises(ValueError, match="Gemma Scope 2 has no canonical L0 table"):
     trees.load_layers("google/gemma-scope-2-270m-pt", [12])
+
+
+def test_held_widths_read_every_local_layout_from_its_names(tmp_path, stacked):
+  """What a tool picks --sae_width and its layers from before loading anything."""
+  trees.save_layers_tree(tmp_path / "gs1", stacked, width=W, l0s=20, layers=(0, 4, 7))
+  (tmp_path / "gs1" / "layer_4" / "width_16k").mkdir()
+  (tmp_path / "gs1" / "layer_4" / "width_junk").mkdir()  # not a width: ignored
+  assert trees.held_widths(tmp_path / "gs1") == {0: [W], 4: [W, 16384], 7: [W]}
+  trees.save_gemma_scope2_layers(tmp_path / "gs2", stacked, (1, 3, 5), l0s=9)
+  trees.save_gemma_scope2_layers(tmp_path / "gs2", jr.random_params(
+      jax.random.PRNGKey(4), D, 32, n_layers=1), (3,), l0s=9)
+  assert trees.held_widths(tmp_path / "gs2") == {1: [W], 3: [32, W], 5: [W]}
+  trees.save_saelens_layers(tmp_path / "saelens", stacked, (2, 6, 8))
+  assert trees.held_widths(tmp_path / "saelens") == {2: [W], 6: [W], 8: [W]}
+  with pytest.raises(formats.SAENotFoundError, match="neither the Gemma Scope layout"):
+    trees.held_widths(tmp_path)

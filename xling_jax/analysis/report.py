@@ -91,8 +91,10 @@ def warnings(record: Mapping) -> list[str]:
 
 
 def titles(record: Mapping, corpus: str, toy: bool) -> dict[str, str]:
-  """{"gap": report.md and heatmap.png, "layers": layers.png}; layers.png plots activation."""
-  prefix = "TOY model: " if toy else ""
+  """{"gap": report.md and heatmap.png, "layers": layers.png}; layers.png plots activation. Each
+  starts by saying whether a toy model or random SAEs made the record."""
+  from sae import random_saes
+  prefix = random_saes.title_prefix(toy, record.get("provenance", {}).get("random_saes", False))
   return {"gap": f"{prefix}SAE activation gap vs {record['reference_language']} ({corpus})",
           "layers": f"{prefix}SAE activation per layer ({corpus})",
           "controls": f"{prefix}Gap vs {record['reference_language']} under the SAE and its "

@@ -23,8 +23,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sae import releases
+from sae import random_saes, releases
 from xling_jax.data.languages import LOW_RESOURCE
+from xling_jax.runtime import validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,10 @@ class AnalysisConfig:
   seed: int = 0
   neuronpedia: str | None = None
   quality_sentences: int | None = None
+
+  def __post_init__(self):
+    validate.fields(self, minimum={"bootstrap": 0, "top_k": 1, "batch_size": 1, "bucket": 1,
+                                   "max_len": 2, "quality_sentences": 0})
 
 
 # The quality pass runs the model once per analysed layer more: 100 sentences per language
@@ -173,6 +178,18 @@ def _versions() -> dict:
   return out
 
 
+def check_arguments(setup, saes, corpus, config) -> None:
+  """`analyze`'s arguments are what it reads (TypeError naming the first that is not)."""
+  from xling_jax.data.corpora import ParallelCorpus
+  validate.model(setup, "analyze: setup")
+  validate.saes(saes, "analyze: saes")
+  validate.instance(corpus, ParallelCorpus, "analyze: corpus",
+                    f"corpus = xj.load_corpus({corpus!r}, langs)" if isinstance(corpus, str)
+                    else "corpus = xj.load_corpus(...)")
+  validate.instance(config, AnalysisConfig, "analyze: config",
+                    "xj.AnalysisConfig(**settings)" if isinstance(config, Mapping) else "")
+
+
 def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
             show_progress: bool = True, run_config: Mapping | None = None) -> Analysis:
   """SAE activation statistics of every language of `corpus` (a `corpora.ParallelCorpus`) at
@@ -184,8 +201,8 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
   first batch runs (ValueError).
   """
   from xling_jax.analysis import corpus_stats, disparity, report, sae_quality
-  from xling_jax.model import presets
   from xling_jax.runtime import batching, platform
+  check_arguments(setup, saes, corpus, config)
   start = time.perf_counter()
   model_config = setup.config
   plan = check(config if config.layers is not None
@@ -225,6 +242,7 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
     run_config = dict(dataclasses.asdict(config), langs=list(corpus.languages))
   provenance = dict(setup.provenance, saes=saes.description, corpus=corpus.source,
                     devices=platform.describe_devices(), versions=_versions(), toy=setup.is_toy,
+                    random_saes=saes.random,
                     seconds=round(time.perf_counter() - start, 2))
   record = report.build_stats_json(stats, gaps=gaps, ref=ref, bands=plan.bands,
                                    band_summary=summary, group=plan.group, ci=ci, top=top,
@@ -232,5 +250,4 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
                                    gap_by_metric=others,
                                    norm_control=disparity.norm_control(others, ci),
                                    sae_quality=quality)
-  notes = (presets.toy_note(model_config),) if setup.is_toy else ()
-  return Analysis(record, stats, corpus.name, setup.is_toy, notes)
+  return Analysis(record, stats, corpus.name, setup.is_toy, random_saes.notes(setup, saes))

@@ -14,6 +14,8 @@ from xling_jax.runtime.errors import CheckpointError
 
 # ----------------------------------------------------------------------------- HF safetensors
 
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # safetensors' names of the dtypes read
+
 def tensor_files(directory: Path) -> dict[str, Path]:
   """Map every tensor name to the safetensors file holding it (single file or sharded)."""
   from safetensors import safe_open
@@ -76,7 +78,14 @@ class SafetensorsReader:
       if expected_shape is not None and shape != tuple(expected_shape):
         raise CheckpointError(
             f"{path}: tensor {name} has shape {shape}, expected {tuple(expected_shape)}")
-      if sl.get_dtype() == "BF16":
+      dtype = sl.get_dtype()
+      if dtype not in FLOAT_DTYPES:
+        # Quantised or integer tensors would be cast to float silently, changing every
+        # activation: weights, adapters and SAEs are all stored as floats.
+        raise CheckpointError(f"{path}: tensor {name} is stored as {dtype}; only "
+                              f"{', '.join(FLOAT_DTYPES)} tensors are read (a quantised "
+                              "export? use the float checkpoint)")
+      if dtype == "BF16":
         # numpy has no bfloat16: reinterpret the raw bits through ml_dtypes.
         import ml_dtypes
         raw = _read_raw(path, stored)

@@ -25,11 +25,18 @@ HUB_IDS = {"gemma3-270m": "google/gemma-3-270m"}
 
 
 def cache_dir() -> Path:
-  """$XLING_CACHE_DIR, else $XDG_CACHE_HOME/xling-jax, else ~/.cache/xling-jax."""
+  """$XLING_CACHE_DIR, else $XDG_CACHE_HOME/xling-jax, else ~/.cache/xling-jax. CheckpointError
+  names the variable when the place exists but is not a folder."""
   if os.environ.get("XLING_CACHE_DIR"):
-    return Path(os.environ["XLING_CACHE_DIR"]).expanduser()
-  xdg = os.environ.get("XDG_CACHE_HOME")
-  return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "xling-jax"
+    path, source = Path(os.environ["XLING_CACHE_DIR"]).expanduser(), "XLING_CACHE_DIR"
+  else:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    path = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "xling-jax"
+    source = "XDG_CACHE_HOME" if xdg else "the default cache"
+  if path.exists() and not path.is_dir():
+    raise CheckpointError(f"{path}: the cache folder ({source}) is a file; point "
+                          "XLING_CACHE_DIR at a writable folder")
+  return path
 
 
 def resolve(spec: str) -> str | None:

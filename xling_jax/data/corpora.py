@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from xling_jax.data.languages import LANGUAGES, STUDY_LANGUAGES, validate_languages
-from xling_jax.runtime import hub
+from xling_jax.runtime import hub, validate
 
 EMBEDDED = "embedded"
 HF_PREFIX = "hf:"
@@ -241,9 +241,12 @@ def embedded_sample() -> ParallelCorpus:
 
 def load_corpus(spec: str | os.PathLike = EMBEDDED, langs: Iterable[str] | str = STUDY_LANGUAGES,
                 max_sentences: int | None = None) -> ParallelCorpus:
-  """`spec` is "embedded", "hf:<dataset_id>[:split]" (FLORES+ layout, default split devtest) or a directory."""
+  """`spec` is "embedded", "hf:<dataset_id>[:split]" (FLORES+ layout, default split devtest) or a
+  directory; `langs` language codes (one string may list them comma-separated)."""
+  spec = os.fspath(validate.value(spec, str | os.PathLike, "load_corpus: spec"))
   langs = validate_languages(langs)
-  spec = os.fspath(spec)
+  max_sentences = validate.value(max_sentences, int | None, "load_corpus: max_sentences")
+  validate.at_least(max_sentences, 1, "load_corpus: max_sentences")
   if spec == EMBEDDED:
     corpus = embedded_sample().subset(langs)
   elif spec.startswith(HF_PREFIX):

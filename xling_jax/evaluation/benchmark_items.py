@@ -43,6 +43,7 @@ HUB_OKAPI = {
     "hellaswag": ("alexandrainst/m_hellaswag", "val", None),
 }
 _OKAPI_ARC_ID_PREFIX = re.compile(r"^ARC-(Challenge|Easy)/[a-z]+/")
+_MMLU_ID = re.compile(r"^([a-z][a-z_]*)/(val|dev|test)/\d+$")  # Okapi's and the shared files'
 
 
 class ItemError(ValueError):
@@ -136,6 +137,19 @@ def _choices_and_gold(rec: Mapping[str, Any], where: str) -> tuple[list[Any], in
   return choices, _gold_from_index(answer, where)
 
 
+def _subject(rec: Mapping, item_id: str, where: str) -> str:
+  """An MMLU item's subject (the prompt's "questions about <subject>", the few-shot pool): its
+  `subject` field, else the first part of an Okapi-style id `<subject>/<split>/<row>`."""
+  match = _MMLU_ID.match(item_id)
+  subject = (_text(rec, "subject", where) if "subject" in rec else
+             match.group(1) if match else "")
+  if subject.strip():
+    return subject
+  raise ItemError(f"{where}: MMLU items need a 'subject' field (e.g. \"moral_disputes\": the "
+                  "prompt says \"questions about moral disputes\" and few-shot examples come "
+                  f"from the same subject), or an id <subject>/<split>/<row>; fields: {sorted(rec)}")
+
+
 def parse_record(rec: Any, task: str, lang: str, where: str, default_id: str) -> Item:
   """One record (any layout in the module docstring) -> Item. `where` names the file and line for
   errors; `default_id` is used when the record has no id field."""
@@ -163,8 +177,7 @@ def parse_record(rec: Any, task: str, lang: str, where: str, default_id: str) ->
   if task == "mmlu":
     if len(choices) != 4:
       raise ItemError(f"{where}: MMLU items need exactly 4 choices (A-D), got {len(choices)}")
-    # Okapi and our ids are `<subject>/<split>/<row>`; HF cais/mmlu rows carry `subject`.
-    fields["subject"] = str(rec.get("subject") or item_id.split("/")[0])
+    fields["subject"] = _subject(rec, item_id, where)
   return Item(**fields)
 
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from xling_jax.data import languages
 from xling_jax.evaluation import benchmark_items, prompts as prompts_lib, scoring
-from xling_jax.runtime import batching, io
+from xling_jax.runtime import batching, io, validate
 from xling_jax.runtime.errors import NonFiniteError
 from xling_jax.runtime.progress import Progress
 
@@ -54,6 +54,7 @@ class EvalConfig:
   max_length: int | None = None  # default: the model's max_seq_len
 
   def __post_init__(self):
+    validate.fields(self)
     object.__setattr__(self, "tasks", tuple(benchmark_items.check_task(t) for t in self.tasks))
     object.__setattr__(self, "langs", languages.validate_languages(self.langs))
     if self.source not in SOURCES:
@@ -161,6 +162,9 @@ def evaluate(setup, config: EvalConfig, *, hook=None, prompts: Prompts | None = 
   in one pass, so batches stay full and lengths from every task and language share the few
   compiled shapes. NaN/inf log-likelihoods raise NonFiniteError.
   """
+  validate.model(setup, "evaluate: setup")
+  validate.instance(config, EvalConfig, "evaluate: config",
+                    "xj.EvalConfig(**settings)" if isinstance(config, dict) else "")
   prompts = prompts or collect_prompts(config)
   max_len = config.max_length or setup.config.max_seq_len
   all_prompts = [p for group in prompts.groups.values() for p in group]
@@ -254,8 +258,8 @@ def scores_csv(scores: dict) -> str:
 def write_outputs(out: str | os.PathLike, result: EvalResult, run: dict[str, Any],
                   md: str) -> list[Path]:
   """scores.json, scores.csv, items.jsonl, scores.md and run.json (`run` plus the missing and
-  too-long items) in `out`. Everything is rendered first, then each file written atomically,
-  so a failure leaves the previous results as they were. Returns the paths."""
+  too-long items) in `out`. Everything is rendered first, then written as one set
+  (`io.write_set`), so a failure leaves the previous results whole. Returns the paths."""
   out = Path(out)
   run = {**run, "no_data": result.missing, "too_long": result.too_long,
          "notes": [*run.get("notes", []), *result.notes]}
@@ -266,6 +270,4 @@ def write_outputs(out: str | os.PathLike, result: EvalResult, run: dict[str, Any
       "scores.md": md,
       RUN_NAME: io.json_text(run),
   }
-  for name, text in rendered.items():
-    io.write_text(out / name, text)
-  return [out / name for name in rendered]
+  return list(io.write_set(out, rendered).values())

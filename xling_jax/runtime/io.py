@@ -97,38 +97,58 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     f.write(data)
 
 
-def write_set(directory: str | os.PathLike, files: Mapping[str, str | bytes | None]) -> dict[str, Path]:
-  """Write `files` ({name: text, bytes, or None to delete a stale one}) into `directory` as one
-  set; returns {name: path} of those written. OutputError names the file that could not be
-  written and why; the directory then holds exactly what it held before."""
+def write_set(directory: str | os.PathLike,
+              files: Mapping[str | os.PathLike, str | bytes | None]) -> dict[str, Path]:
+  """Write `files` ({name: text, bytes, or None to delete a stale one}) as one set; returns
+  {name: path} of those written. A name is a path under `directory` (`results/study.json`; an
+  absolute one stands alone), so a set may span folders. Every file is written under a
+  temporary name beside its target first and renamed only once all are written: OutputError
+  names the file that could not be written and why, and every target then holds exactly what
+  it held before."""
   directory = Path(directory)
+  targets = {name: directory / name for name in files}
   if not is_primary_process():
-    return {name: directory / name for name, data in files.items() if data is not None}
-  directory.mkdir(parents=True, exist_ok=True)
+    return {name: targets[name] for name, data in files.items() if data is not None}
   staged: dict[str, str] = {}
   try:
     for name, data in files.items():
       if data is None:
         continue
-      fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-      staged[name] = tmp
-      os.chmod(tmp, 0o666 & ~_umask())
+      target = targets[name]
+      if target.is_dir():
+        raise OutputError(f"{target}: is a directory, so the result file cannot replace it; "
+                          "move it away (the previous results are unchanged)")
       try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, staged[name] = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                            suffix=".tmp")
+        os.chmod(staged[name], 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
           f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
       except OSError as e:
-        raise OutputError(f"{directory / name}: could not be written ({e.strerror}); the "
-                          f"previous results in {directory} are unchanged") from None
+        raise _not_written(target, e) from None
+    renamed = []  # renames in place do not fail for space; this is a guard
+    for name in list(staged):
+      try:
+        os.replace(staged[name], targets[name])
+      except OSError as e:
+        raise _not_written(targets[name], e, renamed) from None
+      renamed.append(targets[name].name)
+      del staged[name]
   except BaseException:
     for tmp in staged.values():
       Path(tmp).unlink(missing_ok=True)
     raise
-  for name, tmp in staged.items():
-    os.replace(tmp, directory / name)
   for name, data in files.items():
     if data is None:
-      (directory / name).unlink(missing_ok=True)
-  return {name: directory / name for name in staged}
+      targets[name].unlink(missing_ok=True)
+  return {name: targets[name] for name, data in files.items() if data is not None}
+
+
+def _not_written(target: Path, error: OSError, renamed: list[str] = ()) -> OutputError:
+  kept = (f"{', '.join(renamed)} of this set were already replaced" if renamed else
+          "the previous results are unchanged")
+  return OutputError(f"{target}: could not be written ({error.strerror or error}); {kept}")
 
 
 def remove(path: str | os.PathLike) -> None:

@@ -31,14 +31,15 @@ class Distributed:
 
 
 def select_platform(name: str, distributed: Distributed | None = None) -> None:
-  """Make `name` (cpu|gpu|tpu) JAX's backend, or exit with a clear message if it is absent.
+  """Make `name` (cpu|gpu|tpu) JAX's backend; ValueError (one line: what is missing, how to
+  install it) if it is absent.
 
   Must run before the first JAX computation: JAX binds its backend once. With `distributed`
   this process joins a multi-process run (`jax.distributed.initialize`), which must also
   precede any computation; on CPU the processes' collectives go through gloo.
   """
   if name not in PLATFORMS:
-    raise SystemExit(f"--platform={name!r}: choose one of {', '.join(PLATFORMS)}")
+    raise ValueError(f"--platform={name!r}: choose one of {', '.join(PLATFORMS)}")
   os.environ["JAX_PLATFORMS"] = _JAX_NAMES[name]
   import jax
   try:
@@ -52,10 +53,12 @@ def select_platform(name: str, distributed: Distributed | None = None) -> None:
   except (RuntimeError, AssertionError) as e:  # jax 0.10 asserts when CUDA plugins are absent
     hint = {"gpu": "install the CUDA build: pip install -e '.[cuda]' (see BUILD.md)",
             "tpu": "run on a TPU VM with pip install -e '.[tpu]' (see BUILD.md)"}.get(name, "")
-    raise SystemExit(f"--platform={name}: no {name.upper()} is available to JAX here "
-                     f"({(str(e).splitlines() or [type(e).__name__])[0]}). {hint}") from None
+    # JAX's own hint (set JAX_PLATFORMS='' ...) contradicts the flag the user just gave.
+    reason = (str(e).splitlines() or [type(e).__name__])[0].split(" (set JAX_PLATFORMS")[0]
+    raise ValueError(f"--platform={name}: no {name.upper()} is available to JAX here "
+                     f"({reason}); {hint}") from None
   if not devices:
-    raise SystemExit(f"--platform={name}: JAX found no {name} devices")
+    raise ValueError(f"--platform={name}: JAX found no {name} devices")
 
 
 def _initialize(jax, distributed: Distributed) -> None:

@@ -14,7 +14,10 @@ the resumed step, so a resumed run's log equals the uninterrupted run's.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -34,10 +37,49 @@ def manager(directory: str | Path, max_to_keep: int) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
+def latest_step(directory: str | Path) -> int | None:
+  """The step of the latest complete checkpoint in `directory`, None when there is none (an
+  interrupted run's report of what it saved; creates nothing)."""
+  if not Path(directory).is_dir():
+    return None
+  mgr = manager(directory, 1)
+  try:
+    return mgr.latest_step()
+  finally:
+    mgr.close()
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+  """Ctrl-C (SIGINT) waits until the block has run, then raises KeyboardInterrupt as usual.
+  Orbax interrupted inside its wait for a pending save logs a traceback and leaves that save
+  unfinished; deferred, the save completes and an interrupted run reports it."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  caught = []
+  previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if caught:
+    raise KeyboardInterrupt
+
+
 def save(mgr: ocp.CheckpointManager, step: int, state: Any, meta: Mapping) -> None:
   """Save `state` (a pytree of arrays) and `meta` (JSON) as checkpoint `step`, atomically."""
-  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                         meta=ocp.args.JsonSave(dict(meta))))
+  with _uninterrupted():
+    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                           meta=ocp.args.JsonSave(dict(meta))))
+
+
+def finish(mgr: ocp.CheckpointManager) -> None:
+  """Wait for the pending saves and close `mgr`, uninterrupted: however training ends (done,
+  an error, Ctrl-C), the checkpoints on disk are then complete."""
+  with _uninterrupted():
+    mgr.wait_until_finished()
+    mgr.close()
 
 
 def _parts(meta: Mapping) -> dict[str, Any]:

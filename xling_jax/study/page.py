@@ -6,7 +6,6 @@ lays them out with the tables.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Mapping
 
@@ -256,21 +255,17 @@ def benchmarks_png(record: Mapping) -> bytes | None:
   return buf.getvalue()
 
 
-def write(results_md: Path, record: Mapping, figures: Mapping[str, Path]) -> list[Path]:
+def write(results_md: Path, record: Mapping, figures: Mapping[str, Path],
+          also: Mapping[Path, str | bytes] | None = None) -> list[Path]:
   """RESULTS.md at `results_md`; study.json and the figures under results/ beside it: each of
-  `figures` ({name there: the stage's file}, `stages.figures`) that exists, and the benchmarks'."""
+  `figures` ({name there: the stage's file}, `stages.figures`) that exists (a stale copy of
+  one that does not is removed), and the benchmarks'; with `also` ({path: contents}), all
+  written as one set (`io.write_set`), so a failure leaves the previous page whole."""
   results_md = Path(results_md)
-  folder = results_md.parent / FIGURES
-  folder.mkdir(parents=True, exist_ok=True)
-  written = []
-  for name, src in figures.items():
-    if Path(src).exists():
-      shutil.copyfile(src, folder / name)
-      written.append(folder / name)
-  png = benchmarks_png(record)
-  if png is not None:
-    io.write_bytes(folder / "benchmarks.png", png)
-    written.append(folder / "benchmarks.png")
-  io.write_json(folder / "study.json", record)
-  io.write_text(results_md, render(record))
-  return [*written, folder / "study.json", results_md]
+  files: dict = {f"{FIGURES}/{name}": Path(src).read_bytes() if Path(src).exists() else None
+                 for name, src in figures.items()}
+  files[f"{FIGURES}/benchmarks.png"] = benchmarks_png(record)
+  files[f"{FIGURES}/study.json"] = io.json_text(record)
+  files[results_md.name] = render(record)
+  files.update({Path(path).absolute(): data for path, data in (also or {}).items()})
+  return list(io.write_set(results_md.parent, files).values())
