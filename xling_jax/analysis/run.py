@@ -231,6 +231,8 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
                                    config=run_config, provenance=provenance,
                                    gap_by_metric=others,
                                    norm_control=disparity.norm_control(others, ci),
-                                   sae_quality=quality)
+                                   sae_quality=quality,
+                                   top_null=disparity.top_overlap_null(
+                                       stats, min(config.top_k, saes.params.d_sae)))
   notes = (presets.toy_note(model_config),) if setup.is_toy else ()
   return Analysis(record, stats, corpus.name, setup.is_toy, notes)
