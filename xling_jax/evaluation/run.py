@@ -31,6 +31,7 @@ SOURCES = ("dir", "hf")
 METRICS = (*scoring.METRICS, "margin")
 SCORES_NAME = "scores.json"
 RUN_NAME = "run.json"
+ITEMS_NAME = "items.jsonl"
 
 
 class EvalDataError(ValueError):
@@ -254,18 +255,16 @@ def scores_csv(scores: dict) -> str:
 def write_outputs(out: str | os.PathLike, result: EvalResult, run: dict[str, Any],
                   md: str) -> list[Path]:
   """scores.json, scores.csv, items.jsonl, scores.md and run.json (`run` plus the missing and
-  too-long items) in `out`. Everything is rendered first, then each file written atomically,
-  so a failure leaves the previous results as they were. Returns the paths."""
+  too-long items) in `out`, rendered first and written as one set (`io.write_set`), so a
+  failure leaves the previous results as they were. Returns the paths."""
   out = Path(out)
   run = {**run, "no_data": result.missing, "too_long": result.too_long,
          "notes": [*run.get("notes", []), *result.notes]}
   rendered = {
       SCORES_NAME: io.json_text(result.scores),
       "scores.csv": scores_csv(result.scores),
-      "items.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records),
+      ITEMS_NAME: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records),
       "scores.md": md,
       RUN_NAME: io.json_text(run),
   }
-  for name, text in rendered.items():
-    io.write_text(out / name, text)
-  return [out / name for name in rendered]
+  return list(io.write_set(out, rendered).values())
