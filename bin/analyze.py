@@ -46,6 +46,9 @@ flags.DEFINE_integer("quality_sentences", None,
                      "reconstruction spliced in are measured (sae_quality in stats.json; the "
                      "model runs once more per analysed layer on them). 0: all. Default: the "
                      "first 100 (or the whole corpus when smaller).", lower_bound=0)
+flags.DEFINE_bool("quality_lm_loss", True,
+                  "Also measure the LM loss with each SAE's reconstruction spliced in (a "
+                  "forward pass and the vocabulary per analysed layer); false: the FVU only.")
 
 
 def check_flags() -> tuple[tuple[str, ...], dict | None, Path]:
@@ -83,7 +86,7 @@ def main(argv):
       ref_lang=FLAGS.ref_lang, layers=layers, bands=bands, low_resource=tuple(FLAGS.low_resource),
       bootstrap=FLAGS.bootstrap, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size,
       bucket=FLAGS.bucket, max_len=FLAGS.max_len, seed=FLAGS.seed,
-      quality_sentences=FLAGS.quality_sentences)
+      quality_sentences=FLAGS.quality_sentences, quality_lm_loss=FLAGS.quality_lm_loss)
   try:
     analysis.check(settings, config.n_layers, corpus.languages, corpus.n_sentences)
   except ValueError as e:

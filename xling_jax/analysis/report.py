@@ -226,6 +226,13 @@ def quality_markdown(record: Mapping) -> list[str]:
   if not quality:
     return []
   layers = record["layers"]
+  if quality["delta_lm_loss"] is None:
+    return ["", "## SAE quality per language", "",
+            f"FVU on the first {quality['sentences']} sentences of each language (the LM loss "
+            "was not measured):", "", "| language | " + " | ".join(f"L{l}" for l in layers) + " |",
+            "|---|" + "---|" * len(layers)] + [
+        f"| {lang} | " + " | ".join(_fmt(f, 3) for f in quality["fvu"][lang]) + " |"
+        for lang in record["languages"]]
   lines = ["", "## SAE quality per language", "",
            f"On the first {quality['sentences']} sentences of each language: FVU (unexplained "
            "variance of the residual around the language's mean) / the increase of the "

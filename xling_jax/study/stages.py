@@ -171,7 +171,9 @@ def _analysis(out: Path, s: Mapping, model: tuple[str, ...], seed: int) -> Stage
        f"--corpus={s['analysis_corpus']}", f"--langs={_langs(s)}", f"--ref_lang={s['ref_lang']}",
        f"--bootstrap={s['bootstrap']}", f"--bucket={s['bucket']}",
        f"--batch_size={s['analysis_batch_size']}", *([f"--max_sentences={n}"] if n else []),
-       *([f"--quality_sentences={q}"] if q is not None else []), f"--out={folder}"),
+       *([f"--quality_sentences={q}"] if q is not None else []),
+       # Retrained SAEs' quality: their FVU; the LM loss with them spliced in once, for seed 0.
+       *(["--quality_lm_loss=false"] if seed else []), f"--out={folder}"),
       {"stats": folder / analysis_report.STATS_NAME},
       1.4 * (n or 1004) * len(s["langs"]) + 3.0 * (q or 100) * len(s["langs"]), seed=seed,
       figures={name: folder / name for name in (
