@@ -41,6 +41,14 @@ flags.DEFINE_string("layers", "all",
                     "0,4,8,11,14,17 for SAEs trained on six layers.")
 flags.DEFINE_integer("top_k", 20, "Top features per language and layer in stats.json.",
                      lower_bound=1)
+flags.DEFINE_integer("quality_sentences", None,
+                     "Sentences per language on which each SAE's FVU and the LM loss with its "
+                     "reconstruction spliced in are measured (sae_quality in stats.json; the "
+                     "model runs once more per analysed layer on them). 0: all. Default: the "
+                     "first 100 (or the whole corpus when smaller).", lower_bound=0)
+flags.DEFINE_bool("quality_lm_loss", True,
+                  "Also measure the LM loss with each SAE's reconstruction spliced in (a "
+                  "forward pass and the vocabulary per analysed layer); false: the FVU only.")
 
 
 def check_flags() -> tuple[tuple[str, ...], dict | None, Path]:
@@ -68,15 +76,19 @@ def main(argv):
   from xling_jax.runtime import batching
 
   corpus = corpora.load_corpus(FLAGS.corpus, langs, FLAGS.max_sentences)
+  if (FLAGS.quality_sentences or 0) > corpus.n_sentences:
+    raise app.UsageError(f"--quality_sentences={FLAGS.quality_sentences}: the corpus has "
+                         f"{corpus.n_sentences} sentences per language (0 = all of them)")
   setup = shared_flags.load_model()
   config = setup.config
   layers = tuple(sorted(set(cli.parse_layers(FLAGS.layers, config.n_layers, "layers"))))
   settings = analysis.AnalysisConfig(
       ref_lang=FLAGS.ref_lang, layers=layers, bands=bands, low_resource=tuple(FLAGS.low_resource),
       bootstrap=FLAGS.bootstrap, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size,
-      bucket=FLAGS.bucket, max_len=FLAGS.max_len, seed=FLAGS.seed)
+      bucket=FLAGS.bucket, max_len=FLAGS.max_len, seed=FLAGS.seed,
+      quality_sentences=FLAGS.quality_sentences, quality_lm_loss=FLAGS.quality_lm_loss)
   try:
-    analysis.check(settings, config.n_layers, corpus.languages)
+    analysis.check(settings, config.n_layers, corpus.languages, corpus.n_sentences)
   except ValueError as e:
     given = f"--layers={FLAGS.layers}" + (f", --bands={FLAGS.bands}" if FLAGS.bands else "")
     raise app.UsageError(f"{e} ({given})") from None

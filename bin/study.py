@@ -74,6 +74,10 @@ flags.DEFINE_integer("bucket", 16,
 flags.DEFINE_integer("analysis_batch_size", 32, "Sentences per analysis batch.", lower_bound=1)
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the analysis's CIs.",
                      lower_bound=0)
+flags.DEFINE_integer("quality_sentences", None,
+                     "Sentences per language of each analysis's SAE quality pass (FVU, LM loss "
+                     "with the reconstruction spliced in). Default: bin.analyze's.",
+                     lower_bound=0)
 flags.DEFINE_string("sae_dir", None,
                     "Bring SAEs (any layout bin.analyze reads) instead of training them; "
                     "--sae_layers must be layers they cover.")
@@ -87,16 +91,30 @@ flags.DEFINE_integer("sae_sentences", 400, "Parallel lines of --train_corpus the
 flags.DEFINE_integer("sae_epochs", 1, "Passes over those lines.", lower_bound=1)
 flags.DEFINE_integer("sae_batch_size", 512, "Tokens per SAE training step.", lower_bound=1)
 flags.DEFINE_float("sae_target_l0", 50, "Target active features per token (quadratic penalty).")
-flags.DEFINE_float("sae_lr", 2e-3, "Peak SAE learning rate (short runs need more than the "
-                   "Gemma Scope recipe's 7e-5).")
+flags.DEFINE_float("sae_lr", None, "Peak SAE learning rate. Default: bin.train_sae's, scaled to the "
+                   "run's length.")
+flags.DEFINE_integer("sae_seeds", 3,
+                     "Times the SAEs are trained (each with its own seed: initialisation and "
+                     "data order) and analysed: the results report the spread over them.",
+                     lower_bound=1)
 flags.DEFINE_integer("lora_sentences", 600, "Parallel lines of --train_corpus for each adapter "
                      "(a fifth held out for the gain and retention report).", lower_bound=5)
 flags.DEFINE_integer("lora_steps", 16, "Optimiser steps per adapter.", lower_bound=1)
 flags.DEFINE_integer("lora_batch_size", 8, "Parallel lines per LoRA step.", lower_bound=1)
 flags.DEFINE_integer("lora_rank", 8, "LoRA rank.", lower_bound=1)
 flags.DEFINE_float("lora_lr", 1e-3, "Peak LoRA learning rate.")
-flags.DEFINE_list("bench_tasks", ["arc", "mmlu", "hellaswag"], "Benchmarks scored.")
-flags.DEFINE_integer("bench_limit", 20, "Items per task and language (0 = all).", lower_bound=0)
+flags.DEFINE_list("lora_controls", ["lm", "norm"],
+                  "Control adapters per target, trained on the same lines, steps, rank and lr: "
+                  "lm (the plain language-model loss on the target text, retain kept) and "
+                  "norm (match the reference's residual norm at the objective layer, no SAE).")
+flags.DEFINE_integer("eval_sentences", 100,
+                     "Sentences of --analysis_corpus each adapter is measured on before and "
+                     "after (bits per character, residual norm, code mass).", lower_bound=1)
+flags.DEFINE_list("bench_tasks", ["arc"], "Benchmarks scored.")
+flags.DEFINE_bool("bench_common_ids", True,
+                  "Score the same items in every language (each task's common_ids.txt), so "
+                  "that languages and before/after pairs compare item by item.")
+flags.DEFINE_integer("bench_limit", 200, "Items per task and language (0 = all).", lower_bound=0)
 flags.DEFINE_bool("card_check", False,
                   "Also score English as the model card does (HellaSwag 10-shot on its "
                   "1000-item subsample, ARC-Challenge 25-shot on the test set), outside the "
@@ -123,7 +141,14 @@ def settings_of(n_layers: int) -> dict:
   targets, the SAE layers and the adapters' objective layer resolved."""
   from lora.objectives import default_objective_layer
   langs = languages.validate_languages(FLAGS.langs)
-  targets = languages.validate_languages(FLAGS.targets)
+  targets = languages.validate_languages(FLAGS.targets) if FLAGS.targets else ()
+  unknown = [c for c in FLAGS.lora_controls if c not in ("lm", "norm")]
+  if unknown:
+    raise app.UsageError(f"--lora_controls={','.join(FLAGS.lora_controls)}: {unknown[0]} is not "
+                         "a control (lm, norm)")
+  if FLAGS.lora_controls and not targets:
+    raise app.UsageError(f"--lora_controls={','.join(FLAGS.lora_controls)} needs --targets: a "
+                         "control adapter is trained beside a target's adapter")
   if FLAGS.ref_lang not in langs:
     raise app.UsageError(f"--ref_lang={FLAGS.ref_lang} must be one of --langs")
   bad = [t for t in targets if t not in langs or t == FLAGS.ref_lang]
@@ -143,8 +168,19 @@ def settings_of(n_layers: int) -> dict:
   settings = {name: value for name, value in cli.resolved_flags().items()
               if name not in NOT_SETTINGS}
   settings.update(sae_layers=list(layers), objective_layer=objective, targets=list(targets),
-                  langs=list(langs))
+                  langs=list(langs), lora_first_line=lora_first_line())
   return settings
+
+
+def lora_first_line() -> int:
+  """The first line of --train_corpus the adapters use: past the SAEs' lines, so that their
+  held-out lines are new to the SAEs too; 0 when the corpus has no line past them (the
+  results say so) or the SAEs were brought."""
+  if FLAGS.sae_dir or not FLAGS.targets:
+    return 0
+  from xling_jax.data import corpora
+  n = corpora.load_corpus(FLAGS.train_corpus, [FLAGS.ref_lang]).n_sentences
+  return FLAGS.sae_sentences if n > FLAGS.sae_sentences else 0
 
 
 def check_settings(out: Path, settings: dict) -> None:

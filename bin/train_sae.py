@@ -66,6 +66,10 @@ flags.DEFINE_integer("log_every", 100, "Log and print means every N steps.", low
 flags.DEFINE_integer("eval_batches", 4,
                      "Batches after the training data on which the final report is measured.",
                      lower_bound=0)
+flags.DEFINE_integer("sae_seed", None,
+                     "Seed of the SAEs' initialisation and data order. Default: --seed (which "
+                     "also draws the toy model's weights: retrain SAEs of one model with "
+                     "--sae_seed).")
 flags.DEFINE_bool("saelens", False, "Also write SAELens directories (saelens/...).")
 flags.DEFINE_bool("progress", True, "Show progress (tokens/s, ETA) on stderr.")
 
@@ -90,7 +94,8 @@ def _train_config():
       width=releases.width_size(FLAGS.width), steps=FLAGS.steps or 1,
       batch_size=FLAGS.batch_size, sparsity=sparsity, target_l0=FLAGS.target_l0,
       l0_coefficient=FLAGS.l0_coefficient, lr=FLAGS.lr, save_every=FLAGS.save_every,
-      log_every=FLAGS.log_every, eval_batches=FLAGS.eval_batches, seed=FLAGS.seed)
+      log_every=FLAGS.log_every, eval_batches=FLAGS.eval_batches,
+      seed=FLAGS.seed if FLAGS.sae_seed is None else FLAGS.sae_seed)
 
 
 def _source(config, layers):

@@ -109,3 +109,12 @@ def test_norm_control_excess_and_verdicts_come_from_the_same_resamples():
   plain = disparity.bootstrap(stats, ref="en", bands={"all": (0, 2)}, group=("hi", "ml"),
                               n_resamples=200)
   assert plain.gap == ci.gap and plain.band_group == ci.band_group
+
+
+def test_top_overlap_null_is_the_overlap_of_the_reference_halves():
+  stats = synthetic_stats(10, langs=("en", "hi"), n_layers=2, width=8)
+  assert disparity.top_overlap_null(stats, 3) is None
+  a = np.array([[9, 8, 7, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7, 8]], float)
+  b = np.array([[9, 0, 7, 8, 0, 0, 0, 0], [8, 7, 6, 5, 4, 3, 2, 1]], float)
+  stats.half_counts = (a, b)
+  assert disparity.top_overlap_null(stats, 3) == pytest.approx([2 / 3, 0.0])

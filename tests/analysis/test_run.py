@@ -160,3 +160,13 @@ def test_every_gap_comes_with_its_controls_and_every_sae_with_its_quality(toy, t
   assert {"gap_resid_norm_pct", "gap_direction_activation_pct", "excess_over_norm",
           "norm_verdict"} <= set(header)
   assert (tmp_path / "controls.png").stat().st_size > 0
+
+
+def test_the_top_k_overlap_comes_with_its_null_from_two_halves_of_the_reference(toy):
+  model, corpus, saes = toy
+  record = analysis.analyze(model, saes, corpus, analysis.AnalysisConfig(bootstrap=0, top_k=5),
+                            show_progress=False).record
+  null = record["top_features_null"]
+  assert len(null) == len(record["layers"]) and all(0 <= v <= 1 for v in null)
+  # The halves are the reference's sentences: together they are its whole-corpus sums.
+  assert record["n_sentences"]["en"] == corpus.n_sentences

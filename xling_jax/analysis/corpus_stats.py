@@ -45,6 +45,9 @@ class CorpusStats:
   layers: tuple[int, ...]
   per_language: dict[str, LanguageSums]
   direction_norms: tuple[float, ...] | None = None  # R_l of the direction control, per layer
+  # The reference language's feature counts [L, W] of its first and second half of sentences
+  # (the null of the top-k overlap: two disjoint samples of one language).
+  half_counts: tuple[np.ndarray, np.ndarray] | None = None
 
   @property
   def metric_names(self) -> tuple[str, ...]:
@@ -183,6 +186,16 @@ def language_sums(params, config: ModelConfig, saes, tokenizer, sentences: Seque
                           bucket=bucket, max_len=max_len, mesh=mesh, progress=progress)
 
 
+def joined(first: LanguageSums, second: LanguageSums) -> LanguageSums:
+  """The sums of two consecutive runs of one language's sentences as one."""
+  offset = len(first.n_tokens)
+  return LanguageSums(
+      rows={k: np.concatenate([first.rows[k], second.rows[k]]) for k in first.rows},
+      n_tokens=np.concatenate([first.n_tokens, second.n_tokens]),
+      feature_counts=first.feature_counts + second.feature_counts,
+      truncated=first.truncated + tuple(i + offset for i in second.truncated))
+
+
 def reference_norms(params, config: ModelConfig, tokenizer, sentences: Sequence[str], *,
                     layers: tuple[int, ...], batch_size: int = 16, bucket: int | None = 64,
                     max_len: int | None = None, hook=None, mesh=None,
@@ -204,7 +217,8 @@ def corpus_stats(params, config: ModelConfig, saes, tokenizer,
   """Statistics for every language of a corpus (`{lang: sentences}`) at `layers` (default every
   model layer; `saes` stacked over them in that order). `direction_ref` (a language of the
   corpus) adds the direction-only control: its mean residual norms R_l come from a first pass
-  without SAEs, then every language's tokens are also encoded at norm R_l."""
+  without SAEs, then every language's tokens are also encoded at norm R_l; that language's
+  sentences also run as two halves whose feature counts are kept apart (`half_counts`)."""
   layers = tuple(range(config.n_layers)) if layers is None else tuple(int(l) for l in layers)
   bad = [l for l in layers if not 0 <= l < config.n_layers]
   if bad or not layers or list(layers) != sorted(set(layers)):
@@ -223,10 +237,17 @@ def corpus_stats(params, config: ModelConfig, saes, tokenizer,
     progress.label = f"reference norms [{direction_ref}]"
     norms = reference_norms(params, config, tokenizer, texts_by_lang[direction_ref],
                             layers=layers, **batching_kw)
+  halves = None
   for lang, sentences in texts_by_lang.items():
     progress.label = f"analysing [{lang}]"
-    per_language[lang] = language_sums(params, config, saes, tokenizer, sentences, fused=fused,
-                                       layers=layers, direction_norms=norms, **batching_kw)
+    sums = lambda part: language_sums(params, config, saes, tokenizer, part, fused=fused,
+                                      layers=layers, direction_norms=norms, **batching_kw)
+    if lang == direction_ref and len(sentences) >= 2:
+      first, second = sums(sentences[:len(sentences) // 2]), sums(sentences[len(sentences) // 2:])
+      halves = (first.feature_counts, second.feature_counts)
+      per_language[lang] = joined(first, second)
+    else:
+      per_language[lang] = sums(sentences)
     check_finite(per_language[lang], lang, layers)
     cut = per_language[lang].truncated
     if cut:
@@ -235,4 +256,5 @@ def corpus_stats(params, config: ModelConfig, saes, tokenizer,
                     f"{max_len or config.max_seq_len} tokens were cut to it (corpus lines "
                     f"{shown})", TruncationWarning, stacklevel=2)
   return CorpusStats(languages=tuple(texts_by_lang), layers=layers, per_language=per_language,
-                     direction_norms=None if norms is None else tuple(norms.tolist()))
+                     direction_norms=None if norms is None else tuple(norms.tolist()),
+                     half_counts=halves)

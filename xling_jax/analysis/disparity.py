@@ -187,6 +187,16 @@ def firing_rates(stats: CorpusStats, lang: str) -> np.ndarray:
   return s.feature_counts / max(float(s.n_tokens.sum()), 1.0)
 
 
+def top_overlap_null(stats: CorpusStats, k: int) -> list[float] | None:
+  """Per layer, the top-k overlap of the reference language's two halves of sentences: what
+  the overlap of two samples of one language is, against which a language's overlap with the
+  reference reads (None without the halves)."""
+  if stats.half_counts is None:
+    return None
+  a, b = (np.argsort(-c, axis=1, kind="stable")[:, :k] for c in stats.half_counts)
+  return [len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(a, b)]
+
+
 def top_features(stats: CorpusStats, *, k: int = 20, ref: str = "en",
                  neuronpedia: NeuronpediaSet | None = None) -> dict[str, list[dict]]:
   """Per language and layer: the k most frequently firing features, and the overlap of that set

@@ -40,11 +40,13 @@ def build_stats_json(stats: CorpusStats, *, gaps: Mapping[str, np.ndarray], ref:
                      config: Mapping, provenance: Mapping,
                      gap_by_metric: Mapping[str, Mapping[str, np.ndarray]] | None = None,
                      norm_control: Mapping | None = None,
-                     sae_quality: Mapping | None = None) -> dict:
+                     sae_quality: Mapping | None = None,
+                     top_null: Sequence[float] | None = None) -> dict:
   """The machine-readable record of a run; readable without this package. `group`: the
   low-resource languages whose band max/mean `band_summary` holds; `gap_by_metric`: {metric:
   {lang: [L]}} the gap under every metric; `norm_control`: `disparity.norm_control`;
-  `sae_quality`: `sae_quality.corpus_quality`."""
+  `sae_quality`: `sae_quality.corpus_quality`; `top_null`: per layer, the top-k overlap of the
+  reference's two halves (`disparity.top_overlap_null`)."""
   return _clean({
       "languages": list(stats.languages),
       "reference_language": ref,
@@ -67,6 +69,7 @@ def build_stats_json(stats: CorpusStats, *, gaps: Mapping[str, np.ndarray], ref:
       "truncated_sentences": {lang: list(stats.per_language[lang].truncated)
                               for lang in stats.languages},
       "top_features": top,
+      "top_features_null": top_null,
       "config": config,
       "provenance": provenance,
   })
@@ -225,6 +228,13 @@ def quality_markdown(record: Mapping) -> list[str]:
   if not quality:
     return []
   layers = record["layers"]
+  if quality["delta_lm_loss"] is None:
+    return ["", "## SAE quality per language", "",
+            f"FVU on the first {quality['sentences']} sentences of each language (the LM loss "
+            "was not measured):", "", "| language | " + " | ".join(f"L{l}" for l in layers) + " |",
+            "|---|" + "---|" * len(layers)] + [
+        f"| {lang} | " + " | ".join(_fmt(f, 3) for f in quality["fvu"][lang]) + " |"
+        for lang in record["languages"]]
   lines = ["", "## SAE quality per language", "",
            f"On the first {quality['sentences']} sentences of each language: FVU (unexplained "
            "variance of the residual around the language's mean) / the increase of the "

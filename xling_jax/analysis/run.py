@@ -39,7 +39,8 @@ class AnalysisConfig:
   the SAEs carry (`SAESetup.neuronpedia`): a set id some release in `sae.releases` lists
   (e.g. 'gemmascope-res-16k') or 'model/set_id'; `quality_sentences`: the first N sentences per
   language on which each SAE's reconstruction (FVU) and the LM loss with it spliced in are
-  measured (0: all; None: up to DEFAULT_QUALITY_SENTENCES; `sae_quality`)."""
+  measured (0: all; None: up to DEFAULT_QUALITY_SENTENCES; `sae_quality`), the LM loss only
+  with `quality_lm_loss` (it runs the model and its vocabulary once more per layer)."""
   ref_lang: str = "en"
   layers: tuple[int, ...] | None = None
   bands: Mapping[str, tuple[int, int]] | None = None
@@ -52,6 +53,7 @@ class AnalysisConfig:
   seed: int = 0
   neuronpedia: str | None = None
   quality_sentences: int | None = None
+  quality_lm_loss: bool = True
 
   def __post_init__(self):
     validate.fields(self, minimum={"bootstrap": 0, "top_k": 1, "batch_size": 1, "bucket": 1,
@@ -223,7 +225,8 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
       layers=plan.layers, direction_ref=ref, **batching_kw)
   quality = sae_quality.corpus_quality(
       setup.params, model_config, saes.params, setup.tokenizer, corpus.sentences,
-      layers=plan.layers, sentences=plan.quality_sentences, **batching_kw)
+      layers=plan.layers, sentences=plan.quality_sentences, lm_loss=config.quality_lm_loss,
+      **batching_kw)
   gap_by_metric = {
       name: disparity.gap_pct({lang: stats.metric(name, lang) for lang in corpus.languages}, ref)
       for name in stats.metric_names}
@@ -249,5 +252,7 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
                                    config=run_config, provenance=provenance,
                                    gap_by_metric=others,
                                    norm_control=disparity.norm_control(others, ci),
-                                   sae_quality=quality)
+                                   sae_quality=quality,
+                                   top_null=disparity.top_overlap_null(
+                                       stats, min(config.top_k, saes.params.d_sae)))
   return Analysis(record, stats, corpus.name, setup.is_toy, random_saes.notes(setup, saes))

@@ -11,6 +11,9 @@ Per language l and analysed layer, over the statistic tokens t (real, not BOS) o
   clean_lm_loss  = the mean next-token cross-entropy of the unchanged model
 
 Cross-entropies are in nats per target token; the targets are every real token after BOS.
+Each costs a forward pass and the whole-vocabulary softmax (for Gemma 3's 262k entries more
+than the 270M model's blocks), once clean and once per analysed layer: `lm_loss=False` measures
+the FVU alone.
 """
 from __future__ import annotations
 
@@ -38,13 +41,14 @@ def _row_nll(params, config: ModelConfig, final: jax.Array, tokens: jax.Array,
   return -(logprobs * targets).sum(-1)
 
 
-@partial(jax.jit, static_argnames=("config", "layers"))
+@partial(jax.jit, static_argnames=("config", "layers", "lm_loss"))
 def quality_stats(params, config: ModelConfig, saes: jumprelu.JumpReLUParams, tokens: jax.Array,
-                  mask: jax.Array, *, layers: tuple[int, ...]) -> dict[str, jax.Array]:
+                  mask: jax.Array, *, layers: tuple[int, ...],
+                  lm_loss: bool = True) -> dict[str, jax.Array]:
   """One batch: for each analysed layer (SAEs stacked over `layers`) the reconstruction error
   sse [n, B], sum ||x||^2 sq [n, B] and sum x [n, D] over statistic tokens, and the summed
   cross-entropy spliced_nll [n, B] with that layer's residual replaced by its reconstruction;
-  clean_nll [1, B]; n_targets [1, B]; n_tokens [B]."""
+  clean_nll [1, B]; n_targets [1, B]; n_tokens [B] (the cross-entropies only with `lm_loss`)."""
   weights = stat_mask(tokens, mask, config.bos_id)
   x = model_lib.embed(params, config, tokens)
   where = jnp.zeros(config.n_layers, jnp.int32).at[jnp.asarray(layers)].set(
@@ -70,7 +74,10 @@ def quality_stats(params, config: ModelConfig, saes: jumprelu.JumpReLUParams, to
   final, fits = model_lib.scan_blocks(params, config, x, mask, observe=fit, observe_xs=where,
                                       tokens=tokens)
   fits = jax.tree.map(lambda a: a[jnp.asarray(layers)], fits)
-  out = {**fits, "clean_nll": _row_nll(params, config, final, tokens, mask)[None]}
+  out = {**fits, "n_tokens": weights.sum(-1)}
+  if not lm_loss:
+    return out
+  out["clean_nll"] = _row_nll(params, config, final, tokens, mask)[None]
 
   layer_ids = jnp.asarray(layers)
 
@@ -86,17 +93,17 @@ def quality_stats(params, config: ModelConfig, saes: jumprelu.JumpReLUParams, to
 
   out["spliced_nll"] = jax.lax.map(spliced, jnp.arange(len(layers)))
   out["n_targets"] = (mask[:, 1:] * mask[:, :-1]).astype(jnp.float32).sum(-1)[None]
-  out["n_tokens"] = weights.sum(-1)
   return out
 
 
 def language_quality(params, config: ModelConfig, saes, tokenizer, sentences: Sequence[str], *,
                      layers: tuple[int, ...], batch_size: int = 16, bucket: int | None = 64,
                      max_len: int | None = None, mesh=None,
-                     progress: Progress | None = None) -> dict:
-  """{"fvu": [n], "delta_lm_loss": [n], "clean_lm_loss": float, "tokens": int} of one
-  language's `sentences` (see the module docstring)."""
-  step = lambda tokens, mask: quality_stats(params, config, saes, tokens, mask, layers=layers)
+                     progress: Progress | None = None, lm_loss: bool = True) -> dict:
+  """{"fvu": [n], "delta_lm_loss": [n] | None, "clean_lm_loss": float | None, "tokens": int} of
+  one language's `sentences` (see the module docstring)."""
+  step = lambda tokens, mask: quality_stats(params, config, saes, tokens, mask, layers=layers,
+                                            lm_loss=lm_loss)
   # One padded width for every batch: the step is large, so one compile beats tighter padding.
   longest = 1 + max(len(tokenizer.encode(s)) for s in sentences)
   width = min(-(-longest // (bucket or 1)) * (bucket or 1), max_len or config.max_seq_len)
@@ -106,20 +113,24 @@ def language_quality(params, config: ModelConfig, saes, tokenizer, sentences: Se
   n = max(float(sums.n_tokens.sum()), 1.0)
   sum_x = sums.pooled["sum_x"]  # [n, D]
   variance = rows["sq"] - (sum_x ** 2).sum(-1) / n
+  fvu = (rows["sse"] / np.where(variance > 0, variance, np.nan)).tolist()
+  if not lm_loss:
+    return {"fvu": fvu, "delta_lm_loss": None, "clean_lm_loss": None,
+            "tokens": int(sums.n_tokens.sum())}
   targets = max(float(rows["n_targets"][0]), 1.0)
   clean = float(rows["clean_nll"][0]) / targets
-  return {"fvu": (rows["sse"] / np.where(variance > 0, variance, np.nan)).tolist(),
-          "delta_lm_loss": (rows["spliced_nll"] / targets - clean).tolist(),
+  return {"fvu": fvu, "delta_lm_loss": (rows["spliced_nll"] / targets - clean).tolist(),
           "clean_lm_loss": clean, "tokens": int(sums.n_tokens.sum())}
 
 
 def corpus_quality(params, config: ModelConfig, saes, tokenizer,
                    texts_by_lang: Mapping[str, Sequence[str]], *, layers: Sequence[int],
                    sentences: int, batch_size: int = 16, bucket: int | None = 64,
-                   max_len: int | None = None, mesh=None, show_progress: bool = True) -> dict:
-  """`sae_quality` of stats.json: {"fvu": {lang: [n]}, "delta_lm_loss": {lang: [n]},
-  "clean_lm_loss": {lang: float}, "sentences": N, "tokens": {lang: int}} on the first
-  `sentences` sentences of each language (0: all of them)."""
+                   max_len: int | None = None, mesh=None, show_progress: bool = True,
+                   lm_loss: bool = True) -> dict:
+  """`sae_quality` of stats.json: {"fvu": {lang: [n]}, "delta_lm_loss": {lang: [n]} | None,
+  "clean_lm_loss": {lang: float} | None, "sentences": N, "tokens": {lang: int}} on the first
+  `sentences` sentences of each language (0: all of them); without `lm_loss` the FVU only."""
   layers = tuple(layers)
   texts = {lang: list(s[:sentences] if sentences else s) for lang, s in texts_by_lang.items()}
   progress = Progress(sum(map(len, texts.values())), "SAE quality", enabled=show_progress)
@@ -128,9 +139,11 @@ def corpus_quality(params, config: ModelConfig, saes, tokenizer,
     progress.label = f"SAE quality [{lang}]"
     per_lang[lang] = language_quality(params, config, saes, tokenizer, lines, layers=layers,
                                       batch_size=batch_size, bucket=bucket, max_len=max_len,
-                                      mesh=mesh, progress=progress)
+                                      mesh=mesh, progress=progress, lm_loss=lm_loss)
   return {"fvu": {lang: q["fvu"] for lang, q in per_lang.items()},
-          "delta_lm_loss": {lang: q["delta_lm_loss"] for lang, q in per_lang.items()},
-          "clean_lm_loss": {lang: q["clean_lm_loss"] for lang, q in per_lang.items()},
+          "delta_lm_loss": ({lang: q["delta_lm_loss"] for lang, q in per_lang.items()}
+                            if lm_loss else None),
+          "clean_lm_loss": ({lang: q["clean_lm_loss"] for lang, q in per_lang.items()}
+                            if lm_loss else None),
           "sentences": len(next(iter(texts.values()))),
           "tokens": {lang: q["tokens"] for lang, q in per_lang.items()}}

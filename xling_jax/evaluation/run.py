@@ -31,6 +31,7 @@ SOURCES = ("dir", "hf")
 METRICS = (*scoring.METRICS, "margin")
 SCORES_NAME = "scores.json"
 RUN_NAME = "run.json"
+ITEMS_NAME = "items.jsonl"
 
 
 class EvalDataError(ValueError):
@@ -266,7 +267,7 @@ def write_outputs(out: str | os.PathLike, result: EvalResult, run: dict[str, Any
   rendered = {
       SCORES_NAME: io.json_text(result.scores),
       "scores.csv": scores_csv(result.scores),
-      "items.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records),
+      ITEMS_NAME: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.records),
       "scores.md": md,
       RUN_NAME: io.json_text(run),
   }

@@ -45,10 +45,15 @@ def render(record: Mapping) -> str:
             f"of {intr['corpus']}; tokenisation cost over all {intr['tokenization_sentences']};",
             f"- SAEs: {_sae_size(record)};",
             f"- analysis: {a['n_sentences'][ref]} sentences per language of {a['corpus']}, "
-            f"layers {a['layers']}, {_boot(a)};",
+            f"layers {a['layers']}, {_boot(a)}; SAE quality on the first "
+            f"{(a.get('sae_quality') or {}).get('sentences', 'n/a')} sentences per language; "
+            f"repeated for each of {(record.get('seeds') or {}).get('n', 1)} SAE seed(s);",
             *[f"- LoRA {t}: {l['steps']} steps of {s['lora_batch_size']} parallel lines "
               f"({l['train_lines']} lines to train on, {l['heldout_lines']} held out), rank "
-              f"{s['lora_rank']}, objective layer {l['objective_layers'][0]};"
+              f"{s['lora_rank']}, objective layer {l['objective_layers'][0]}; measured on "
+              f"{(l.get('measured') or {}).get('sentences', 'n/a')} sentences of "
+              f"{(l.get('measured') or {}).get('text', 'n/a')}; controls "
+              f"{', '.join((record.get('controls') or {}).get(t, {})) or 'none'};"
               for t, l in record["lora"].items()],
             f"- benchmarks: {_bench_size(record)}.", ""]
 
@@ -107,26 +112,27 @@ def render(record: Mapping) -> str:
     lines.append(f"| **{label}** | " + " | ".join(
         f"{v[key]:.1f}" + interval(((a["band_ci"] or {}).get(b) or {}).get(key))
         for b, v in a["band_summary"].items()) + " |")
+  lines += _controls_lines(record)
+  lines += _seed_lines(record)
+  lines += _quality_lines(record)
   if a["top_overlap"]:
+    null = a.get("top_overlap_null")
     lines += ["", f"Top-{a['top_k']} feature overlap with {ref} (share of a language's "
-              f"{a['top_k']} most frequent features that are also among {ref}'s):", "",
+              f"{a['top_k']} most frequent features that are also among {ref}'s)"
+              + (f"; the null row is the overlap of two halves of {ref}'s sentences" if null
+                 else "") + ":", "",
               "| language | " + " | ".join(f"L{l}" for l in a["layers"]) + " |",
               "|---|" + "---|" * len(a["layers"])]
     for lang, overlaps in a["top_overlap"].items():
       if lang != ref:
         lines.append(f"| {lang} | " + " | ".join(fmt(o, ".2f") for o in overlaps) + " |")
+    if null:
+      lines.append(f"| **null ({ref} vs {ref})** | " + " | ".join(fmt(o, ".2f") for o in null)
+                   + " |")
 
-  lines += ["", "## Activation-aware LoRA", "",
-            f"Held-out lines of the training corpus; gain = change of the target's activation, "
-            f"retention = {ref}'s activation after as a share of before.", "",
-            "| adapter | layer | gain % | " + f"{ref} retention % |", "|---|---|---|---|"]
-  for target, lora in record["lora"].items():
-    for j, layer in enumerate(lora["layers"]):
-      mark = " (objective)" if layer in lora["objective_layers"] else ""
-      lines.append(f"| {target} | {layer}{mark} | {fmt(lora['gain_pct'][j], '+.2f')} | "
-                   f"{fmt(lora['retention_pct'][j], '.2f')} |")
+  lines += _lora_lines(record)
 
-  lines += ["", "## Benchmarks before and after each adapter", ""]
+  lines += ["", "## Benchmarks: the base model across languages, and after each adapter", ""]
   lines += _bench_lines(record)
 
   lines += _card_lines(record)
@@ -134,9 +140,12 @@ def render(record: Mapping) -> str:
   lines += ["", "## Beside the paper", "",
             f"The paper (arXiv {paper.ARXIV}) studies {paper.MODEL} with {paper.SAES} SAEs; "
             "this run, a far smaller model with SAEs trained here. Verdicts are computed from the "
-            "numbers.", "", "| claim | paper | this run | verdict |", "|---|---|---|---|"]
+            "numbers; the last column says whether the finding survives its control (the "
+            "residual norm for the gaps, the norm-objective adapter for the gains).", "",
+            "| claim | paper | this run | beside the paper | survives its control |",
+            "|---|---|---|---|---|"]
   rows = verdicts.paper_rows(record)
-  lines += [f"| {c} | {p} | {o} | {v} |" for c, p, o, v in rows]
+  lines += [f"| {c} | {p} | {o} | {v} | {s} |" for c, p, o, v, s in rows]
   lines += ["", "In plain words:", ""]
   lines += [f"- {line}" for line in verdicts.plain_words(record, rows)]
   return "\n".join(lines) + "\n"
@@ -173,20 +182,170 @@ def _bench_lines(record: Mapping) -> list[str]:
   bench = record["benchmarks"]
   if not bench:
     return ["Not run: the study had no `--bench_data_dir`."]
-  targets = list(bench["lora"])
+  ref = record["analysis"]["reference"]
   lines = [f"Accuracy in % ± standard error ({', '.join(f'{TASK_NAMES[t]} {m}' for t, m in HEADLINE_METRIC.items())}"
-           f"; lm-eval 0.4.13 rules, 0-shot); n = items scored.", "",
+           "; lm-eval 0.4.13 rules, 0-shot) of the base model, on the same items in every "
+           "language (common ids); n = items scored; margin = the gold answer's "
+           "log-likelihood minus the best other choice's (nats, mean).", "",
            "![benchmarks](results/benchmarks.png)", "",
-           "| task | language | n | base | " + " | ".join(f"+ {t} adapter" for t in targets) + " |",
-           "|---|---|---|---|" + "---|" * len(targets)]
+           f"| task | language | n | acc_norm | margin | vs {ref}, paired: difference [95%] | "
+           "detectable |", "|---|---|---|---|---|---|---|"]
   for task, per_lang in bench["base"].items():
-    for lang in per_lang:
+    for lang, s in per_lang.items():
       value, se, n = headline(bench["base"], task, lang)
-      cells = [f"{100 * value:.1f} ± {100 * (se or 0):.1f}"]
-      for t in targets:
-        v, e, _ = headline(bench["lora"][t], task, lang)
-        cells.append("n/a" if v is None else f"{100 * v:.1f} ± {100 * (e or 0):.1f}")
-      lines.append(f"| {TASK_NAMES[task]} | {lang} | {n} | " + " | ".join(cells) + " |")
+      c = (bench.get("languages") or {}).get(lang)
+      versus = ("(reference)" if lang == ref else "n/a" if not c or not c.get("n") else
+                f"{100 * c['diff']:+.1f} [{100 * c['diff_ci'][0]:+.1f}, "
+                f"{100 * c['diff_ci'][1]:+.1f}], McNemar p {c['mcnemar']['p']:.2g}")
+      mde = "" if lang == ref or not c or not c.get("n") else f"{100 * c['mde']:.1f}"
+      lines.append(f"| {TASK_NAMES[task]} | {lang} | {n} | {fmt(value and 100 * value, '.1f')} ± "
+                   f"{fmt(se and 100 * se, '.1f')} | {fmt(s.get('margin'), '.2f')} | {versus} | "
+                   f"{mde} |")
+  if bench.get("paired"):
+    lines += ["", "After each adapter, against the base model on the same items (paired): "
+              "accuracy difference in points with its 95% bootstrap interval, McNemar's exact "
+              "p on the items that flipped, the margin's change, and the smallest change the "
+              "comparison could detect (80% power).", "",
+              "| adapter | language | n | acc_norm difference [95%] | flips +/- | McNemar p | "
+              "margin change [95%] | detectable |", "|---|---|---|---|---|---|---|---|"]
+    for name, per_lang in bench["paired"].items():
+      for lang, c in per_lang.items():
+        if not c.get("n"):
+          continue
+        m = c["margin"]
+        lines.append(
+            f"| {name.removeprefix('bench_')} | {lang} | {c['n']} | {100 * c['diff']:+.1f} "
+            f"[{100 * c['diff_ci'][0]:+.1f}, {100 * c['diff_ci'][1]:+.1f}] | "
+            f"{c['mcnemar']['b_only']}/{c['mcnemar']['a_only']} | {c['mcnemar']['p']:.2g} | "
+            f"{m['diff']:+.3f} [{m['diff_ci'][0]:+.3f}, {m['diff_ci'][1]:+.3f}] | "
+            f"{100 * c['mde']:.1f} |")
+  return lines
+
+
+def _controls_lines(record: Mapping) -> list[str]:
+  """Each gap beside its controls, as band means, and the cells that exceed the norm."""
+  a = record["analysis"]
+  controls = [(m, label) for m, label in (
+      ("activation", "SAE code mass per token"), ("resid_norm", "residual norm, no SAE"),
+      ("direction_activation", "SAE, every token at the reference's norm"),
+      ("sentence_mass", "SAE code mass per sentence")) if verdicts.band_means(record, m)]
+  if len(controls) < 2:
+    return []
+  ref = a["reference"]
+  bands = list(a["band_summary"])
+  lines = ["", "### Controls: an SAE-feature effect or a residual-norm effect?", "",
+           "![gaps under the controls](results/controls.png)", "",
+           f"Band means of the gap vs {ref} (%) under the SAE metric and its controls: the plain "
+           "mean residual norm ||x|| (no SAE), the SAE's code mass with every token rescaled to "
+           f"{ref}'s mean norm at that layer (direction only), and the code mass per sentence "
+           "(the same content in every language, not divided by its token count).", "",
+           "| language | " + " | ".join(f"{label}: {b}" for _, label in controls[:1]
+                                         for b in bands) + " | "
+           + " | ".join(f"{label}: {b}" for _, label in controls[1:] for b in bands) + " |",
+           "|---|" + "---|" * (len(bands) * len(controls))]
+  means = {m: verdicts.band_means(record, m) for m, _ in controls}
+  for lang in [*a["low_resource_group"], "group"] + [
+      l for l in a["languages"] if l != ref and l not in a["low_resource_group"]]:
+    label = "**low-resource mean**" if lang == "group" else lang
+    lines.append(f"| {label} | " + " | ".join(
+        fmt(means[m][b].get(lang), ".1f") for m, _ in controls for b in bands) + " |")
+  surv = verdicts.norm_survival(record)
+  if surv:
+    lines += ["", "Low-resource cells (language x analysed layer) whose SAE gap exceeds the "
+              "residual-norm gap beyond the bootstrap interval of the difference, in every SAE "
+              "seed: " + "; ".join(f"{b} {k} of {n}" for b, (k, n) in surv.items()) + "."]
+  flips, cells = verdicts.sign_flips(record)
+  if cells:
+    lines.append(f"The per-sentence gap has the other sign than the per-token one in {flips} "
+                 f"of {cells} cells.")
+  return lines
+
+
+def _seed_lines(record: Mapping) -> list[str]:
+  """The gap's spread over the SAE seeds."""
+  seeds = record.get("seeds") or {}
+  gap = (seeds.get("gap") or {}).get("activation")
+  if not gap or seeds.get("n", 1) < 2:
+    return []
+  a = record["analysis"]
+  lines = ["", f"### {seeds['n']} trainings of the SAEs", "",
+           "The SAE gap per layer as mean over the SAE seeds [min, max]; the low-resource group "
+           "means per band in each seed below. Intervals that include retraining: the span of "
+           "every seed's bootstrap interval.", "",
+           "| language | " + " | ".join(f"L{l}" for l in a["layers"]) + " |",
+           "|---|" + "---|" * len(a["layers"])]
+  for lang, g in gap.items():
+    lines.append(f"| {lang} | " + " | ".join(
+        f"{fmt(m, '.1f')} [{fmt(lo, '.1f')}, {fmt(hi, '.1f')}]"
+        for m, lo, hi in zip(g["mean"], g["min"], g["max"])) + " |")
+  lines += ["", "| band | group mean per seed | group max per seed |", "|---|---|---|"]
+  for band, v in seeds["band_group"].items():
+    lines.append(f"| {band} | {', '.join(fmt(x, '.1f') for x in v['group_mean'])} | "
+                 f"{', '.join(fmt(x, '.1f') for x in v['group_max'])} |")
+  return lines
+
+
+def _quality_lines(record: Mapping) -> list[str]:
+  """Each SAE's fit per language: FVU and the LM loss its reconstruction costs."""
+  q = record["analysis"].get("sae_quality")
+  if not q:
+    return []
+  a = record["analysis"]
+  fvu_range = (record.get("seeds") or {}).get("fvu")
+  lines = ["", "### SAE quality per language", "",
+           f"On the first {q['sentences']} sentences per language (seed 0's SAEs): FVU (the "
+           "residual variance around the language's mean that the reconstruction leaves) / the "
+           "increase of the next-token loss (nats per token) with the layer's residual replaced "
+           "by its reconstruction; the clean loss last."
+           + (" The FVU range over the SAE seeds is in the JSON (`seeds.fvu`)." if fvu_range
+              else ""), "",
+           "| language | " + " | ".join(f"L{l}" for l in a["layers"]) + " | clean loss |",
+           "|---|" + "---|" * (len(a["layers"]) + 1)]
+  for lang in a["languages"]:
+    lines.append(f"| {lang} | " + " | ".join(
+        f"{fmt(f, '.2f')} / {fmt(d, '.3f')}" for f, d in zip(q["fvu"][lang],
+                                                            q["delta_lm_loss"][lang]))
+        + f" | {fmt(q['clean_lm_loss'][lang], '.3f')} |")
+  return lines
+
+
+def _lora_lines(record: Mapping) -> list[str]:
+  """Each adapter beside its controls: gap closure, gains, bits per character, norm."""
+  ref = record["analysis"]["reference"]
+  lines = ["", "## Activation-aware LoRA and its controls", "",
+           "Per target: the activation-aware adapter (align + retain), and controls trained on "
+           "the same lines, steps, rank and lr: `lm` (the language-model loss on the target "
+           "text, retain kept) and `norm` (match the reference's mean residual norm at the "
+           "objective layer, no SAE). At the objective layer: gap closure = the target's code "
+           f"mass after as % of {ref}'s before (what the align term trains toward: its set "
+           "point), gain on the held-out training lines and on the measured text, "
+           f"{ref}'s retention; then bits per character and the mean residual norm before -> "
+           "after on the measured text.", ""]
+  for target, lora in record["lora"].items():
+    adapters = [("activation", lora)] + list(((record.get("controls") or {}).get(target) or {})
+                                             .items())
+    langs = (lora.get("measured") or {}).get("languages") or [target, ref]
+    lines += [f"**{target}** (objective layer {lora['objective_layers'][0]}; measured on "
+              f"{(lora.get('measured') or {}).get('text', 'the held-out lines')}):", "",
+              "| adapter | gap closure | gain (held-out) | gain (measured) | "
+              f"{ref} retention | " + " | ".join(f"bits/char {l}" for l in langs)
+              + f" | resid norm {target} |", "|---|---|---|---|---|"
+              + "---|" * (len(langs) + 1)]
+    for name, ad in adapters:
+      i = verdicts.objective_index(ad)
+      measured = ad.get("measured") or {}
+      gain_m = (measured.get("gain_pct") or {}).get(target)
+      bits = ad.get("bits_per_char") or {}
+      norm = ad.get("resid_norm") or {}
+      bit_cells = [f"{bits['before'][l]:.3f} -> {bits['after'][l]:.3f}" if bits else "n/a"
+                   for l in langs]
+      norm_cell = (f"{norm['before'][target][i]:.1f} -> {norm['after'][target][i]:.1f}"
+                   if norm else "n/a")
+      lines.append(f"| {name} | {fmt((ad.get('gap_closure_pct') or [None] * (i + 1))[i], '.1f')}%"
+                   f" | {fmt(ad['gain_pct'][i], '+.1f')}% | "
+                   f"{fmt(gain_m and gain_m[i], '+.1f')}% | {fmt(ad['retention_pct'][i], '.1f')}%"
+                   f" | " + " | ".join(bit_cells) + f" | {norm_cell} |")
+    lines.append("")
   return lines
 
 
@@ -235,7 +394,8 @@ def benchmarks_png(record: Mapping) -> bytes | None:
   import matplotlib.pyplot as plt
   import numpy as np
   cells = [(task, lang) for task, per in bench["base"].items() for lang in per]
-  runs = [("base", bench["base"])] + [(f"+ {t} adapter", s) for t, s in bench["lora"].items()]
+  runs = [("base", bench["base"])] + [(f"+ {name.removeprefix('bench_')}", s)
+                                      for name, s in bench["lora"].items()]
   fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.2 * len(cells) * len(runs))), 4.5))
   width = 0.8 / len(runs)
   x = np.arange(len(cells))

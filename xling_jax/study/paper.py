@@ -2,7 +2,7 @@
 Gemma 3 model card. `verdicts` compares a run with them; `stages` runs the card's protocol.
 
 The paper's layer bands and objective layer are settings of the analysis and the adapters
-(`analysis.disparity.GEMMA2_2B_BANDS`, `lora.objectives.default_objective_layer`), which sit
+(`analysis.disparity.default_bands`, `lora.objectives.default_objective_layer`), which sit
 below the study and so keep them.
 """
 from __future__ import annotations

@@ -4,10 +4,13 @@ own constants; all present = done) and the figures RESULTS.md shows. `bin.study`
 `record.collect` reads them through `Stage.read`; nothing else names a stage's files.
 
     intrinsic                 bin.intrinsic  intrinsic.json
-    saes                      bin.train_sae  reports/layer_{L}.json      (not with --sae_dir)
-    analysis                  bin.analyze    stats.json
-    lora_{T}                  bin.finetune   report.json                 (per target T)
-    bench_base, bench_lora_T  bin.evaluate   scores.json                 (with --bench_data_dir)
+    saes, saes_seed{K}        bin.train_sae  reports/layer_{L}.json      (not with --sae_dir;
+                                                                          one per SAE seed)
+    analysis, analysis_seed{K} bin.analyze   stats.json                  (one per SAE seed)
+    lora_{T}[_{C}]            bin.finetune   report.json                 (per target T: the
+                                                                          SAE objective, and
+                                                                          each control C)
+    bench_base, bench_lora_T[_C]  bin.evaluate  scores.json, items.jsonl (with --bench_data_dir)
     card_{task}[_limit{N}]    bin.evaluate   scores.json, run.json       (with --card_check)
 """
 from __future__ import annotations
@@ -30,6 +33,9 @@ MODEL_FLAGS = ("platform", "checkpoint", "config", "tokenizer", "dtype", "mesh",
 # The kinds of stage; a stage of a kind that runs once is named, and foldered, by its kind.
 INTRINSIC, SAES, ANALYSIS = "intrinsic", "saes", "analysis"
 LORA, BENCH, CARD = "lora", "bench", "card"
+# The adapters' objectives as bin.finetune's --weights (align, retain, lm, norm): the paper's
+# activation alignment, and the controls trained on the same lines, steps, rank and lr.
+OBJECTIVES = {None: "1,1,0,0", "lm": "0,1,1,0", "norm": "0,1,0,1"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +51,8 @@ class Stage:
   weight: float  # rough relative cost, for the ETA only
   resume_dir: Path | None = None
   target: str | None = None  # the adapter's language (lora, and bench of an adapter)
+  control: str | None = None  # the adapter's control objective (None: the SAE objective)
+  seed: int = 0  # which retraining of the SAEs (saes, analysis)
   figures: Mapping[str, Path] = dataclasses.field(default_factory=dict)  # results/ name -> file
 
   @property
@@ -60,9 +68,13 @@ class Stage:
     return [sys.executable, "-m", self.tool, *self.args, *(["--resume"] if resume else [])]
 
   def read(self) -> dict:
-    """{what: the parsed JSON} of every result file."""
-    return {what: json.loads(Path(path).read_text(encoding="utf-8"))
-            for what, path in self.results.items()}
+    """{what: the parsed JSON (a list of records for a .jsonl file)} of every result file."""
+    def parse(path: Path):
+      text = Path(path).read_text(encoding="utf-8")
+      if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+      return json.loads(text)
+    return {what: parse(Path(path)) for what, path in self.results.items()}
 
 
 def plan(out: Path, s: Mapping, *, card_check: bool = False, card_limit: int = 0) -> list[Stage]:
@@ -72,12 +84,15 @@ def plan(out: Path, s: Mapping, *, card_check: bool = False, card_limit: int = 0
   (0: all)."""
   model = tuple(f"--{name}={s[name]}" for name in MODEL_FLAGS if s[name] is not None)
   stages = [_intrinsic(out, s, model)]
+  seeds = range(1 if s["sae_dir"] else s["sae_seeds"])
   if not s["sae_dir"]:
-    stages.append(_saes(out, s, model))
-  stages.append(_analysis(out, s, model))
-  stages += [_lora(out, s, model, t) for t in s["targets"]]
+    stages += [_saes(out, s, model, k) for k in seeds]
+  stages += [_analysis(out, s, model, k) for k in seeds]
+  adapters = [(t, c) for t in s["targets"] for c in (None, *s["lora_controls"])]
+  stages += [_lora(out, s, model, t, c) for t, c in adapters]
   if s["bench_data_dir"]:
-    stages += [_bench(out, s, model, t) for t in (None, *s["targets"])]
+    stages.append(_bench(out, s, model, None, None))
+    stages += [_bench(out, s, model, t, c) for t, c in adapters]
   if card_check:
     stages += [_card(out, s, model, task, card_limit) for task in CARD_PROTOCOL]
   return stages
@@ -85,9 +100,17 @@ def plan(out: Path, s: Mapping, *, card_check: bool = False, card_limit: int = 0
 
 def figures(stages: Sequence[Stage]) -> dict[str, Path]:
   """The figures RESULTS.md shows, by their name under its results/ folder: the analysis's,
-  then the SAEs' training curves."""
-  return {name: path for kind in (ANALYSIS, SAES) for stage in stages if stage.kind == kind
-          for name, path in stage.figures.items()}
+  then the SAEs' training curves (of the first SAE seed)."""
+  return {name: path for kind in (ANALYSIS, SAES) for stage in stages
+          if stage.kind == kind and stage.seed == 0 for name, path in stage.figures.items()}
+
+
+def _seeded(kind: str, seed: int) -> str:
+  return kind if seed == 0 else f"{kind}_seed{seed}"
+
+
+def adapter_name(target: str, control: str | None) -> str:
+  return f"{LORA}_{target}" + (f"_{control}" if control else "")
 
 
 def _langs(s: Mapping) -> str:
@@ -98,15 +121,17 @@ def _layers(s: Mapping) -> str:
   return ",".join(map(str, s["sae_layers"]))
 
 
-def _sae_dir(out: Path, s: Mapping) -> Path:
-  return Path(s["sae_dir"]) if s["sae_dir"] else out / SAES
+def _sae_dir(out: Path, s: Mapping, seed: int = 0) -> Path:
+  return Path(s["sae_dir"]) if s["sae_dir"] else out / _seeded(SAES, seed)
 
 
-def _sae_args(out: Path, s: Mapping) -> tuple[str, ...]:
-  """The flags that pick the SAEs, brought or trained by the saes stage (bin.train_sae trains
-  in quadratic mode given --target_l0, so its folders are named by that target)."""
+def _sae_args(out: Path, s: Mapping, seed: int = 0) -> tuple[str, ...]:
+  """The flags that pick the SAEs of `seed`, brought or trained by its saes stage
+  (bin.train_sae trains in quadratic mode given --target_l0, so its folders are named by that
+  target)."""
   l0 = s["sae_l0"] or str(sae_loop.saved_l0("quadratic", s["sae_target_l0"]))
-  return (f"--sae_dir={_sae_dir(out, s)}", f"--sae_width={s['sae_width']}", f"--sae_l0={l0}")
+  return (f"--sae_dir={_sae_dir(out, s, seed)}", f"--sae_width={s['sae_width']}",
+          f"--sae_l0={l0}")
 
 
 def _intrinsic(out: Path, s: Mapping, model: tuple[str, ...]) -> Stage:
@@ -118,64 +143,85 @@ def _intrinsic(out: Path, s: Mapping, model: tuple[str, ...]) -> Stage:
       {"record": folder / intrinsic_lib.RECORD_NAME}, 3.0 * s["bpc_sentences"] * len(s["langs"]))
 
 
-def _saes(out: Path, s: Mapping, model: tuple[str, ...]) -> Stage:
-  folder, layers = _sae_dir(out, s), s["sae_layers"]
+def _saes(out: Path, s: Mapping, model: tuple[str, ...], seed: int) -> Stage:
+  """The SAEs retrained with seed `seed` (their init and data order: --sae_seed)."""
+  folder, layers = _sae_dir(out, s, seed), s["sae_layers"]
   reports = {layer: sae_loop.report_files(folder, layer) for layer in layers}
   return Stage(
-      SAES, SAES, "bin.train_sae", folder,
+      _seeded(SAES, seed), SAES, "bin.train_sae", folder,
       (*model, f"--corpus={s['train_corpus']}", f"--langs={_langs(s)}",
        f"--max_sentences={s['sae_sentences']}", f"--layers={_layers(s)}",
        f"--width={s['sae_width']}", "--steps=0", f"--epochs={s['sae_epochs']}",
        f"--batch_size={s['sae_batch_size']}", f"--target_l0={s['sae_target_l0']:g}",
-       f"--lr={s['sae_lr']:g}", "--sentences_per_forward=64", f"--out={folder}"),
+       *([f"--lr={s['sae_lr']:g}"] if s["sae_lr"] is not None else []),
+       f"--sae_seed={s['seed'] + seed}", "--sentences_per_forward=64", f"--out={folder}"),
       {str(layer): files["json"] for layer, files in reports.items()},
       s["sae_sentences"] * len(s["langs"]) * s["sae_epochs"] * (1 + 0.25 * len(layers)),
-      resume_dir=folder / sae_loop.CHECKPOINTS,
+      resume_dir=folder / sae_loop.CHECKPOINTS, seed=seed,
       figures={f"sae_layer_{layer}.png": files["png"] for layer, files in reports.items()})
 
 
-def _analysis(out: Path, s: Mapping, model: tuple[str, ...]) -> Stage:
-  folder, n = out / ANALYSIS, s["analysis_sentences"]
-  return Stage(
-      ANALYSIS, ANALYSIS, "bin.analyze", folder,
-      (*model, *_sae_args(out, s), f"--layers={_layers(s)}", f"--corpus={s['analysis_corpus']}",
-       f"--langs={_langs(s)}", f"--ref_lang={s['ref_lang']}", f"--bootstrap={s['bootstrap']}",
-       f"--bucket={s['bucket']}", f"--batch_size={s['analysis_batch_size']}",
-       *([f"--max_sentences={n}"] if n else []), f"--out={folder}"),
-      {"stats": folder / analysis_report.STATS_NAME}, 1.2 * (n or 1004) * len(s["langs"]),
-      figures={name: folder / name
-               for name in (analysis_report.HEATMAP_NAME, analysis_report.LAYERS_NAME)})
-
-
-def _lora(out: Path, s: Mapping, model: tuple[str, ...], target: str) -> Stage:
-  name = f"{LORA}_{target}"
+def _analysis(out: Path, s: Mapping, model: tuple[str, ...], seed: int) -> Stage:
+  """The analysis with the SAEs of `seed`."""
+  name, n, q = _seeded(ANALYSIS, seed), s["analysis_sentences"], s["quality_sentences"]
   folder = out / name
   return Stage(
+      name, ANALYSIS, "bin.analyze", folder,
+      (*model, *_sae_args(out, s, seed), f"--layers={_layers(s)}",
+       f"--corpus={s['analysis_corpus']}", f"--langs={_langs(s)}", f"--ref_lang={s['ref_lang']}",
+       f"--bootstrap={s['bootstrap']}", f"--bucket={s['bucket']}",
+       f"--batch_size={s['analysis_batch_size']}", *([f"--max_sentences={n}"] if n else []),
+       *([f"--quality_sentences={q}"] if q is not None else []),
+       # Retrained SAEs' quality: their FVU; the LM loss with them spliced in once, for seed 0.
+       *(["--quality_lm_loss=false"] if seed else []), f"--out={folder}"),
+      {"stats": folder / analysis_report.STATS_NAME},
+      1.4 * (n or 1004) * len(s["langs"]) + 3.0 * (q or 100) * len(s["langs"]), seed=seed,
+      figures={name: folder / name for name in (
+          analysis_report.HEATMAP_NAME, analysis_report.LAYERS_NAME,
+          analysis_report.CONTROLS_NAME)})
+
+
+def _lora(out: Path, s: Mapping, model: tuple[str, ...], target: str,
+          control: str | None) -> Stage:
+  """`target`'s adapter under the SAE objective (`control` None) or a control objective, on the
+  training corpus's lines past the SAEs' (so its held-out lines are new to the SAEs too),
+  measured on the analysis corpus."""
+  name = adapter_name(target, control)
+  folder = out / name
+  first = s["lora_first_line"]
+  return Stage(
       name, LORA, "bin.finetune", folder,
-      (*model, *_sae_args(out, s), f"--corpus={s['train_corpus']}",
+      (*model, *_sae_args(out, s), f"--corpus={s['train_corpus']}", f"--first_line={first}",
        f"--max_sentences={s['lora_sentences']}", f"--target_lang={target}",
-       f"--ref_lang={s['ref_lang']}", f"--steps={s['lora_steps']}",
-       f"--batch_size={s['lora_batch_size']}", f"--rank={s['lora_rank']}",
-       f"--bucket={s['bucket']}", f"--lr={s['lora_lr']:g}",
+       f"--ref_lang={s['ref_lang']}", f"--weights={OBJECTIVES[control]}",
+       f"--steps={s['lora_steps']}", f"--batch_size={s['lora_batch_size']}",
+       f"--rank={s['lora_rank']}", f"--bucket={s['bucket']}", f"--lr={s['lora_lr']:g}",
        f"--objective_layers={s['objective_layer']}", f"--report_layers={_layers(s)}",
+       f"--eval_corpus={s['analysis_corpus']}", f"--eval_sentences={s['eval_sentences']}",
        f"--out={folder}"),
       {"report": folder / finetune.REPORT_NAME},
-      s["lora_steps"] * s["lora_batch_size"] * 2 * 6 + s["lora_sentences"] * 0.8,
-      resume_dir=folder / finetune.CHECKPOINTS, target=target)
+      s["lora_steps"] * s["lora_batch_size"] * 2 * 6 + s["lora_sentences"] * 0.8
+      + 8.0 * s["eval_sentences"],
+      resume_dir=folder / finetune.CHECKPOINTS, target=target, control=control)
 
 
-def _bench(out: Path, s: Mapping, model: tuple[str, ...], target: str | None) -> Stage:
-  """The benchmarks of the base model (`target` None) or through `target`'s adapter."""
-  name = f"{BENCH}_base" if target is None else f"{BENCH}_{LORA}_{target}"
+def _bench(out: Path, s: Mapping, model: tuple[str, ...], target: str | None,
+           control: str | None) -> Stage:
+  """The benchmarks of the base model in every language (`target` None), or through an adapter
+  in its target and the reference language: the same items (--common_ids) in each, paired."""
+  name = f"{BENCH}_base" if target is None else f"{BENCH}_{adapter_name(target, control)}"
   folder, limit = out / name, s["bench_limit"]
-  adapter = () if target is None else (f"--lora={out / f'{LORA}_{target}' / finetune.PEFT}",)
+  adapter = (() if target is None else
+             (f"--lora={out / adapter_name(target, control) / finetune.PEFT}",))
+  langs = _langs(s) if target is None else f"{target},{s['ref_lang']}"
   return Stage(
       name, BENCH, "bin.evaluate", folder,
       (*model, f"--data_dir={s['bench_data_dir']}", f"--tasks={','.join(s['bench_tasks'])}",
-       f"--langs={_langs(s)}", *([f"--limit={limit}"] if limit else []), *adapter,
-       f"--out={folder}"),
-      {"scores": folder / evaluation.SCORES_NAME},
-      (limit or 1000) * len(s["langs"]) * len(s["bench_tasks"]) * 4, target=target)
+       f"--langs={langs}", *(["--common_ids"] if s["bench_common_ids"] else []),
+       *([f"--limit={limit}"] if limit else []), *adapter, f"--out={folder}"),
+      {"scores": folder / evaluation.SCORES_NAME, "items": folder / evaluation.ITEMS_NAME},
+      (limit or 1000) * len(langs.split(",")) * len(s["bench_tasks"]) * 4, target=target,
+      control=control)
 
 
 def _card(out: Path, s: Mapping, model: tuple[str, ...], task: str, limit: int) -> Stage:
