@@ -64,9 +64,10 @@ flags.DEFINE_string("bench_data_dir", None,
                     "say so.")
 flags.DEFINE_integer("bpc_sentences", 100, "Sentences per language scored for bits per character.",
                      lower_bound=0)
-flags.DEFINE_integer("analysis_sentences", None,
-                     "Analyse only the first N sentences per language. Default: all.",
-                     lower_bound=1)
+flags.DEFINE_integer("analysis_sentences", 300,
+                     "Analyse the first N sentences per language (0 = all). Each SAE seed "
+                     "analyses them: 300 keep the study within 90 minutes on a 2-core CPU.",
+                     lower_bound=0)
 flags.DEFINE_integer("bucket", 16,
                      "Pad sentences to a multiple of this many tokens in the analysis and the "
                      "adapters' training (parallel sentences are short: 64 would pad most "
@@ -74,9 +75,10 @@ flags.DEFINE_integer("bucket", 16,
 flags.DEFINE_integer("analysis_batch_size", 32, "Sentences per analysis batch.", lower_bound=1)
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the analysis's CIs.",
                      lower_bound=0)
-flags.DEFINE_integer("quality_sentences", None,
-                     "Sentences per language of each analysis's SAE quality pass (FVU, LM loss "
-                     "with the reconstruction spliced in). Default: bin.analyze's.",
+flags.DEFINE_integer("quality_sentences", 25,
+                     "Sentences per language of each analysis's SAE quality pass (FVU; for the "
+                     "first seed also the LM loss with the reconstruction spliced in, which "
+                     "runs the model once more per layer). 0 = all analysed sentences.",
                      lower_bound=0)
 flags.DEFINE_string("sae_dir", None,
                     "Bring SAEs (any layout bin.analyze reads) instead of training them; "
@@ -107,7 +109,7 @@ flags.DEFINE_list("lora_controls", ["lm", "norm"],
                   "Control adapters per target, trained on the same lines, steps, rank and lr: "
                   "lm (the plain language-model loss on the target text, retain kept) and "
                   "norm (match the reference's residual norm at the objective layer, no SAE).")
-flags.DEFINE_integer("eval_sentences", 100,
+flags.DEFINE_integer("eval_sentences", 50,
                      "Sentences of --analysis_corpus each adapter is measured on before and "
                      "after (bits per character, residual norm, code mass).", lower_bound=1)
 flags.DEFINE_list("bench_tasks", ["arc"], "Benchmarks scored.")
