@@ -18,7 +18,7 @@ turns, see --order):
 decreases down the table; `hf_peak_bytes` is torch's peak for that row alone. The HF column uses
 torch with the same float weights; its SAE step is SAELens's JumpReLU math
 (`relu(pre) * (pre > threshold)`) per layer. `flop_limit_fraction` divides achieved FLOP/s
-(analytic FLOPs per token, `xling_jax.flops`) by the peak a large matmul reaches in this run.
+(analytic FLOPs per token, `xling_jax.model.flops`) by the peak a large matmul reaches in this run.
 """
 from __future__ import annotations
 

@@ -115,18 +115,29 @@ def interrupted(message: str) -> None:
   sys.exit(INTERRUPT_EXIT)
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+  """A warning as one line `warning: ...` on stderr (`warnings.showwarning`'s signature):
+  what a user reads, without the source line and path Python's format adds."""
+  print("warning: " + " ".join(str(message).split()), file=file or sys.stderr)
+
+
 def run(main, positional: tuple[str, ...] = (),
         on_interrupt: Callable[[], str] = nothing_written) -> None:
   """absl's app.run for a tool: usage errors and errors a user can cause (USER_ERRORS) are one
   line `error: ...` on stderr with exit code 2, never the whole --help nor a traceback
-  (XLING_TRACEBACK=1 shows the traceback); --help exits 0. Ctrl-C (SIGINT) is one line
+  (XLING_TRACEBACK=1 shows the traceback); --help exits 0; warnings are one line each
+  (`show_warning`). Ctrl-C (SIGINT) is one line
   `interrupted: ` + `on_interrupt()` (what was saved, how to continue; default: nothing was
   written) and exit code 130. `positional` names the arguments `main(argv)` takes after the
   program name (none by default)."""
   from absl import app
 
   def guarded(argv):
+    import warnings
+
     from absl import logging
+    if not os.environ.get("XLING_TRACEBACK"):
+      warnings.showwarning = show_warning
     if not FLAGS["verbosity"].present:  # INFO lines of datasets, orbax (every save) are noise
       logging.set_verbosity(logging.WARNING)
     if len(argv) - 1 != len(positional):

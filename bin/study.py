@@ -3,13 +3,20 @@
 Stages, each one of the tools run with the flags shown when it starts, each into its own folder
 under --out:
   intrinsic    tokenisation cost per language and bits per character  (bin.intrinsic)
-  saes         JumpReLU SAEs on --train_corpus at --sae_layers       (bin.train_sae; or --sae_dir)
-  analysis     SAE activation per language and layer, gaps vs --ref_lang, bootstrap CIs,
-               heatmap, top-feature overlap, on --analysis_corpus   (bin.analyze)
-  lora_T       activation-aware LoRA for each of --targets, gain and retention on held-out lines
-                                                                     (bin.finetune)
-  bench_base, bench_lora_T
-               ARC-Challenge, MMLU, HellaSwag before and after each adapter  (bin.evaluate)
+  saes, saes_seed{k}
+               JumpReLU SAEs on --train_corpus at --sae_layers, once per --sae_seeds
+                                                                     (bin.train_sae; or --sae_dir)
+  analysis, analysis_seed{k}
+               with each seed's SAEs: SAE activation per language and layer, gaps vs --ref_lang
+               beside their controls (residual norm, direction only, per sentence), bootstrap
+               CIs, SAE quality per language, top-feature overlap and its null, on
+               --analysis_corpus                                     (bin.analyze)
+  lora_T, lora_T_{control}
+               activation-aware LoRA for each of --targets and its --lora_controls adapters,
+               measured before and after on --analysis_corpus        (bin.finetune)
+  bench_base, bench_lora_T[_{control}]
+               --bench_tasks (ARC-Challenge by default) on the same items in every language,
+               each adapter paired in its target and --ref_lang      (bin.evaluate)
 then study.json (every number the results use) and --results_md (tables, figures under
 results/ beside it, the paper side by side). A stage whose result files exist is not run
 again, and an interrupted training resumes from its checkpoints, so re-running the same
@@ -193,10 +200,11 @@ def check_settings(out: Path, settings: dict) -> None:
     return
   old = json.loads(path.read_text())
   for key in sorted(set(old) | set(settings)):
-    # A flag added after that study ran held its default there.
-    before = old[key] if key in old else FLAGS[key].default if key in FLAGS else None
-    if before != settings.get(key):
-      raise app.UsageError(f"--out={out} holds a study run with {key}={before!r}, not "
+    if key not in old:  # its stages ran without the setting: their files mean something else
+      raise app.UsageError(f"--out={out} holds a study of an earlier xling-jax, whose settings "
+                           f"lack {key}: choose another --out")
+    if old[key] != settings.get(key):
+      raise app.UsageError(f"--out={out} holds a study run with {key}={old[key]!r}, not "
                            f"{settings.get(key)!r}: re-run with its settings to continue it, or "
                            "choose another --out")
 

@@ -4,7 +4,7 @@ One step sees a target-language batch and the parallel English batch (same lines
 
   align  = mean over objective layers S of ((A_t - A_en_base) / A_en_base)^2, where A is a
            layer's activation (mean over statistic tokens of sum_i f_i, f the layer's JumpReLU
-           code; `xling_jax.activations`), A_t the adapted model's on the target batch and
+           code; `analysis.sae_stats`), A_t the adapted model's on the target batch and
            A_en_base the frozen model's on the English batch.
   retain = keep English unchanged. "residual": mean over layers of
            sum_tokens ||r_adapted - r_base||^2 / sum_tokens ||r_base||^2 (per-layer normalised,

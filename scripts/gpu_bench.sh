@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device-machine call: the software there, then bin.bench on Gemma-2-2B's shape (both stacks,
-# bf16, batch 32 x 256, the LoRA step recomputing per $LORA_REMAT, default dots, to fit 80 GB)
+# bf16, batch 32 x 256, the LoRA step recomputing per $LORA_REMAT, default full, to fit 80 GB)
 # with a profile of our rows summarised per kernel; then our residual and analysis rows under
 # the XLA flag variants named in $XLA_VARIANTS (';'-separated, informational). DUMP_HLO=1 also keeps XLA's optimised HLO of the
 # residual and analysis programs. Everything lands in $OUT; the tables end the output.

@@ -21,7 +21,6 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from xling_jax.runtime import io
 
 CURVES = ("loss", "mse", "l0", "fvu", "dead_fraction", "dense_fraction")
 L0_TOLERANCE = 0.5
@@ -84,13 +83,6 @@ def rendered(layer: int, summary: Mapping, curve: Mapping[str, list],
   names = {kind: path.name for kind, path in files(".", layer).items()}
   return {names["json"]: json.dumps({**summary, "curves": curve}, indent=2) + "\n",
           names["png"]: plot_png(layer, curve, target_l0, summary.get("flags", ()))}
-
-
-def write(directory: str | Path, layer: int, summary: Mapping, curve: Mapping[str, list],
-          target_l0: float | None = None) -> dict[str, Path]:
-  """`rendered` written into `directory` as one set; returns `files(directory, layer)`."""
-  io.write_set(directory, rendered(layer, summary, curve, target_l0))
-  return files(directory, layer)
 
 
 def plot_png(layer: int, curve: Mapping[str, list], target_l0: float | None,

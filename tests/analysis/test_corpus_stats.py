@@ -211,3 +211,23 @@ def test_a_subset_of_layers_equals_those_layers_of_the_full_analysis(setup):
                                  rtol=1e-5)
   with pytest.raises(ValueError, match="increasing layers"):
     corpus_stats.corpus_stats(params, config, subset, tok, sentences, layers=(3, 1))
+
+
+def test_the_reference_run_in_two_halves_joins_to_its_whole_corpus_sums(setup):
+  """The top-k null splits the reference's sentences in two runs: joined, they are the one
+  run's sums row by row, and the halves' feature counts add up to the whole's."""
+  params, config, tok, saes, sentences = setup
+  sentences = {lang: sentences[lang][:7] for lang in ("en", "hi")}  # an odd count
+  halves = corpus_stats.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
+                                     show_progress=False, direction_ref="en")
+  whole = corpus_stats.corpus_stats(params, config, saes, tok, sentences, batch_size=4,
+                                    show_progress=False)
+  joined, one = halves.per_language["en"], whole.per_language["en"]
+  np.testing.assert_array_equal(joined.n_tokens, one.n_tokens)
+  for key, rows in one.rows.items():
+    np.testing.assert_allclose(joined.rows[key], rows, rtol=1e-5, err_msg=key)
+  np.testing.assert_array_equal(joined.feature_counts, one.feature_counts)
+  first, second = halves.half_counts
+  np.testing.assert_array_equal(first + second, one.feature_counts)
+  assert first.sum() > 0 and second.sum() > 0
+  assert joined.truncated == one.truncated and sorted(joined.pooled) == sorted(one.pooled)

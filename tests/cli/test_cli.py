@@ -133,3 +133,13 @@ def test_parse_flags_help_and_errors(tool_flags, capsys):
   assert err.startswith("error: flag --batch_size=-1: -1 is not a positive integer")
 
 
+
+
+def test_warnings_are_one_line_each(capsys):
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("always")
+    warnings.showwarning = cli.show_warning
+    warnings.warn("hi: 2 sentence(s) longer than max_len=64 tokens\n  were cut to it")
+  err = capsys.readouterr().err
+  assert err == "warning: hi: 2 sentence(s) longer than max_len=64 tokens were cut to it\n"

@@ -58,26 +58,31 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
   assert mode == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
 
 
-def test_a_set_fails_whole_and_names_the_file(tmp_path, monkeypatch):
-  old = {"stats.json": "old stats", "report.md": "old report", "layers.png": b"old png"}
-  for name, data in old.items():
-    (tmp_path / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+def _disk_full_on_write(monkeypatch, n: int) -> None:
+  """The n-th file opened for writing fails with ENOSPC."""
   real_fdopen, calls = os.fdopen, []
 
-  def disk_full_on_the_third(fd, mode, *a, **k):
+  def fdopen(fd, mode, *a, **k):
     calls.append(fd)
     handle = real_fdopen(fd, mode, *a, **k)
-    if len(calls) == 3:
+    if len(calls) == n:
       handle.close()
       raise OSError(errno.ENOSPC, "No space left on device")
     return handle
 
-  monkeypatch.setattr(os, "fdopen", disk_full_on_the_third)
-  with pytest.raises(io.OutputError, match=r"layers\.png: could not be written \(No space left"):
-    io.write_set(tmp_path, {"stats.json": "new", "report.md": "new", "layers.png": b"new"})
+  monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+def test_a_set_fails_whole_and_names_the_file(tmp_path, monkeypatch):
+  old = {"stats.json": "old stats", "report.md": "old report", "layers.png": b"old png"}
+  for name, data in old.items():
+    (tmp_path / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+  with monkeypatch.context() as patch:
+    _disk_full_on_write(patch, 3)
+    with pytest.raises(io.OutputError, match=r"layers\.png: could not be written \(No space left"):
+      io.write_set(tmp_path, {"stats.json": "new", "report.md": "new", "layers.png": b"new"})
   assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {
       k: v if isinstance(v, bytes) else v.encode() for k, v in old.items()}
-  monkeypatch.setattr(os, "fdopen", real_fdopen)
   written = io.write_set(tmp_path, {"stats.json": "new", "report.md": None, "layers.png": b"x"})
   assert sorted(written) == ["layers.png", "stats.json"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["layers.png", "stats.json"]
@@ -88,17 +93,7 @@ def test_a_set_spanning_folders_fails_whole(tmp_path, monkeypatch):
   folder leaves the first folder's old file in place and no new folder behind."""
   (tmp_path / "resid_post").mkdir()
   (tmp_path / "resid_post" / "params.safetensors").write_bytes(b"old sae")
-  real_fdopen, calls = os.fdopen, []
-
-  def disk_full_on_the_second(fd, mode, *a, **k):
-    calls.append(fd)
-    handle = real_fdopen(fd, mode, *a, **k)
-    if len(calls) == 2:
-      handle.close()
-      raise OSError(errno.ENOSPC, "No space left on device")
-    return handle
-
-  monkeypatch.setattr(os, "fdopen", disk_full_on_the_second)
+  _disk_full_on_write(monkeypatch, 2)
   with pytest.raises(io.OutputError, match=r"reports/layer_0\.json: could not be written"):
     io.write_set(tmp_path, {"resid_post/params.safetensors": b"new sae",
                             "reports/layer_0.json": "{}"})

@@ -22,17 +22,22 @@ def _claim(record, text):
   return next(c for c in _rows(record) if text in c)
 
 
-def test_the_gap_verdict_follows_every_seed():
+def test_the_gap_verdict_follows_every_seed_and_its_interval():
   record = copy.deepcopy(RECORD)
   for lang, gaps in record["analysis"]["gap_by_metric"]["activation"].items():
     gaps[:] = [12.0] * len(gaps)
-  seeds = record["seeds"]["band_group"]["early"]["group_mean"]
-  seeds[:] = [12.0] * len(seeds)
+  record["seeds"]["band_group"]["early"] = {"group_mean": [12.0, 11.0, 13.0],
+                                            "group_max": [20.0, 19.0, 21.0],
+                                            "group_mean_ci": [[8.0, 16.0], [7.0, 15.0],
+                                                              [9.0, 17.0]]}
   claim = _claim(record, "early layers")
   assert _rows(record)[claim][0] == "agrees in direction (low-resource activation is lower)"
-  if len(seeds) > 1:
-    seeds[0] = -1.0
-    assert _rows(record)[claim][0] == "does not agree (a seed reaches 0 or below)"
+  record["seeds"]["band_group"]["early"]["group_mean_ci"][1] = [-0.5, 15.0]  # one seed's
+  assert _rows(record)[claim][0] == "does not agree (its interval reaches 0 or below)"
+  del record["seeds"]["band_group"]["early"]["group_mean_ci"]  # no bootstrap: the seeds alone
+  assert _rows(record)[claim][0] == "agrees in direction (low-resource activation is lower)"
+  record["seeds"]["band_group"]["early"]["group_mean"][2] = -1.0
+  assert _rows(record)[claim][0] == "does not agree (its interval reaches 0 or below)"
 
 
 def test_a_band_survives_its_norm_control_only_where_most_cells_exceed_the_norm_in_every_seed():

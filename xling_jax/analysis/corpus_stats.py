@@ -193,7 +193,8 @@ def joined(first: LanguageSums, second: LanguageSums) -> LanguageSums:
       rows={k: np.concatenate([first.rows[k], second.rows[k]]) for k in first.rows},
       n_tokens=np.concatenate([first.n_tokens, second.n_tokens]),
       feature_counts=first.feature_counts + second.feature_counts,
-      truncated=first.truncated + tuple(i + offset for i in second.truncated))
+      truncated=first.truncated + tuple(i + offset for i in second.truncated),
+      pooled={k: first.pooled[k] + second.pooled[k] for k in first.pooled})
 
 
 def reference_norms(params, config: ModelConfig, tokenizer, sentences: Sequence[str], *,

@@ -222,24 +222,26 @@ def controls_markdown(record: Mapping) -> list[str]:
   return lines
 
 
-def quality_markdown(record: Mapping) -> list[str]:
-  """Each SAE's fit per language: FVU and the LM loss it costs when spliced in."""
+def quality_markdown(record: Mapping, heading: str = "##", note: str = "") -> list[str]:
+  """Each SAE's fit per language: FVU and the LM loss it costs when spliced in. `record`: a
+  stats.json record (or the study's analysis); `note` ends the paragraph above the table."""
   quality = record.get("sae_quality")
   if not quality:
     return []
   layers = record["layers"]
+  title = ["", f"{heading} SAE quality per language", ""]
   if quality["delta_lm_loss"] is None:
-    return ["", "## SAE quality per language", "",
+    return title + [
             f"FVU on the first {quality['sentences']} sentences of each language (the LM loss "
-            "was not measured):", "", "| language | " + " | ".join(f"L{l}" for l in layers) + " |",
+            f"was not measured){note}:", "", "| language | " + " | ".join(f"L{l}" for l in layers) + " |",
             "|---|" + "---|" * len(layers)] + [
         f"| {lang} | " + " | ".join(_fmt(f, 3) for f in quality["fvu"][lang]) + " |"
         for lang in record["languages"]]
-  lines = ["", "## SAE quality per language", "",
+  lines = title + [
            f"On the first {quality['sentences']} sentences of each language: FVU (unexplained "
            "variance of the residual around the language's mean) / the increase of the "
            "next-token loss (nats per token) with that layer's residual replaced by its "
-           "reconstruction. The clean loss is in the last column.", "",
+           f"reconstruction. The clean loss is in the last column.{note}", "",
            "| language | " + " | ".join(f"L{l}" for l in layers) + " | clean loss |",
            "|---|" + "---|" * (len(layers) + 1)]
   for lang in record["languages"]:

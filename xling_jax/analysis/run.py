@@ -101,12 +101,7 @@ def check(config: AnalysisConfig, n_layers: int, languages,
     raise ValueError(f"bands {bands} reach past the model's last layer ({n_layers - 1})")
   if not disparity.band_columns(layers, bands):
     raise ValueError(f"layers={list(layers)}: none of them lies in a band of {bands}")
-  quality = config.quality_sentences
-  for name, value, least in (("bootstrap", config.bootstrap, 0), ("top_k", config.top_k, 1),
-                             ("batch_size", config.batch_size, 1),
-                             ("quality_sentences", 0 if quality is None else quality, 0)):
-    if value < least:
-      raise ValueError(f"{name}={value}: expected an integer >= {least}")
+  quality = config.quality_sentences  # its bounds are AnalysisConfig's own check
   if quality is None:
     quality = (DEFAULT_QUALITY_SENTENCES if n_sentences is None
                else min(DEFAULT_QUALITY_SENTENCES, n_sentences))

@@ -103,8 +103,9 @@ def write_set(directory: str | os.PathLike,
   {name: path} of those written. A name is a path under `directory` (`results/study.json`; an
   absolute one stands alone), so a set may span folders. Every file is written under a
   temporary name beside its target first and renamed only once all are written: OutputError
-  names the file that could not be written and why, and every target then holds exactly what
-  it held before."""
+  names the file that could not be written and why, and every target then holds what it held
+  before (a rename failing midway, which renames within a folder do not do for lack of space,
+  would leave the files renamed so far new: the error names them)."""
   directory = Path(directory)
   targets = {name: directory / name for name in files}
   if not is_primary_process():

@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+from xling_jax.analysis import report as analysis_report
 from xling_jax.runtime import io
 from xling_jax.study import paper, verdicts
-from xling_jax.study.verdicts import HEADLINE_METRIC, TASK_NAMES, fmt, headline, interval
+from xling_jax.study.verdicts import HEADLINE_METRIC, TASK_NAMES, fmt, headline, interval, points
 
 FIGURES = "results"
 
@@ -44,7 +45,7 @@ def render(record: Mapping) -> str:
             f"- bits per character: the first {intr['bits_sentences']} sentences per language "
             f"of {intr['corpus']}; tokenisation cost over all {intr['tokenization_sentences']};",
             f"- SAEs: {_sae_size(record)};",
-            f"- analysis: {a['n_sentences'][ref]} sentences per language of {a['corpus']}, "
+            f"- analysis: {_analysed(a, intr)} sentences per language of {a['corpus']}, "
             f"layers {a['layers']}, {_boot(a)}; SAE quality on the first "
             f"{(a.get('sae_quality') or {}).get('sentences', 'n/a')} sentences per language; "
             f"repeated for each of {(record.get('seeds') or {}).get('n', 1)} SAE seed(s);",
@@ -119,8 +120,9 @@ def render(record: Mapping) -> str:
     null = a.get("top_overlap_null")
     lines += ["", f"Top-{a['top_k']} feature overlap with {ref} (share of a language's "
               f"{a['top_k']} most frequent features that are also among {ref}'s)"
-              + (f"; the null row is the overlap of two halves of {ref}'s sentences" if null
-                 else "") + ":", "",
+              + (f"; the null row is the overlap of two halves of {ref}'s sentences (different "
+                 "sentences, half as many: it understates what two samples of one language "
+                 "share, so a language below it differs from the reference beyond sampling)" if null else "") + ":", "",
               "| language | " + " | ".join(f"L{l}" for l in a["layers"]) + " |",
               "|---|" + "---|" * len(a["layers"])]
     for lang, overlaps in a["top_overlap"].items():
@@ -195,9 +197,10 @@ def _bench_lines(record: Mapping) -> list[str]:
       value, se, n = headline(bench["base"], task, lang)
       c = (bench.get("languages") or {}).get(lang)
       versus = ("(reference)" if lang == ref else "n/a" if not c or not c.get("n") else
-                f"{100 * c['diff']:+.1f} [{100 * c['diff_ci'][0]:+.1f}, "
-                f"{100 * c['diff_ci'][1]:+.1f}], McNemar p {c['mcnemar']['p']:.2g}")
-      mde = "" if lang == ref or not c or not c.get("n") else f"{100 * c['mde']:.1f}"
+                f"{points(c['diff'])} [{points(c['diff_ci'][0])}, {points(c['diff_ci'][1])}], "
+                f"McNemar p {c['mcnemar']['p']:.2g}")
+      mde = ("" if lang == ref or not c or not c.get("n") else
+             fmt(None if c["mde"] is None else 100 * c["mde"], ".1f"))
       lines.append(f"| {TASK_NAMES[task]} | {lang} | {n} | {fmt(value and 100 * value, '.1f')} ± "
                    f"{fmt(se and 100 * se, '.1f')} | {fmt(s.get('margin'), '.2f')} | {versus} | "
                    f"{mde} |")
@@ -214,11 +217,12 @@ def _bench_lines(record: Mapping) -> list[str]:
           continue
         m = c["margin"]
         lines.append(
-            f"| {name.removeprefix('bench_')} | {lang} | {c['n']} | {100 * c['diff']:+.1f} "
-            f"[{100 * c['diff_ci'][0]:+.1f}, {100 * c['diff_ci'][1]:+.1f}] | "
+            f"| {name.removeprefix('bench_')} | {lang} | {c['n']} | {points(c['diff'])} "
+            f"[{points(c['diff_ci'][0])}, {points(c['diff_ci'][1])}] | "
             f"{c['mcnemar']['b_only']}/{c['mcnemar']['a_only']} | {c['mcnemar']['p']:.2g} | "
-            f"{m['diff']:+.3f} [{m['diff_ci'][0]:+.3f}, {m['diff_ci'][1]:+.3f}] | "
-            f"{100 * c['mde']:.1f} |")
+            f"{fmt(m['diff'], '+.3f')} [{fmt(m['diff_ci'][0], '+.3f')}, "
+            f"{fmt(m['diff_ci'][1], '+.3f')}] | "
+            f"{fmt(None if c['mde'] is None else 100 * c['mde'], '.1f')} |")
   return lines
 
 
@@ -268,16 +272,20 @@ def _seed_lines(record: Mapping) -> list[str]:
   if not gap or seeds.get("n", 1) < 2:
     return []
   a = record["analysis"]
+  span = seeds.get("interval") or {}
   lines = ["", f"### {seeds['n']} trainings of the SAEs", "",
-           "The SAE gap per layer as mean over the SAE seeds [min, max]; the low-resource group "
-           "means per band in each seed below. Intervals that include retraining: the span of "
-           "every seed's bootstrap interval.", "",
+           "The SAE gap per layer: its mean over the SAE seeds, then [the lowest and highest "
+           "seed]" + (" and (the span of every seed's 95% bootstrap interval: sentence "
+                      "sampling and SAE retraining together)" if span else "")
+           + "; the low-resource group means per band in each seed below.", "",
            "| language | " + " | ".join(f"L{l}" for l in a["layers"]) + " |",
            "|---|" + "---|" * len(a["layers"])]
   for lang, g in gap.items():
+    lo95, hi95 = (span.get(lang) or {}).get("lo"), (span.get(lang) or {}).get("hi")
     lines.append(f"| {lang} | " + " | ".join(
         f"{fmt(m, '.1f')} [{fmt(lo, '.1f')}, {fmt(hi, '.1f')}]"
-        for m, lo, hi in zip(g["mean"], g["min"], g["max"])) + " |")
+        + (f" ({fmt(lo95[i], '.1f')}, {fmt(hi95[i], '.1f')})" if lo95 else "")
+        for i, (m, lo, hi) in enumerate(zip(g["mean"], g["min"], g["max"]))) + " |")
   lines += ["", "| band | group mean per seed | group max per seed |", "|---|---|---|"]
   for band, v in seeds["band_group"].items():
     lines.append(f"| {band} | {', '.join(fmt(x, '.1f') for x in v['group_mean'])} | "
@@ -285,28 +293,20 @@ def _seed_lines(record: Mapping) -> list[str]:
   return lines
 
 
+def _analysed(analysis: Mapping, intrinsic: Mapping) -> str:
+  """How many sentences per language the analysis read, and that it is a part of the corpus
+  when it is (the intrinsic stage reads the whole analysis corpus)."""
+  n, whole = analysis["n_sentences"][analysis["reference"]], intrinsic["tokenization_sentences"]
+  return (str(n) if n >= whole else f"the first {n} of {whole} (fewer, so that the analysis "
+          "of every SAE seed fits the study's time)")
+
+
 def _quality_lines(record: Mapping) -> list[str]:
-  """Each SAE's fit per language: FVU and the LM loss its reconstruction costs."""
-  q = record["analysis"].get("sae_quality")
-  if not q:
-    return []
-  a = record["analysis"]
-  fvu_range = (record.get("seeds") or {}).get("fvu")
-  lines = ["", "### SAE quality per language", "",
-           f"On the first {q['sentences']} sentences per language (seed 0's SAEs): FVU (the "
-           "residual variance around the language's mean that the reconstruction leaves) / the "
-           "increase of the next-token loss (nats per token) with the layer's residual replaced "
-           "by its reconstruction; the clean loss last."
-           + (" The FVU range over the SAE seeds is in the JSON (`seeds.fvu`)." if fvu_range
-              else ""), "",
-           "| language | " + " | ".join(f"L{l}" for l in a["layers"]) + " | clean loss |",
-           "|---|" + "---|" * (len(a["layers"]) + 1)]
-  for lang in a["languages"]:
-    lines.append(f"| {lang} | " + " | ".join(
-        f"{fmt(f, '.2f')} / {fmt(d, '.3f')}" for f, d in zip(q["fvu"][lang],
-                                                            q["delta_lm_loss"][lang]))
-        + f" | {fmt(q['clean_lm_loss'][lang], '.3f')} |")
-  return lines
+  """Each SAE's fit per language (seed 0's SAEs): FVU and the LM loss its reconstruction
+  costs."""
+  note = (" Seed 0's SAEs; the FVU range over the SAE seeds is in study.json (`seeds.fvu`)."
+          if (record.get("seeds") or {}).get("fvu") else "")
+  return analysis_report.quality_markdown(record["analysis"], heading="###", note=note)
 
 
 def _lora_lines(record: Mapping) -> list[str]:
@@ -321,6 +321,9 @@ def _lora_lines(record: Mapping) -> list[str]:
            "point), gain on the held-out training lines and on the measured text, "
            f"{ref}'s retention; then bits per character and the mean residual norm before -> "
            "after on the measured text.", ""]
+  if not record["saes"].get("brought") and not record["settings"].get("lora_first_line"):
+    lines += ["The training corpus has no lines past those the SAEs trained on, so the "
+              "adapters' lines (held-out ones included) are lines the SAEs also saw.", ""]
   for target, lora in record["lora"].items():
     adapters = [("activation", lora)] + list(((record.get("controls") or {}).get(target) or {})
                                              .items())
@@ -341,7 +344,7 @@ def _lora_lines(record: Mapping) -> list[str]:
                    for l in langs]
       norm_cell = (f"{norm['before'][target][i]:.1f} -> {norm['after'][target][i]:.1f}"
                    if norm else "n/a")
-      lines.append(f"| {name} | {fmt((ad.get('gap_closure_pct') or [None] * (i + 1))[i], '.1f')}%"
+      lines.append(f"| {name} | {fmt(verdicts.at_objective(ad, 'gap_closure_pct'), '.1f')}%"
                    f" | {fmt(ad['gain_pct'][i], '+.1f')}% | "
                    f"{fmt(gain_m and gain_m[i], '+.1f')}% | {fmt(ad['retention_pct'][i], '.1f')}%"
                    f" | " + " | ".join(bit_cells) + f" | {norm_cell} |")

@@ -101,12 +101,16 @@ def _adapter(rep: Mapping, target: str) -> dict:
 SEED_METRICS = ("activation", "direction_activation", "sentence_mass")
 
 
+def _nan_to_none(values: np.ndarray) -> list:
+  return [None if np.isnan(v) else float(v) for v in values]
+
+
 def _seeds(analyses: Sequence[Mapping]) -> dict:
   """The analysis repeated with each retraining of the SAEs: per metric, language and layer the
   gap's mean, min, max and standard deviation over seeds; the interval spanning every seed's
   bootstrap interval (sentence sampling and SAE retraining together, conservatively); how many
-  seeds put a cell beyond its norm control; the band group means and maxima per seed; the FVU
-  range per language and layer."""
+  seeds put a cell beyond its norm control; the band group means and maxima per seed, with each
+  seed's bootstrap interval of the group mean; the FVU range per language and layer."""
   def spread(values):  # [seeds, L] -> statistics per layer
     a = np.asarray([[np.nan if v is None else v for v in row] for row in values], np.float64)
     return {"mean": np.nanmean(a, 0).tolist(), "min": np.nanmin(a, 0).tolist(),
@@ -119,13 +123,18 @@ def _seeds(analyses: Sequence[Mapping]) -> dict:
   out = {"n": len(analyses),
          "gap": {m: {lang: spread([a["gap_by_metric"][m][lang] for a in analyses])
                      for lang in langs} for m in metrics},
-         "band_group": {band: {key: [a["band_summary"][band][key] for a in analyses]
-                               for key in ("group_mean", "group_max")}
-                        for band in first["band_summary"]}}
+         "band_group": {band: {
+             **{key: [a["band_summary"][band][key] for a in analyses]
+                for key in ("group_mean", "group_max")},
+             "group_mean_ci": [(((a.get("bootstrap") or {}).get("band_group") or {})
+                                .get(band) or {}).get("group_mean") for a in analyses]}
+             for band in first["band_summary"]}}
   boots = [((a.get("bootstrap") or {}).get("gap") or {}) for a in analyses]
   if all(boots):
-    out["interval"] = {lang: {"lo": np.min([b[lang]["lo"] for b in boots], 0).tolist(),
-                              "hi": np.max([b[lang]["hi"] for b in boots], 0).tolist()}
+    bound = lambda lang, side: np.asarray([[np.nan if v is None else v for v in b[lang][side]]
+                                           for b in boots], np.float64)  # [seeds, L]
+    out["interval"] = {lang: {"lo": _nan_to_none(np.nanmin(bound(lang, "lo"), 0)),
+                              "hi": _nan_to_none(np.nanmax(bound(lang, "hi"), 0))}
                        for lang in langs}
   verdicts = [((a.get("controls") or {}).get("verdict") or {}) for a in analyses]
   if all(verdicts):
@@ -143,12 +152,13 @@ def _seeds(analyses: Sequence[Mapping]) -> dict:
 def _benchmarks(stages: Sequence[Stage], ref: str) -> dict:
   """Scores per stage, and paired comparisons on the same items: each adapter against the base
   model in its target and the reference language, and each language against the reference on
-  the base model (`evaluation.paired.compare`, headline metric acc_norm)."""
+  the base model (`evaluation.paired.compare`, headline metric acc_norm); which adapter each
+  bench stage scored (`adapters`: {stage: {target, control}})."""
   files = {s.name: (s, s.read()) for s in stages}
   base_stage = next(s for s in stages if s.target is None)
   base = files[base_stage.name][1]
   by_lang = lambda items, lang: [r for r in items if r["lang"] == lang]
-  out = {"base": base["scores"], "lora": {}, "paired": {}, "languages": {}}
+  out = {"base": base["scores"], "lora": {}, "paired": {}, "languages": {}, "adapters": {}}
   langs = sorted({r["lang"] for r in base["items"]})
   for lang in langs:
     if lang != ref:
@@ -158,6 +168,7 @@ def _benchmarks(stages: Sequence[Stage], ref: str) -> dict:
     if stage.target is None:
       continue
     out["lora"][name] = read["scores"]
+    out["adapters"][name] = {"target": stage.target, "control": stage.control}
     out["paired"][name] = {lang: paired.compare(by_lang(base["items"], lang),
                                                 by_lang(read["items"], lang))
                            for lang in (stage.target, ref)}

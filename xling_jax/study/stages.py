@@ -164,6 +164,8 @@ def _saes(out: Path, s: Mapping, model: tuple[str, ...], seed: int) -> Stage:
 def _analysis(out: Path, s: Mapping, model: tuple[str, ...], seed: int) -> Stage:
   """The analysis with the SAEs of `seed`."""
   name, n, q = _seeded(ANALYSIS, seed), s["analysis_sentences"], s["quality_sentences"]
+  if n and q:
+    q = min(q, n)  # bin.analyze refuses a quality pass over more sentences than it analyses
   folder = out / name
   return Stage(
       name, ANALYSIS, "bin.analyze", folder,
