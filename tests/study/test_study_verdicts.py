@@ -75,7 +75,7 @@ def test_a_paired_benchmark_change_counts_only_beyond_its_interval():
   c["diff"], c["diff_ci"] = 0.04, [0.01, 0.07]
   assert _rows(record)[claim][0].startswith("a gain (McNemar p")
   c["diff"], c["diff_ci"], c["mde"] = 0.01, [-0.02, 0.04], 0.08
-  assert _rows(record)[claim][0] == ("no change beyond 2 standard errors: smaller than the "
+  assert _rows(record)[claim][0] == ("no change beyond its 95% paired interval: smaller than the "
                                      "detectable 8.0 points")
 
 
