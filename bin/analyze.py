@@ -59,6 +59,7 @@ def check_flags() -> tuple[tuple[str, ...], dict | None, Path]:
   if FLAGS.ref_lang not in langs:
     raise app.UsageError(f"--ref_lang={FLAGS.ref_lang} must be one of --langs ({','.join(langs)})")
   validate_languages(FLAGS.low_resource)
+  disparity.check_resamples(FLAGS.bootstrap, "--bootstrap")  # ValueError: one line, exit 2
   try:
     bands = disparity.parse_bands(FLAGS.bands) if FLAGS.bands else None
   except ValueError as e:

@@ -174,6 +174,8 @@ def settings_of(n_layers: int) -> dict:
     raise app.UsageError("--sae_dir needs --sae_l0 (which SAE per layer, as bin.analyze)")
   if FLAGS.card_check and not FLAGS.bench_data_dir:
     raise app.UsageError("--card_check needs --bench_data_dir (HellaSwag and ARC items)")
+  from xling_jax.analysis import disparity
+  disparity.check_resamples(FLAGS.bootstrap, "--bootstrap")  # before any stage runs
   settings = {name: value for name, value in cli.resolved_flags().items()
               if name not in NOT_SETTINGS}
   settings.update(sae_layers=list(layers), objective_layer=objective, targets=list(targets),

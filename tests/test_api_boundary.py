@@ -35,6 +35,8 @@ def test_the_issue_cases(toy, tmp_path):
        "load_model: checkpoint=123: expected a string or a path or None, got int"),
       (lambda: xj.AnalysisConfig(bootstrap="200"), TypeError,
        "AnalysisConfig.bootstrap='200': expected an integer, got str"),
+      (lambda: xj.AnalysisConfig(bootstrap=100_000_000), ValueError,
+       "AnalysisConfig.bootstrap=100000000: at most 100000 resamples"),
       (lambda: xj.TrainConfig(steps="100"), TypeError,
        "TrainConfig.steps='100': expected an integer, got str"),
   ]

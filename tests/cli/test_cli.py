@@ -48,6 +48,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str) -> 
     ("bin.analyze", ["--mesh=1,2,1,1"], ["--mesh=1,2,1,1", "DATA,MODEL,EXPERT"]),
     ("bin.study", ["--sae_layers=1,x"], ["--sae_layers='1,x'", "integers"]),
     ("bin.study", ["--sae_dir=/tmp"], ["--sae_dir needs --sae_l0"]),
+    ("bin.analyze", ["--bootstrap=100000000"], ["--bootstrap=100000000: at most 100000"]),
+    ("bin.study", ["--bootstrap=100000000"], ["--bootstrap=100000000: at most 100000"]),
     ("bin.analyze", ["--process_id=1"], ["--process_id only apply with --distributed"]),
     ("bin.finetune", ["--distributed", "--num_processes=2", "--process_id=2"],
      ["--process_id=2", "0..1"]),

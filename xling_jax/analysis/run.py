@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from sae import random_saes, releases
+from xling_jax.analysis import disparity
 from xling_jax.data.languages import LOW_RESOURCE
 from xling_jax.runtime import validate
 
@@ -58,6 +59,7 @@ class AnalysisConfig:
   def __post_init__(self):
     validate.fields(self, minimum={"bootstrap": 0, "top_k": 1, "batch_size": 1, "bucket": 1,
                                    "max_len": 2, "quality_sentences": 0})
+    disparity.check_resamples(self.bootstrap, "AnalysisConfig.bootstrap")
 
 
 # The quality pass runs the model once per analysed layer more: 100 sentences per language
@@ -84,7 +86,6 @@ def check(config: AnalysisConfig, n_layers: int, languages,
   """Resolve and check the settings against the model's depth and the corpus's languages (and
   its sentences per language, when given); ValueError names the first setting that cannot work.
   Costs nothing: call it before loading SAEs or computing anything."""
-  from xling_jax.analysis import disparity
   from xling_jax.data.languages import validate_languages
   languages = tuple(languages)
   if config.ref_lang not in languages:
@@ -197,7 +198,7 @@ def analyze(setup, saes, corpus, config: AnalysisConfig = AnalysisConfig(), *,
   settings (the tools pass every flag; default this config). Everything is checked before the
   first batch runs (ValueError).
   """
-  from xling_jax.analysis import corpus_stats, disparity, report, sae_quality
+  from xling_jax.analysis import corpus_stats, report, sae_quality
   from xling_jax.runtime import batching, platform
   check_arguments(setup, saes, corpus, config)
   start = time.perf_counter()
