@@ -21,9 +21,14 @@ def interrupt(tool: str, after: str, *args: str) -> tuple[int, list[str]]:
   then never raises KeyboardInterrupt. A tool still running after 300 s is killed."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   env.pop("XLING_TRACEBACK", None)
-  proc = subprocess.Popen([sys.executable, "-m", tool, *args], cwd=REPO, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  # A handled (not ignored) SIGINT here is SIG_DFL in the child after exec; no preexec_fn,
+  # whose fork in this JAX-threaded process could deadlock.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    proc = subprocess.Popen([sys.executable, "-m", tool, *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  finally:
+    signal.signal(signal.SIGINT, previous)
   watchdog = threading.Timer(300, proc.kill)
   watchdog.start()
   lines = []
